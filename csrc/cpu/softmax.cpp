@@ -1,0 +1,72 @@
+#include "turbogen/softmax.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "turbogen/parallel.h"
+
+namespace turbogen {
+namespace cpu {
+namespace {
+
+Status check(const SoftmaxArgs& a) {
+  if (a.rows < 0 || a.cols < 0) return Status::kBadShape;
+  if (a.rows == 0 || a.cols == 0) return Status::kOk;
+  if (!a.logits || !a.out || !a.temperature) return Status::kNullPointer;
+  if (a.row_stride < a.cols) return Status::kBadStride;
+  if (!is_valid_dtype(static_cast<int>(a.dtype))) return Status::kBadDType;
+  const int64_t n_temps = a.temperature_per_row ? a.rows : 1;
+  for (int64_t i = 0; i < n_temps; ++i) {
+    if (!(a.temperature[i] > 0.0f) || std::isinf(a.temperature[i])) return Status::kBadValue;
+  }
+  return Status::kOk;
+}
+
+// One row: x = logits * (1 / T) in fp32, then exp(x - max) / sum. Three vectorisable loops over a
+// row-sized fp32 scratch buffer (the row is read from memory once).
+void softmax_row(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
+  const int64_t n = a.cols;
+  const char* src = static_cast<const char*>(a.logits) + r * a.row_stride * dtype_size(a.dtype);
+  float* x = scratch.data();
+  convert_row_to_float(src, a.dtype, n, x);
+
+  // Divide (not multiply by 1/T) so the values are bit-identical to the reference.
+  const float t = a.temperature[a.temperature_per_row ? r : 0];
+  float row_max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] /= t;
+    row_max = std::max(row_max, x[i]);
+  }
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - row_max);
+    sum += x[i];
+  }
+  const float inv_sum = 1.0f / sum;
+  char* dst = static_cast<char*>(a.out) + r * n * dtype_size(a.dtype);
+  if (a.dtype == DType::kFloat32) {
+    float* y = reinterpret_cast<float*>(dst);
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * inv_sum;
+  } else {
+    for (int64_t i = 0; i < n; ++i) store_from_float(dst, a.dtype, i, x[i] * inv_sum);
+  }
+}
+
+}  // namespace
+
+Status softmax(const SoftmaxArgs& args) {
+  const Status status = check(args);
+  if (status != Status::kOk || args.rows == 0 || args.cols == 0) return status;
+  // Enough rows per chunk that a chunk is worth a thread hand-off (~64k elements).
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / args.cols);
+  parallel_for(0, args.rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(static_cast<size_t>(args.cols));
+    for (int64_t r = begin; r < end; ++r) softmax_row(args, r, scratch);
+  });
+  return Status::kOk;
+}
+
+}  // namespace cpu
+}  // namespace turbogen

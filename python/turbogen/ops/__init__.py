@@ -1,0 +1,7 @@
+"""Public kernel API. Every op validates its inputs, then runs on the backend chosen by
+``backend=``, the ``TURBOGEN_BACKEND`` environment variable, or the input's device."""
+
+from ._dispatch import BACKENDS, BackendStatus, available_backends
+from .softmax import softmax
+
+__all__ = ["BACKENDS", "BackendStatus", "available_backends", "softmax"]

@@ -1,0 +1,6 @@
+"""Pure-torch reference implementations of every op: the test oracle and the universal fallback.
+Everything here is plain torch, so ``torch.compile(fullgraph=True)`` can compile it."""
+
+from .softmax import softmax
+
+__all__ = ["softmax"]
