@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
+#include "turbogen/fastmath.h"
 #include "turbogen/parallel.h"
 
 namespace turbogen {
@@ -24,9 +24,9 @@ Status check(const SoftmaxArgs& a) {
   return Status::kOk;
 }
 
-// One row: x = logits * (1 / T) in fp32, then exp(x - max) / sum. Three vectorisable loops over a
-// row-sized fp32 scratch buffer (the row is read from memory once).
-void softmax_row(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
+// One row: x = logits / T in fp32, then exp(x - max) / sum: vectorised loops over a row-sized fp32
+// scratch buffer that stays in cache (the row is read from memory once).
+TURBOGEN_CPU_DISPATCH void softmax_row(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
   const int64_t n = a.cols;
   const char* src = static_cast<const char*>(a.logits) + r * a.row_stride * dtype_size(a.dtype);
   float* x = scratch.data();
@@ -34,16 +34,10 @@ void softmax_row(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
 
   // Divide (not multiply by 1/T) so the values are bit-identical to the reference.
   const float t = a.temperature[a.temperature_per_row ? r : 0];
-  float row_max = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] /= t;
-    row_max = std::max(row_max, x[i]);
-  }
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - row_max);
-    sum += x[i];
-  }
+  for (int64_t i = 0; i < n; ++i) x[i] /= t;
+  const float row_max = max_of(x, n);
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_vectorizable(x[i] - row_max);
+  const float sum = sum_of(x, n);
   const float inv_sum = 1.0f / sum;
   char* dst = static_cast<char*>(a.out) + r * n * dtype_size(a.dtype);
   if (a.dtype == DType::kFloat32) {

@@ -6,7 +6,17 @@ are Triton, CUDA C++ and C++ CPU kernels (``turbogen.ops``), with a pure-torch r
 """
 
 from . import ops, ref
+from .config import CompileConfig, GenerationConfig, GenerationMode, WatermarkingConfig, as_generation_config
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ops", "ref"]
+__all__ = [
+    "CompileConfig",
+    "GenerationConfig",
+    "GenerationMode",
+    "WatermarkingConfig",
+    "__version__",
+    "as_generation_config",
+    "ops",
+    "ref",
+]

@@ -46,7 +46,7 @@ def per_row(value, name: str, rows: int, device: torch.device, dtype: torch.dtyp
         if not _skip_value_checks(device):
             _check_range(tensor.double(), name, low, high, low_inclusive, high_inclusive)
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        _check_range(torch.tensor([float(value)], dtype=torch.float64), name, low, high, low_inclusive, high_inclusive)
+        _check_scalar_range(float(value), name, low, high, low_inclusive, high_inclusive)
         tensor, is_per_row = torch.tensor([value], device=device, dtype=dtype), False
     else:
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
@@ -59,6 +59,22 @@ def _skip_value_checks(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def _interval(low, high, low_inclusive, high_inclusive) -> str:
+    lo = "-inf" if low is None else f"{low}"
+    hi = "inf" if high is None else f"{high}"
+    return f"{'[' if low_inclusive else '('}{lo}, {hi}{']' if high_inclusive else ')'}"
+
+
+def _check_scalar_range(value: float, name, low, high, low_inclusive, high_inclusive) -> None:
+    ok = value == value  # not NaN
+    if low is not None:
+        ok = ok and (value >= low if low_inclusive else value > low)
+    if high is not None:
+        ok = ok and (value <= high if high_inclusive else value < high)
+    if not ok:
+        raise ValueError(f"{name} must be in {_interval(low, high, low_inclusive, high_inclusive)}, got {value}")
+
+
 def _check_range(values: torch.Tensor, name, low, high, low_inclusive, high_inclusive) -> None:
     bad = torch.isnan(values)
     if low is not None:
@@ -66,8 +82,5 @@ def _check_range(values: torch.Tensor, name, low, high, low_inclusive, high_incl
     if high is not None:
         bad |= values > high if high_inclusive else values >= high
     if bool(bad.any()):
-        lo = "-inf" if low is None else f"{low}"
-        hi = "inf" if high is None else f"{high}"
-        interval = f"{'[' if low_inclusive else '('}{lo}, {hi}{']' if high_inclusive else ')'}"
         first = values[bad][0].item()
-        raise ValueError(f"{name} must be in {interval}, got {first}")
+        raise ValueError(f"{name} must be in {_interval(low, high, low_inclusive, high_inclusive)}, got {first}")

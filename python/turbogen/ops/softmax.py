@@ -28,12 +28,13 @@ def softmax(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, *,
     chosen = resolve_backend("softmax", logits.device, backend)
     if chosen == "ref":
         return ref.softmax(logits, temperature)
-    return torch.ops.turbogen.softmax(logits, temperature, chosen)
+    if torch.compiler.is_compiling():
+        return torch.ops.turbogen.softmax(logits, temperature, chosen)
+    return _launch(logits, temperature, chosen)  # eager: skip the dispatcher's per-call cost
 
 
-@torch.library.custom_op("turbogen::softmax", mutates_args=())
-def _softmax_op(logits: torch.Tensor, temperature: torch.Tensor, backend: str) -> torch.Tensor:
-    """Compiled-backend softmax over validated inputs (registered so it works inside torch.compile)."""
+def _launch(logits: torch.Tensor, temperature: torch.Tensor, backend: str) -> torch.Tensor:
+    """Compiled-backend softmax over validated inputs."""
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     rows, cols = logits.shape
     if backend == "triton":
@@ -49,6 +50,9 @@ def _softmax_op(logits: torch.Tensor, temperature: torch.Tensor, backend: str) -
     else:
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for turbogen::softmax, got {backend!r}")
     return out
+
+
+_softmax_op = torch.library.custom_op("turbogen::softmax", _launch, mutates_args=())
 
 
 @_softmax_op.register_fake

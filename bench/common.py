@@ -1,0 +1,30 @@
+"""Helpers shared by the benchmarks: the memory-read floor every kernel is compared with."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def read_bandwidth_bytes_per_s(nbytes: int = 256 << 20, repeats: int = 7) -> float:
+    """Measured single-pass read bandwidth of this machine (best of ``repeats`` sums over ``nbytes``).
+
+    A reduction is the cheapest op that must read every byte, so this is the rate any kernel that
+    reads the logits once can hope for, using torch's own threads.
+    """
+    data = torch.ones(nbytes // 4, dtype=torch.float32)
+    data.sum()  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+def read_floor_seconds(tensor: torch.Tensor) -> float:
+    """Time to read ``tensor`` once at the measured bandwidth."""
+    return tensor.numel() * tensor.element_size() / read_bandwidth_bytes_per_s()

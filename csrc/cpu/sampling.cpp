@@ -1,0 +1,628 @@
+// CPU sampling: temperature / top-k / top-p / min-p filtering + Gumbel-max with Philox noise.
+//
+// The function computed is turbogen.ref.sampling's (docs/sampling.md). Rows run in parallel on the
+// thread pool; each row is handled by one thread, which never sorts the vocabulary:
+//
+//  * top-k with k <= vocab / 8 ("candidate path"): one pass keeps a buffer of tokens at or above a
+//    running threshold (the k-th largest value seen so far); whatever falls below it is skipped
+//    with a vectorised compare. The survivors (k plus ties) are sorted, top-p and min-p walk them,
+//    and the Gumbel argmax visits them in descending order and stops once no later token can win.
+//    The logits are read once.
+//  * otherwise ("full-row path"): pass 1 finds the row max; top-p builds a histogram of
+//    probability mass over the distance below the max (pass 2) and only the tokens in the bin
+//    where the cumulative mass crosses top_p are sorted; the sampling pass (pass 3) computes noise
+//    only for kept tokens within kGumbelBound of the best score so far.
+//
+// Every path reduces the filters to one cut in the (value descending, index ascending) order:
+// token j is kept iff (z_j, -j) >= (cut_value, -cut_index), and, on the full-row path, min-p's
+// exp(z_j - max) >= min_p.
+
+#include "turbogen/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "turbogen/fastmath.h"
+#include "turbogen/parallel.h"
+#include "turbogen/philox.h"
+
+namespace turbogen {
+namespace cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kLowestFinite = std::numeric_limits<float>::lowest();
+constexpr uint32_t kLastIndex = std::numeric_limits<uint32_t>::max();
+constexpr int64_t kBlock = 64;  // elements per vectorised step
+
+// ---- Gumbel noise helpers that vectorise (branch-free, no library calls) ------------------------
+
+inline float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
+
+// log(x) for positive normal x, within 1 ulp: x = 2^k * m with m in [sqrt(1/2), sqrt(2)), then
+// log(m) = log((1 + s) / (1 - s)) as an odd series in s = (m - 1) / (m + 1).
+inline float log_positive(float x) {
+  uint32_t bits = float_to_bits(x) + (0x3f800000u - 0x3f3504f3u);
+  const int32_t k = static_cast<int32_t>(bits >> 23) - 127;
+  bits = (bits & 0x007fffffu) + 0x3f3504f3u;
+  const float f = bits_to_float(bits) - 1.0f;
+  const float s = f / (2.0f + f);
+  const float z = s * s, w = z * z;
+  const float odd = w * (0.40000972152f + w * 0.24279078841f);
+  const float even = z * (0.66666662693f + w * 0.28498786688f);
+  const float half_f2 = 0.5f * f * f;
+  const float kf = static_cast<float>(k);
+  return s * (half_f2 + (odd + even)) + kf * 9.0580006145e-06f - half_f2 + f + kf * 6.9313812256e-01f;
+}
+
+inline float gumbel_from_bits(uint32_t bits) {
+  return -log_positive(-log_positive(philox::uniform_from_bits(bits)));
+}
+
+// ---- per-row parameters ------------------------------------------------------------------------
+
+struct RowParams {
+  float temperature;
+  int64_t top_k;  // 0 = off (also when >= vocab)
+  double top_p;   // >= 1 = off
+  float min_p;    // 0 = off
+  uint64_t seed;
+  uint64_t offset;
+};
+
+template <typename T>
+inline T param(const T* values, bool per_row, int64_t r) {
+  return values[per_row ? r : 0];
+}
+
+RowParams row_params(const SamplingArgs& a, int64_t r) {
+  RowParams p;
+  p.temperature = param(a.temperature, a.temperature_per_row, r);
+  p.top_k = param(a.top_k, a.top_k_per_row, r);
+  if (p.top_k >= a.vocab) p.top_k = 0;
+  p.top_p = param(a.top_p, a.top_p_per_row, r);
+  p.min_p = param(a.min_p, a.min_p_per_row, r);
+  p.seed = a.tokens ? static_cast<uint64_t>(a.seed[r]) : 0;
+  p.offset = a.tokens ? static_cast<uint64_t>(param(a.offset, a.offset_per_row, r)) : 0;
+  return p;
+}
+
+Status check(const SamplingArgs& a) {
+  if (a.rows < 0 || a.vocab < 0 || a.vocab > kSamplingMaxVocab) return Status::kBadShape;
+  if (a.rows == 0) return Status::kOk;
+  if (!a.tokens && !a.filtered) return Status::kNullPointer;  // nothing to compute
+  if (a.logprobs && !a.tokens) return Status::kNullPointer;
+  if (!a.temperature || !a.top_k || !a.top_p || !a.min_p) return Status::kNullPointer;
+  if (a.tokens && (!a.seed || !a.offset)) return Status::kNullPointer;
+  if (a.vocab > 0 && !a.logits) return Status::kNullPointer;
+  if (a.vocab > 0 && a.rows > 1 && a.row_stride < a.vocab) return Status::kBadStride;
+  if (!is_valid_dtype(static_cast<int>(a.dtype))) return Status::kBadDType;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const float t = param(a.temperature, a.temperature_per_row, r);
+    const double p = param(a.top_p, a.top_p_per_row, r);
+    const float q = param(a.min_p, a.min_p_per_row, r);
+    if (!(t >= 0.0f) || std::isinf(t)) return Status::kBadValue;
+    if (param(a.top_k, a.top_k_per_row, r) < 0) return Status::kBadValue;
+    if (!(p > 0.0 && p <= 1.0) || !(q >= 0.0f && q <= 1.0f)) return Status::kBadValue;
+  }
+  return Status::kOk;
+}
+
+// ---- reading a row -----------------------------------------------------------------------------
+
+// Element i of a row as float32 (the kernels' view of fp16/bf16/fp32 logits).
+struct RowReader {
+  const void* data;
+  DType dtype;
+
+  // Writes elements [begin, begin + count) as float32 into out (count <= kBlock).
+  inline void load(int64_t begin, int64_t count, float* out) const {
+    switch (dtype) {
+      case DType::kFloat16: {
+        const uint16_t* s = static_cast<const uint16_t*>(data) + begin;
+        for (int64_t i = 0; i < count; ++i) out[i] = half_bits_to_float(s[i]);
+        break;
+      }
+      case DType::kBFloat16: {
+        const uint16_t* s = static_cast<const uint16_t*>(data) + begin;
+        for (int64_t i = 0; i < count; ++i) out[i] = bfloat16_bits_to_float(s[i]);
+        break;
+      }
+      case DType::kFloat32:
+      default:
+        std::memcpy(out, static_cast<const float*>(data) + begin, static_cast<size_t>(count) * sizeof(float));
+        break;
+    }
+  }
+};
+
+// Loads a block and divides it by the temperature (IEEE division: the reference's exact values).
+// NaN stays NaN; every comparison below is false for it, which is how NaN reads as -inf.
+inline void load_tempered(const RowReader& row, int64_t begin, int64_t count, float temperature, float* z) {
+  row.load(begin, count, z);
+  if (temperature != 1.0f) {
+    for (int64_t i = 0; i < count; ++i) z[i] /= temperature;
+  }
+}
+
+struct MaxResult {
+  float value;    // -inf when the row has no non-NaN value above -inf
+  int64_t index;  // first index holding `value`, -1 when none
+};
+
+// Row max of the raw logits and its first index, NaN ignored. Dividing by a positive temperature
+// is monotone, so the tempered max is max / T at the same index.
+TURBOGEN_CPU_DISPATCH MaxResult row_max(const RowReader& row, int64_t vocab) {
+  float lanes[kBlock];
+  float z[kBlock];
+  std::fill(lanes, lanes + kBlock, kNegInf);
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    row.load(base, n, z);
+    for (int64_t i = 0; i < n; ++i) lanes[i] = z[i] > lanes[i] ? z[i] : lanes[i];
+  }
+  float best = kNegInf;
+  for (int64_t i = 0; i < kBlock; ++i) best = lanes[i] > best ? lanes[i] : best;
+  if (!(best > kNegInf)) return {kNegInf, -1};
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    row.load(base, n, z);
+    for (int64_t i = 0; i < n; ++i) {
+      if (z[i] == best) return {best, base + i};
+    }
+  }
+  return {kNegInf, -1};  // unreachable: best was read from the row
+}
+
+// ---- candidates ------------------------------------------------------------------------------
+
+struct Candidate {
+  float value;
+  uint32_t index;
+};
+
+// Descending value, ascending index: the order in which filters keep tokens.
+inline bool ranks_before(const Candidate& a, const Candidate& b) {
+  return a.value > b.value || (a.value == b.value && a.index < b.index);
+}
+
+inline bool value_greater(const Candidate& a, const Candidate& b) { return a.value > b.value; }
+
+// Keeps the entries >= the k-th largest value (ties included); returns that value.
+float keep_top_k(std::vector<Candidate>& buffer, int64_t k) {
+  std::nth_element(buffer.begin(), buffer.begin() + (k - 1), buffer.end(), value_greater);
+  const float kth = buffer[static_cast<size_t>(k - 1)].value;
+  buffer.erase(std::remove_if(buffer.begin(), buffer.end(), [kth](const Candidate& c) { return c.value < kth; }),
+               buffer.end());
+  return kth;
+}
+
+// One pass over the row: every finite token whose tempered value is >= the k-th largest
+// (ties included), in no particular order. `buffer` is the caller's scratch.
+TURBOGEN_CPU_DISPATCH void collect_top_k(const RowReader& row, int64_t vocab, float temperature, int64_t k,
+                                   std::vector<Candidate>& buffer) {
+  buffer.clear();
+  size_t capacity = static_cast<size_t>(std::max<int64_t>(4 * k, 1024));
+  buffer.reserve(capacity + kBlock);
+  // Everything below `floor` is known to rank below k tokens already seen. Starting at the lowest
+  // finite value keeps -inf (and NaN) out.
+  float floor = kLowestFinite;
+  float z[kBlock];
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    load_tempered(row, base, n, temperature, z);
+    int passing = 0;
+    for (int64_t i = 0; i < n; ++i) passing |= static_cast<int>(z[i] >= floor);
+    if (!passing) continue;
+    for (int64_t i = 0; i < n; ++i) {
+      if (z[i] >= floor) buffer.push_back({z[i], static_cast<uint32_t>(base + i)});
+    }
+    if (buffer.size() >= capacity) {
+      floor = keep_top_k(buffer, k);
+      // Mostly ties with the k-th value: grow instead of compacting over and over.
+      if (buffer.size() > capacity / 2) capacity *= 2;
+      buffer.reserve(capacity + kBlock);
+    }
+  }
+  if (buffer.size() > static_cast<size_t>(k)) keep_top_k(buffer, k);
+}
+
+// ---- noise -------------------------------------------------------------------------------------
+
+// Gumbel noise for `count` tokens of one row (count <= kBlock), vectorised across tokens.
+TURBOGEN_CPU_DISPATCH void gumbel_block(const uint32_t* tokens, int64_t count, uint64_t seed, uint64_t offset,
+                                  float* noise) {
+  uint32_t c0[kBlock], c1[kBlock], c2[kBlock], c3[kBlock];
+  for (int64_t i = 0; i < count; ++i) {
+    c0[i] = tokens[i];
+    c1[i] = 0;  // tokens < 2^31: the high word of the token index
+    c2[i] = static_cast<uint32_t>(offset);
+    c3[i] = static_cast<uint32_t>(offset >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < philox::kRounds; ++round) {
+    if (round > 0) {
+      k0 += philox::kKeyA;
+      k1 += philox::kKeyB;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const uint64_t product_a = static_cast<uint64_t>(philox::kRoundA) * c0[i];
+      const uint64_t product_b = static_cast<uint64_t>(philox::kRoundB) * c2[i];
+      const uint32_t next0 = static_cast<uint32_t>(product_b >> 32) ^ c1[i] ^ k0;
+      const uint32_t next2 = static_cast<uint32_t>(product_a >> 32) ^ c3[i] ^ k1;
+      c1[i] = static_cast<uint32_t>(product_b);
+      c3[i] = static_cast<uint32_t>(product_a);
+      c0[i] = next0;
+      c2[i] = next2;
+    }
+  }
+  for (int64_t i = 0; i < count; ++i) noise[i] = gumbel_from_bits(c0[i]);
+}
+
+// Running Gumbel argmax: the highest score, ties to the lowest index.
+struct BestDraw {
+  float score = kNegInf;
+  float value = kNegInf;  // the winner's tempered logit
+  int64_t index = -1;
+
+  void offer(float y, int64_t j, float z) {
+    if (y > score || (y == score && j < index)) {
+      score = y;
+      value = z;
+      index = j;
+    }
+  }
+  // A token with value z can still win (or tie) only if z + kGumbelBound >= score.
+  bool reachable(float z) const { return z + philox::kGumbelBound >= score; }
+};
+
+void offer_block(const uint32_t* tokens, const float* values, int64_t count, const RowParams& p, BestDraw& best) {
+  float noise[kBlock];
+  gumbel_block(tokens, count, p.seed, p.offset, noise);
+  for (int64_t i = 0; i < count; ++i) best.offer(values[i] + noise[i], tokens[i], values[i]);
+}
+
+// ---- the row's kept set ------------------------------------------------------------------------
+
+struct Cut {  // kept iff (z, -j) >= (value, -index) and, if min_p > 0, exp(z - max) >= min_p
+  float value = kLowestFinite;
+  uint32_t index = kLastIndex;
+  float max = 0.0f;
+  float min_p = 0.0f;
+
+  inline bool keeps(float z, int64_t j) const {
+    if (!(z > value || (z == value && static_cast<uint64_t>(j) <= index))) return false;
+    return min_p <= 0.0f || exp_vectorizable(z - max) >= min_p;
+  }
+};
+
+struct RowResult {
+  int64_t token = -1;
+  float logprob = kNegInf;
+};
+
+// log softmax of a token with tempered value z over a kept set of mass kept_mass = sum exp(z_i - max).
+inline float log_probability(float z, float max, double kept_mass) {
+  return static_cast<float>(static_cast<double>(z - max) - std::log(kept_mass));
+}
+
+// Thread-local scratch, reused across rows and calls.
+struct Scratch {
+  std::vector<Candidate> candidates;
+  std::vector<float> weights;
+  std::vector<float> values;
+  std::vector<double> bin_mass;
+};
+
+void write_filtered(const RowReader& row, int64_t vocab, float temperature, const Cut& cut, float* out) {
+  float z[kBlock];
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    load_tempered(row, base, n, temperature, z);
+    for (int64_t i = 0; i < n; ++i) out[base + i] = cut.keeps(z[i], base + i) ? z[i] : kNegInf;
+  }
+}
+
+// Temperature 0: the argmax, a point mass.
+RowResult greedy_row(const RowReader& row, int64_t vocab, float* filtered) {
+  const MaxResult top = row_max(row, vocab);
+  if (filtered) {
+    std::fill(filtered, filtered + vocab, kNegInf);
+    if (top.index >= 0) filtered[top.index] = top.value;
+  }
+  RowResult result;
+  if (top.index >= 0) result = {top.index, 0.0f};
+  return result;
+}
+
+// top-k with a small k: the survivors of one pass are sorted and walked (module comment).
+RowResult candidate_row(const RowReader& row, int64_t vocab, const RowParams& p, Scratch& s, bool want_token,
+                        bool want_logprob, float* filtered) {
+  std::vector<Candidate>& cand = s.candidates;
+  collect_top_k(row, vocab, p.temperature, p.top_k, cand);
+  RowResult result;
+  if (cand.empty()) {
+    if (filtered) std::fill(filtered, filtered + vocab, kNegInf);
+    return result;
+  }
+  std::sort(cand.begin(), cand.end(), ranks_before);
+  const float max = cand.front().value;
+  const size_t count = cand.size();
+  s.weights.resize(count);
+  double total = 0.0;
+  for (size_t i = 0; i < count; ++i) {
+    s.weights[i] = exp_vectorizable(cand[i].value - max);
+    total += s.weights[i];
+  }
+  // top-p: keep while the mass ranked strictly above is < top_p of the total; min-p: keep while
+  // the weight relative to the top token is >= min_p. Both keep a prefix, and always the first.
+  size_t kept = count;
+  if (p.top_p < 1.0) {
+    const double target = p.top_p * total;
+    double above = 0.0;
+    for (size_t i = 0; i < count; ++i) {
+      if (above >= target) {
+        kept = i;
+        break;
+      }
+      above += s.weights[i];
+    }
+  }
+  if (p.min_p > 0.0f) {
+    for (size_t i = 1; i < kept; ++i) {
+      if (s.weights[i] < p.min_p) {
+        kept = i;
+        break;
+      }
+    }
+  }
+  if (filtered) {
+    Cut cut;
+    cut.value = cand[kept - 1].value;
+    cut.index = cand[kept - 1].index;
+    write_filtered(row, vocab, p.temperature, cut, filtered);
+  }
+  if (!want_token) return result;
+
+  // Descending values: stop at the first token that cannot reach the best score.
+  BestDraw best;
+  uint32_t tokens[kBlock];
+  float values[kBlock];
+  for (size_t start = 0; start < kept;) {
+    int64_t n = 0;
+    while (start < kept && n < kBlock && best.reachable(cand[start].value)) {
+      tokens[n] = cand[start].index;
+      values[n] = cand[start].value;
+      ++n;
+      ++start;
+    }
+    if (n == 0) break;
+    offer_block(tokens, values, n, p, best);
+  }
+  result.token = best.index;
+  if (want_logprob) {
+    double kept_mass = 0.0;
+    for (size_t i = 0; i < kept; ++i) kept_mass += s.weights[i];
+    result.logprob = log_probability(best.value, max, kept_mass);
+  }
+  return result;
+}
+
+
+// ---- full-row path -----------------------------------------------------------------------------
+
+// Histogram of probability mass over the distance below the row max: bin b holds the tokens with
+// max - z in [b, b + 1) / kBinsPerUnit; the last bin also holds everything further down (their
+// mass is below float resolution of the total anyway).
+constexpr int kMassBins = 4096;
+constexpr float kBinsPerUnit = 128.0f;
+
+inline int mass_bin(float distance) {
+  const float scaled = distance * kBinsPerUnit;
+  return scaled < static_cast<float>(kMassBins - 1) ? static_cast<int>(scaled) : kMassBins - 1;
+}
+
+// The k-th largest tempered value (large k), or the lowest finite value when fewer than k are finite.
+float kth_largest(const RowReader& row, int64_t vocab, float temperature, int64_t k, std::vector<float>& values) {
+  values.clear();
+  float z[kBlock];
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    load_tempered(row, base, n, temperature, z);
+    for (int64_t i = 0; i < n; ++i) {
+      if (z[i] >= kLowestFinite) values.push_back(z[i]);
+    }
+  }
+  if (values.size() <= static_cast<size_t>(k)) return kLowestFinite;
+  std::nth_element(values.begin(), values.begin() + (k - 1), values.end(), std::greater<float>());
+  return values[static_cast<size_t>(k - 1)];
+}
+
+// Pass 2 of top-p: the mass histogram of the tokens >= floor. Returns the total mass.
+TURBOGEN_CPU_DISPATCH double mass_histogram(const RowReader& row, int64_t vocab, float temperature, float max, float floor,
+                                      std::vector<double>& bin_mass) {
+  bin_mass.assign(kMassBins, 0.0);
+  float z[kBlock], weight[kBlock];
+  int bins[kBlock];
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    load_tempered(row, base, n, temperature, z);
+    for (int64_t i = 0; i < n; ++i) {
+      weight[i] = z[i] >= floor ? exp_vectorizable(z[i] - max) : 0.0f;
+      bins[i] = mass_bin(max - z[i]);
+    }
+    for (int64_t i = 0; i < n; ++i) bin_mass[static_cast<size_t>(bins[i])] += weight[i];
+  }
+  double total = 0.0;
+  for (double mass : bin_mass) total += mass;
+  return total;
+}
+
+// top-p without a small top-k: the histogram locates the bin where the cumulative mass crosses
+// top_p * total; only that bin's tokens are gathered and sorted.
+Cut top_p_cut(const RowReader& row, int64_t vocab, const RowParams& p, float max, float floor, Scratch& s) {
+  const double total = mass_histogram(row, vocab, p.temperature, max, floor, s.bin_mass);
+  const double target = p.top_p * total;
+  // The walk repeats the summation order of `total`, so it reaches the target at a non-empty bin.
+  int crossing = kMassBins - 1;
+  double above = 0.0;
+  for (int b = 0; b < kMassBins; ++b) {
+    if (s.bin_mass[b] > 0.0 && above + s.bin_mass[b] >= target) {
+      crossing = b;
+      break;
+    }
+    above += s.bin_mass[b];
+  }
+  std::vector<Candidate>& boundary = s.candidates;
+  boundary.clear();
+  float z[kBlock];
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    load_tempered(row, base, n, p.temperature, z);
+    for (int64_t i = 0; i < n; ++i) {
+      if (z[i] >= floor && mass_bin(max - z[i]) == crossing) boundary.push_back({z[i], static_cast<uint32_t>(base + i)});
+    }
+  }
+  std::sort(boundary.begin(), boundary.end(), ranks_before);
+  Cut cut;
+  cut.max = max;
+  cut.value = boundary.front().value;
+  cut.index = boundary.front().index;
+  for (const Candidate& c : boundary) {
+    if (above >= target) break;
+    above += exp_vectorizable(c.value - max);
+    cut.value = c.value;
+    cut.index = c.index;
+  }
+  return cut;
+}
+
+// Pass 3: Gumbel argmax over the kept tokens that can still win. Also sums the kept mass when
+// asked (logprobs), since that needs every kept token, reachable or not.
+TURBOGEN_CPU_DISPATCH void draw_full_row(const RowReader& row, int64_t vocab, const RowParams& p, const Cut& cut,
+                                   BestDraw& best, double* kept_mass) {
+  float z[kBlock], weight[kBlock];
+  uint8_t kept[kBlock];
+  uint32_t tokens[kBlock];
+  float values[kBlock];
+  double mass = 0.0;
+  const bool weigh = kept_mass != nullptr || cut.min_p > 0.0f;
+  for (int64_t base = 0; base < vocab; base += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - base);
+    load_tempered(row, base, n, p.temperature, z);
+    int any = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = base + i;
+      const bool above_cut = z[i] > cut.value || (z[i] == cut.value && static_cast<uint64_t>(j) <= cut.index);
+      kept[i] = static_cast<uint8_t>(above_cut);
+      any |= static_cast<int>(above_cut);
+    }
+    if (!any) continue;
+    if (weigh) {
+      for (int64_t i = 0; i < n; ++i) weight[i] = kept[i] ? exp_vectorizable(z[i] - cut.max) : 0.0f;
+      if (cut.min_p > 0.0f) {
+        for (int64_t i = 0; i < n; ++i) kept[i] = static_cast<uint8_t>(kept[i] && weight[i] >= cut.min_p);
+      }
+      if (kept_mass) {
+        for (int64_t i = 0; i < n; ++i) mass += kept[i] ? weight[i] : 0.0f;
+      }
+    }
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (kept[i] && best.reachable(z[i])) {
+        tokens[count] = static_cast<uint32_t>(base + i);
+        values[count] = z[i];
+        ++count;
+      }
+    }
+    if (count > 0) offer_block(tokens, values, count, p, best);
+  }
+  if (kept_mass) *kept_mass = mass;
+}
+
+RowResult full_row(const RowReader& row, int64_t vocab, const RowParams& p, Scratch& s, bool want_token,
+                   bool want_logprob, float* filtered) {
+  RowResult result;
+  const MaxResult top = row_max(row, vocab);
+  if (top.index < 0) {
+    if (filtered) std::fill(filtered, filtered + vocab, kNegInf);
+    return result;
+  }
+  const float max = p.temperature != 1.0f ? top.value / p.temperature : top.value;
+  const float floor = p.top_k > 0 ? kth_largest(row, vocab, p.temperature, p.top_k, s.values) : kLowestFinite;
+  Cut cut;
+  if (p.top_p < 1.0) {
+    cut = top_p_cut(row, vocab, p, max, floor, s);
+  } else {
+    cut.value = floor;
+  }
+  cut.max = max;
+  cut.min_p = p.min_p;
+  if (filtered) write_filtered(row, vocab, p.temperature, cut, filtered);
+  if (!want_token) return result;
+
+  BestDraw best;
+  // Start from the top token (always kept): its score prunes most of the row right away.
+  const uint32_t first = static_cast<uint32_t>(top.index);
+  offer_block(&first, &max, 1, p, best);
+  double kept_mass = 0.0;
+  draw_full_row(row, vocab, p, cut, best, want_logprob ? &kept_mass : nullptr);
+  result.token = best.index;
+  if (want_logprob) result.logprob = log_probability(best.value, max, kept_mass);
+  return result;
+}
+
+// Candidates are cheap to collect while k is a small part of the vocabulary; beyond that the
+// buffer would be compacted too often and the full-row path's selection is faster.
+inline bool small_top_k(int64_t k, int64_t vocab) { return k > 0 && k * 8 <= vocab; }
+
+void sample_row(const SamplingArgs& a, int64_t r, Scratch& s) {
+  const int64_t vocab = a.vocab;
+  const RowParams p = row_params(a, r);
+  const RowReader row{static_cast<const char*>(a.logits) + r * a.row_stride * dtype_size(a.dtype), a.dtype};
+  float* filtered = a.filtered ? a.filtered + r * vocab : nullptr;
+  const bool want_token = a.tokens != nullptr;
+  const bool want_logprob = a.logprobs != nullptr;
+  RowResult result;
+  if (vocab == 0) {
+    // Nothing to read or write: the row has no finite logit.
+  } else if (p.temperature == 0.0f) {
+    result = greedy_row(row, vocab, filtered);
+  } else if (small_top_k(p.top_k, vocab)) {
+    result = candidate_row(row, vocab, p, s, want_token, want_logprob, filtered);
+  } else {
+    result = full_row(row, vocab, p, s, want_token, want_logprob, filtered);
+  }
+  if (want_token) a.tokens[r] = result.token;
+  if (want_logprob) a.logprobs[r] = result.logprob;
+}
+
+}  // namespace
+
+Status sample(const SamplingArgs& args) {
+  const Status status = check(args);
+  if (status != Status::kOk || args.rows == 0) return status;
+  // A row is at least a few microseconds of work; small vocabularies share a chunk.
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(args.vocab, 1));
+  parallel_for(0, args.rows, grain, [&](int64_t begin, int64_t end) {
+    thread_local Scratch scratch;
+    for (int64_t r = begin; r < end; ++r) sample_row(args, r, scratch);
+  });
+  return Status::kOk;
+}
+
+}  // namespace cpu
+}  // namespace turbogen

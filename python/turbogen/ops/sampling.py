@@ -1,0 +1,204 @@
+"""``turbogen.ops.sample`` and ``turbogen.ops.filter_logits``: fused temperature / top-k / top-p /
+min-p sampling, deterministic across backends and batch-invariant.
+
+The function computed is defined by :mod:`turbogen.ref.sampling` (transformers' warpers, then
+Gumbel-max with counter-based Philox noise; DESIGN.md, "Randomness: the determinism contract");
+docs/sampling.md describes the bit layout and the kernels' algorithm.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .. import _ext
+from ..ref import sampling as ref_sampling
+from ._dispatch import resolve_backend
+from ._validate import check_logits, per_row
+
+_INT64_MIN = -(1 << 63)
+_UINT64_END = 1 << 64
+
+
+class _Filters:
+    """Validated filter parameters, each a ``[1]`` or ``[rows]`` tensor on the logits' device:
+    temperature float32, top_k int64, top_p float64 (so ``1 - top_p`` rounds as in transformers),
+    min_p float32."""
+
+    def __init__(self, logits: torch.Tensor, temperature, top_k, top_p, min_p):
+        rows, device = logits.shape[0], logits.device
+        if isinstance(top_k, bool) or not isinstance(top_k, (numbers.Integral, torch.Tensor)):
+            raise TypeError(f"top_k must be an int or an integer tensor, got {type(top_k).__name__}")
+        if isinstance(top_k, torch.Tensor) and (top_k.dtype.is_floating_point or top_k.dtype.is_complex
+                                                or top_k.dtype == torch.bool):
+            raise TypeError(f"top_k must be an int or an integer tensor, got a {top_k.dtype} tensor")
+        self.temperature, _ = per_row(temperature, "temperature", rows, device, torch.float32,
+                                      low=0.0, high=float("inf"), high_inclusive=False)
+        self.top_k, _ = per_row(top_k, "top_k", rows, device, torch.int64, low=0)
+        self.top_p, _ = per_row(top_p, "top_p", rows, device, torch.float64,
+                                low=0.0, low_inclusive=False, high=1.0)
+        self.min_p, _ = per_row(min_p, "min_p", rows, device, torch.float32, low=0.0, high=1.0)
+
+    def as_tuple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.temperature, self.top_k, self.top_p, self.min_p
+
+
+def _counter(value, name: str, rows: int, device: torch.device, scalar_is_first_of_rows: bool) -> torch.Tensor:
+    """A seed or offset as an int64 tensor on ``device``: ``[rows]``, or ``[1]`` when it is shared.
+
+    For the seed, a scalar ``S`` (int or 0-d tensor) means ``S + r`` for row ``r``
+    (``scalar_is_first_of_rows``); for the offset, the same value for every row.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.int64:
+            raise TypeError(f"{name} must be an int or an int64 tensor, got a {value.dtype} tensor")
+        if value.dim() == 1 and value.shape[0] != rows or value.dim() > 1:
+            raise ValueError(f"{name} must be an int, a 0-d tensor or a tensor of shape [{rows}], "
+                             f"got shape {tuple(value.shape)}")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or an int64 tensor, got {type(value).__name__}")
+    elif not _INT64_MIN <= int(value) < _UINT64_END:
+        raise ValueError(f"{name} must be in [-2**63, 2**64) (it is read as 64 bits), got {value}")
+    if scalar_is_first_of_rows:
+        return ref_sampling.row_seeds(value, rows, device).contiguous()
+    if isinstance(value, torch.Tensor):
+        return value.to(device).reshape(-1).contiguous()
+    return ref_sampling.row_offsets(value, 1, device)
+
+
+def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
+           top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0, seed: int | torch.Tensor,
+           offset: int | torch.Tensor = 0, return_logprobs: bool = False, backend: str | None = None):
+    """Draw one token per row from the filtered, tempered distribution of ``logits``.
+
+    Filtering is exactly transformers' TemperatureLogitsWarper -> TopKLogitsWarper ->
+    TopPLogitsWarper -> MinPLogitsWarper with ``min_tokens_to_keep=1``; the draw is Gumbel-max with
+    counter-based Philox4x32-10 noise, so every backend returns the same token for the same inputs
+    (up to float rounding exactly at a filter boundary, rare) and a row's token depends only on its
+    own logits, seed and offset.
+
+    Args:
+        logits: ``[batch, vocab]`` float32, float16 or bfloat16 with contiguous rows. Arithmetic is
+            float32. NaN reads as -inf. +inf logits are outside the contract (the result is still an
+            index in [-1, vocab), nothing is read out of bounds, but backends may disagree).
+        temperature: float or ``[batch]`` tensor, >= 0 and finite. 0 means greedy: the argmax,
+            lowest index on ties (rows may mix 0 and > 0).
+        top_k: int or ``[batch]`` integer tensor, >= 0; 0 means off. Keeps every token whose
+            tempered logit is >= the k-th largest (ties included).
+        top_p: float or ``[batch]`` tensor in (0, 1]; 1 means off.
+        min_p: float or ``[batch]`` tensor in [0, 1]; 0 means off.
+        seed: int or int64 tensor, read as 64 bits. A scalar ``S`` (int or 0-d tensor) means seed
+            ``S + r`` for row ``r``; a ``[batch]`` tensor gives each row its own.
+        offset: int, 0-d or ``[batch]`` int64 tensor: the Philox counter's high half (``generate``
+            advances it by one per step). Seeds and offsets may live on the device, so a captured
+            CUDA graph can advance them between replays.
+        return_logprobs: also return the float32 log-probability of each drawn token under the
+            filtered, tempered distribution (0 for greedy rows).
+        backend: ``"ref"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or None (``TURBOGEN_BACKEND``,
+            else by device).
+
+    Returns:
+        int64 ``[batch]`` token ids, -1 for a row with no finite logit; with ``return_logprobs``,
+        the tuple ``(tokens, logprobs)`` (logprob -inf for a -1 row).
+    """
+    check_logits(logits)
+    filters = _Filters(logits, temperature, top_k, top_p, min_p)
+    rows, device = logits.shape[0], logits.device
+    seeds = _counter(seed, "seed", rows, device, scalar_is_first_of_rows=True)
+    offsets = _counter(offset, "offset", rows, device, scalar_is_first_of_rows=False)
+    chosen = resolve_backend("sample", device, backend)
+    if chosen == "ref":
+        return ref_sampling.sample(logits, temperature=filters.temperature, top_k=filters.top_k,
+                                   top_p=filters.top_p, min_p=filters.min_p, seed=seeds, offset=offsets,
+                                   return_logprobs=return_logprobs)
+    tokens, logprobs = torch.ops.turbogen.sample(logits, *filters.as_tuple(), seeds, offsets,
+                                                 bool(return_logprobs), chosen)
+    return (tokens, logprobs) if return_logprobs else tokens
+
+
+def filter_logits(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
+                  top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0,
+                  backend: str | None = None) -> torch.Tensor:
+    """The float32 tempered logits with the tokens that :func:`sample` would never draw at -inf.
+
+    Same arguments and filter semantics as :func:`sample` (what ``output_scores`` returns in
+    sampling mode). A temperature-0 row is a point mass: only the greedy token keeps its logit.
+    Returns a new contiguous float32 ``[batch, vocab]`` tensor.
+    """
+    check_logits(logits)
+    filters = _Filters(logits, temperature, top_k, top_p, min_p)
+    chosen = resolve_backend("filter_logits", logits.device, backend)
+    if chosen == "ref":
+        return ref_sampling.filter_logits(logits, temperature=filters.temperature, top_k=filters.top_k,
+                                          top_p=filters.top_p, min_p=filters.min_p)
+    return torch.ops.turbogen.filter_logits(logits, *filters.as_tuple(), chosen)
+
+
+# --- compiled backends, registered so they run inside torch.compile -------------------------------
+
+def _launch(backend: str, logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+            top_p: torch.Tensor, min_p: torch.Tensor, seed: torch.Tensor | None, offset: torch.Tensor | None,
+            tokens: torch.Tensor | None, logprobs: torch.Tensor | None, filtered: torch.Tensor | None) -> None:
+    """Runs one compiled backend over validated inputs, writing whichever outputs are given."""
+    rows, vocab = logits.shape
+    if rows == 0:
+        return
+    if backend == "triton":
+        from ..kernels import sampling as triton_sampling  # lazy: TRITON_INTERPRET must be set first on CPU
+
+        triton_sampling.sample(logits, temperature, top_k, top_p, min_p, seed, offset,
+                               tokens=tokens, logprobs=logprobs, filtered=filtered)
+        return
+
+    def address(tensor: torch.Tensor | None) -> int:
+        return 0 if tensor is None else tensor.data_ptr()
+
+    args = (address(logits), rows, vocab, logits.stride(0) if rows > 1 else vocab, _ext.dtype_code(logits.dtype),
+            address(temperature), temperature.numel() != 1, address(top_k), top_k.numel() != 1,
+            address(top_p), top_p.numel() != 1, address(min_p), min_p.numel() != 1,
+            address(seed), address(offset), offset is not None and offset.numel() != 1,
+            address(tokens), address(logprobs), address(filtered))
+    if backend == "cpu":
+        _ext.extension().sample_cpu(*args)
+    elif backend == "cuda":
+        _ext.extension().sample_cuda(*args, _ext.cuda_stream_handle(logits.device))
+    else:
+        raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for the compiled sampling ops, got {backend!r}")
+
+
+@torch.library.custom_op("turbogen::sample", mutates_args=())
+def _sample_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+               min_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, want_logprobs: bool,
+               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled-backend sampling over validated inputs; logprobs is empty unless ``want_logprobs``."""
+    tokens, logprobs = _sample_outputs(logits, want_logprobs)
+    _launch(backend, logits, temperature, top_k, top_p, min_p, seed, offset,
+            tokens, logprobs if want_logprobs else None, None)
+    return tokens, logprobs
+
+
+def _sample_outputs(logits: torch.Tensor, want_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = logits.shape[0]
+    tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    logprobs = torch.empty(rows if want_logprobs else 0, dtype=torch.float32, device=logits.device)
+    return tokens, logprobs
+
+
+@_sample_op.register_fake
+def _(logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs, backend):
+    return _sample_outputs(logits, want_logprobs)
+
+
+@torch.library.custom_op("turbogen::filter_logits", mutates_args=())
+def _filter_logits_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                      min_p: torch.Tensor, backend: str) -> torch.Tensor:
+    """Compiled-backend filter_logits over validated inputs."""
+    filtered = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    _launch(backend, logits, temperature, top_k, top_p, min_p, None, None, None, None, filtered)
+    return filtered
+
+
+@_filter_logits_op.register_fake
+def _(logits, temperature, top_k, top_p, min_p, backend):
+    return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
