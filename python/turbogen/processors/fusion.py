@@ -1,0 +1,90 @@
+"""Recognising the sampling tail of a processor list, so one fused sampling kernel can replace it.
+
+``generate`` ends a sampling list with TemperatureLogitsWarper -> TopKLogitsWarper ->
+TopPLogitsWarper -> MinPLogitsWarper (each optional). Those four are exactly what
+``turbogen.ops.sample`` computes in one pass, so :func:`split_fusable_sampling_tail` hands the
+head of the list to the processors and the tail's parameters to the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .base import LogitsProcessorList
+from .build import TRANSFORMERS_PROCESSORS_MODULE
+from .warpers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The parameters of a fused temperature -> top-k -> top-p -> min-p sampling step.
+
+    The defaults switch a stage off: ``temperature=1.0``, ``top_k=0`` (keep all; a ``top_k`` at or
+    above the vocabulary size also keeps all), ``top_p=1.0``, ``min_p=0.0``. With every stage
+    applied in this order with transformers' rules and ``min_tokens_to_keep=1``, the result equals
+    the replaced warpers (``top_p=1.0`` differs only on tokens whose probability is exactly 0).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+
+def _filters_to_neg_inf(warper) -> bool:
+    return getattr(warper, "filter_value", None) == -math.inf
+
+
+def _keeps_at_most_one(warper) -> bool:
+    return getattr(warper, "min_tokens_to_keep", 1) <= 1
+
+
+# (stage rank in the fused order, turbogen class, field, value reader, fusable check) per warper.
+# TopKLogitsWarper folds min_tokens_to_keep into its top_k, so any value of it fuses.
+_STAGES: "list[tuple[int, type, str, Callable, Callable]]" = [
+    (0, TemperatureLogitsWarper, "temperature", lambda w: float(w.temperature), lambda w: True),
+    (1, TopKLogitsWarper, "top_k", lambda w: int(w.top_k), _filters_to_neg_inf),
+    (2, TopPLogitsWarper, "top_p", lambda w: float(w.top_p),
+     lambda w: _filters_to_neg_inf(w) and _keeps_at_most_one(w)),
+    (3, MinPLogitsWarper, "min_p", lambda w: float(w.min_p),
+     lambda w: _filters_to_neg_inf(w) and _keeps_at_most_one(w)),
+]
+
+
+def _stage_of(processor):
+    """``(rank, field, value)`` when ``processor`` is a fusable warper (turbogen's or transformers'
+    exact class, not a subclass that may change its behaviour), else None."""
+    processor_type = type(processor)
+    for rank, cls, field, read, fusable in _STAGES:
+        is_stage_class = processor_type is cls or (
+            processor_type.__module__ == TRANSFORMERS_PROCESSORS_MODULE and processor_type.__name__ == cls.__name__
+        )
+        if is_stage_class:
+            return (rank, field, read(processor)) if fusable(processor) else None
+    return None
+
+
+def split_fusable_sampling_tail(processors) -> "tuple[LogitsProcessorList, Optional[SamplingParams]]":
+    """Split ``processors`` into ``(head, params)`` so that applying ``head`` and then a fused
+    sampling step with ``params`` equals applying ``processors``.
+
+    The tail is the longest suffix made of Temperature/TopK/TopP/MinP warpers, each at most once
+    and in that order, with ``filter_value=-inf`` and (for TopP and MinP) ``min_tokens_to_keep <= 1``;
+    transformers' classes count as turbogen's. Returns ``(all processors, None)`` when there is no
+    such tail (e.g. a Typical warper, a watermark or LogitNormalization comes last).
+    """
+    processors = list(processors)
+    start = len(processors)
+    fields = {}
+    next_rank = len(_STAGES)
+    while start > 0:
+        stage = _stage_of(processors[start - 1])
+        if stage is None or stage[0] >= next_rank:
+            break
+        next_rank, field, value = stage
+        fields[field] = value
+        start -= 1
+    head = LogitsProcessorList(processors[:start])
+    return head, (SamplingParams(**fields) if fields else None)
