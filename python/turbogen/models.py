@@ -1,0 +1,227 @@
+"""Models for demos and examples: the embedded default model and loading of local checkpoints.
+
+turbogen ships one small causal language model inside the package, under
+``turbogen/assets/default_model/``: a 4-layer Llama-architecture model that the project trains
+itself (``scripts/train_default_model.py``) on Jane Austen's six completed novels, with its own
+byte-level BPE tokenizer. It loads offline, so ``turbogen demo`` prints readable (if
+Regency-flavoured) English on a machine that has never reached a model hub.
+
+The architecture, the tokenizer recipe and the sampling defaults are defined here once and used
+both by the training script and by the random-weights fallback, so that the two cannot drift.
+
+Everything here needs the ``hf`` extra (``transformers``, ``tokenizers``, ``safetensors``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import pathlib
+from collections.abc import Iterable
+
+import torch
+
+try:
+    import tokenizers
+    import transformers
+except ImportError as error:  # pragma: no cover - exercised only without the hf extra
+    raise ImportError(
+        "turbogen.models needs transformers and tokenizers: pip install 'turbogen[hf]'"
+    ) from error
+
+__all__ = [
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "build_byte_level_tokenizer",
+    "default_generation_config",
+    "default_model_config",
+    "default_model_path",
+    "load_default_model",
+    "load_model",
+]
+
+PAD_TOKEN = "<pad>"
+BOS_TOKEN = "<s>"
+EOS_TOKEN = "</s>"
+# Order fixes the ids: <pad> = 0, <s> = 1, </s> = 2, then the 256 byte symbols, then merges.
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
+
+MAX_POSITION_EMBEDDINGS = 512
+
+# The files without which the shipped directory is not a usable model.
+_REQUIRED_ASSET_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def default_model_path() -> pathlib.Path:
+    """Return the directory of the embedded default model inside the installed package.
+
+    Resolved with :mod:`importlib.resources`, so it is right for a wheel install and for an
+    editable install alike. The directory may be missing or incomplete in a source checkout
+    whose assets were removed; :func:`load_default_model` handles that case.
+    """
+    resource = importlib.resources.files("turbogen") / "assets" / "default_model"
+    if not isinstance(resource, pathlib.Path):
+        # e.g. a zipped install: transformers can only load from real directories.
+        raise RuntimeError(
+            f"turbogen's package files are not on the filesystem ({resource!r}); "
+            "the default model needs a regular (wheel or editable) install"
+        )
+    return resource
+
+
+def default_model_config(vocab_size: int) -> transformers.LlamaConfig:
+    """Return the architecture of the default model for a tokenizer of ``vocab_size`` tokens.
+
+    Hidden size 256, 4 layers, 8 attention heads sharing 4 key/value heads (grouped-query
+    attention, as in Llama 2/3), SwiGLU MLP of width 688, RoPE, 512 positions and input/output
+    embeddings tied (which keeps the checkpoint small: the vocabulary matrix is stored once).
+    The special-token ids follow :data:`SPECIAL_TOKENS`.
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+    return transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        pad_token_id=SPECIAL_TOKENS.index(PAD_TOKEN),
+        bos_token_id=SPECIAL_TOKENS.index(BOS_TOKEN),
+        eos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN),
+    )
+
+
+def default_generation_config() -> transformers.GenerationConfig:
+    """Return the sampling defaults shipped with the default model.
+
+    Moderate temperature with top-k/top-p truncation and a mild repetition penalty: a model this
+    small loops quickly under greedy decoding, and plain sampling at temperature 1 wanders.
+    """
+    return transformers.GenerationConfig(
+        do_sample=True,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.95,
+        repetition_penalty=1.1,
+        max_new_tokens=64,
+        pad_token_id=SPECIAL_TOKENS.index(PAD_TOKEN),
+        bos_token_id=SPECIAL_TOKENS.index(BOS_TOKEN),
+        eos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN),
+    )
+
+
+def build_byte_level_tokenizer(
+    texts: Iterable[str] = (), vocab_size: int = 2048
+) -> transformers.PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts`` and wrap it for transformers.
+
+    The vocabulary is the special tokens (:data:`SPECIAL_TOKENS`), the 256 byte symbols, then up
+    to ``vocab_size - 259`` merges learned from ``texts`` (fewer when the texts are too small to
+    supply them; with no texts the tokenizer is purely byte-level). Any string round-trips
+    exactly: ``decode(encode(s), skip_special_tokens=True) == s``. Encoding prepends
+    :data:`BOS_TOKEN`, as Llama tokenizers do, so a prompt starts the way the training windows did.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be an iterable of strings, not a single string")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+    byte_alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    minimum_size = len(SPECIAL_TOKENS) + len(byte_alphabet)
+    if vocab_size < minimum_size:
+        raise ValueError(f"vocab_size must be at least {minimum_size} (specials + bytes), got {vocab_size}")
+
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    # add_prefix_space=False keeps decoding exact: no space appears that the text did not have.
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=byte_alphabet,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    bos_id = tokenizer.token_to_id(BOS_TOKEN)
+    tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+        special_tokens=[(BOS_TOKEN, bos_id)],
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=MAX_POSITION_EMBEDDINGS,
+        clean_up_tokenization_spaces=False,
+        # Llama takes no token_type_ids; returning them would make generate() reject the inputs.
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def load_model(
+    path: str | pathlib.Path, dtype: torch.dtype = torch.float32
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """Load a causal language model and its tokenizer from a local directory, offline.
+
+    ``path`` is a directory as written by ``save_pretrained`` (``config.json``, the weights and
+    the tokenizer files). Nothing is downloaded (``local_files_only=True``) and no remote code
+    runs. The model is returned in eval mode with parameters of ``dtype``.
+
+    Raises ValueError naming ``path`` if it is not a directory or has no ``config.json``, and
+    TypeError/ValueError if ``dtype`` is not a floating-point torch dtype.
+    """
+    if not isinstance(path, (str, pathlib.PurePath)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
+    _check_float_dtype(dtype)
+    directory = pathlib.Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"model path {str(directory)!r} is not a directory")
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"model path {str(directory)!r} has no config.json: not a transformers model directory")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def load_default_model(
+    dtype: torch.dtype = torch.float32,
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, bool]:
+    """Load the embedded default model: ``(model, tokenizer, is_trained)``.
+
+    Loads the trained model shipped in :func:`default_model_path`, offline. If those assets are
+    missing (a stripped build), returns instead a model of the same architecture with random
+    weights (seeded, so it is the same model every time; the global RNG is left untouched),
+    a purely byte-level tokenizer built in-process, and ``is_trained=False``: its output is
+    noise, and callers that show it must say so. The fallback's vocabulary is the tokenizer's
+    259 tokens rather than the trained model's, the only way it differs from the shipped config.
+    """
+    _check_float_dtype(dtype)
+    path = default_model_path()
+    if all((path / name).is_file() for name in _REQUIRED_ASSET_FILES):
+        model, tokenizer = load_model(path, dtype=dtype)
+        return model, tokenizer, True
+
+    tokenizer = build_byte_level_tokenizer(texts=(), vocab_size=len(SPECIAL_TOKENS) + 256)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(default_model_config(vocab_size=len(tokenizer)))
+    model.generation_config = default_generation_config()
+    model.to(dtype=dtype).eval()
+    return model, tokenizer, False
+
+
+def _check_float_dtype(dtype: object) -> None:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
