@@ -7,16 +7,38 @@ are Triton, CUDA C++ and C++ CPU kernels (``turbogen.ops``), with a pure-torch r
 
 from . import ops, ref
 from .config import CompileConfig, GenerationConfig, GenerationMode, WatermarkingConfig, as_generation_config
+from .generate import compute_transition_scores, generate
+from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .patching import is_patched, patch, unpatch
+from .stopping import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
+                       StoppingCriteriaList, StopStringCriteria)
+from .streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseStreamer",
     "CompileConfig",
+    "EosTokenCriteria",
+    "GenerateBeamDecoderOnlyOutput",
+    "GenerateDecoderOnlyOutput",
     "GenerationConfig",
     "GenerationMode",
+    "MaxLengthCriteria",
+    "MaxTimeCriteria",
+    "StopStringCriteria",
+    "StoppingCriteria",
+    "StoppingCriteriaList",
+    "TextIteratorStreamer",
+    "TextStreamer",
     "WatermarkingConfig",
     "__version__",
     "as_generation_config",
+    "compute_transition_scores",
+    "generate",
+    "is_patched",
     "ops",
+    "patch",
     "ref",
+    "unpatch",
 ]

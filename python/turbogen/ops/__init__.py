@@ -2,6 +2,7 @@
 ``backend=``, the ``TURBOGEN_BACKEND`` environment variable, or the input's device."""
 
 from ._dispatch import BACKENDS, BackendStatus, available_backends
+from .sampling import filter_logits, sample
 from .softmax import softmax
 
-__all__ = ["BACKENDS", "BackendStatus", "available_backends", "softmax"]
+__all__ = ["BACKENDS", "BackendStatus", "available_backends", "filter_logits", "sample", "softmax"]

@@ -82,10 +82,14 @@ def backend_status(name: str) -> BackendStatus:
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
-@torch.compiler.assume_constant_result
 def _is_available(name: str) -> bool:
-    # A constant for torch.compile: dispatch inside a compiled graph must not trace the probing.
     return backend_status(name).available
+
+
+# A constant for torch.compile, so dispatch inside a compiled graph does not trace the probing.
+# This is what torch.compiler.assume_constant_result does; calling it would import torch._dynamo
+# (about 2.5 s) with turbogen. tests/test_softmax.py compiles a dispatching call with fullgraph=True.
+_is_available._dynamo_marked_constant = True
 
 
 def available_backends() -> dict[str, BackendStatus]:

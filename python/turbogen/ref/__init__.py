@@ -1,6 +1,7 @@
 """Pure-torch reference implementations of every op: the test oracle and the universal fallback.
 Everything here is plain torch, so ``torch.compile(fullgraph=True)`` can compile it."""
 
+from .sampling import filter_logits, sample
 from .softmax import softmax
 
-__all__ = ["softmax"]
+__all__ = ["filter_logits", "sample", "softmax"]

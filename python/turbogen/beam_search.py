@@ -1,0 +1,295 @@
+"""Vectorised beam search and beam-search multinomial sampling, with transformers v4.57's exact semantics.
+
+Everything per batch row and per beam lives in tensors of fixed shape; a step is a fixed sequence of tensor
+ops (one top-k over ``num_beams * vocab`` candidates per batch row, a few gathers, two small top-ks), with no
+Python loop over rows or beams. The state per batch row:
+
+* running beams: ``num_beams`` live hypotheses (tokens ``[B, nb, max_length]``, cumulative log-probability,
+  and per generated position the flat index of the beam that produced it);
+* finished beams: the ``num_beams`` best completed hypotheses so far, with their length-penalised scores
+  (``-1e9`` in unused slots), kept sorted best first;
+* whether improvement is still possible (the early-stopping heuristic).
+
+A step, given the processed log-probabilities of every running beam:
+
+1. Candidates: add each beam's cumulative score, flatten ``[num_beams * vocab]`` per batch row and keep the
+   best ``K = max(2, 1 + number of EOS ids) * num_beams`` (beam search), or draw ``K`` without replacement
+   from ``softmax`` of those scores (beam sampling). Keeping more than ``num_beams`` guarantees ``num_beams``
+   candidates that do not stop.
+2. The stopping criteria judge every candidate (``[B, K]``).
+3. Running beams: the best ``num_beams`` candidates that did not stop.
+4. Finished beams: candidates among the first ``num_beams`` that stopped are scored ``score / new_length **
+   length_penalty`` and merged into the finished set if they beat its worst entry, unless the row is closed
+   (``early_stopping=True`` and ``num_beams`` finished, or the heuristic says no improvement is possible).
+5. The cache rows are reordered to follow the surviving beams (one ``index_select`` per layer).
+
+Generation ends when no batch row can improve, or (``early_stopping=True``) every row has ``num_beams``
+finished hypotheses, or every candidate of every row stopped (e.g. at ``max_length``).
+
+Beam sampling draws the ``K`` candidates with the Gumbel-top-k trick: add independent Gumbel noise to the
+``num_beams * vocab`` log-scores and keep the ``K`` largest; their order is the order of sequential draws
+without replacement from the softmax (Vieira 2014; Kool et al. 2019). The noise is the counter-based noise of
+turbogen's sampling contract (DESIGN.md): for batch row ``b`` its seed, for candidate ``j`` (``beam * vocab +
+token``) the counter ``j``, and the decoding step as the offset; so a run is reproducible from its seed and a
+row's draws do not depend on the other rows. transformers draws with ``torch.multinomial`` instead: the
+distribution is the same, the individual draws are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from .ref.philox import gumbel_noise
+
+# transformers' stand-in for "impossible" scores; using the same constant keeps sums (and ties) identical.
+_IMPOSSIBLE = -1.0e9
+
+__all__ = ["BeamCandidates", "BeamSearchParams", "BeamSearchState", "run_beam_search"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamSearchParams:
+    """Static parameters of one beam search.
+
+    Attributes:
+        batch_size: prompts (not rows: the model sees ``batch_size * num_beams`` rows).
+        num_beams: live hypotheses per prompt.
+        vocab_size: width of the model's scores.
+        max_length: total length limit (prompt included), the width of the sequence buffers.
+        prompt_length: length of the (left-padded) prompt.
+        length_penalty: finished scores are divided by ``generated_length ** length_penalty``.
+        early_stopping: ``True``, ``False`` or ``"never"`` (see :class:`turbogen.GenerationConfig`).
+        num_eos_tokens: how many EOS ids there are; sets the number of candidates kept per step.
+        do_sample: draw candidates (beam sampling) instead of taking the best ones.
+    """
+
+    batch_size: int
+    num_beams: int
+    vocab_size: int
+    max_length: int
+    prompt_length: int
+    length_penalty: float
+    early_stopping: Union[bool, str]
+    num_eos_tokens: int
+    do_sample: bool
+
+    @property
+    def candidates_per_row(self) -> int:
+        return max(2, 1 + self.num_eos_tokens) * self.num_beams
+
+
+@dataclasses.dataclass
+class BeamCandidates:
+    """The ``K`` candidates of one step, per batch row, best (or first drawn) first.
+
+    ``sequences`` (``[B, K, max_length]``) already holds the new token at the current position, and
+    ``beam_indices`` (``[B, K, max_new_tokens]``) the flat index of the parent beam at this step.
+    """
+
+    log_probs: torch.Tensor
+    sequences: torch.Tensor
+    beam_indices: torch.Tensor
+    length: int  # sequence length including the new token
+
+
+def _gather_beams(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, indices[b, i], ...]`` for ``[B, beams, ...]`` data and ``[B, n]`` indices."""
+    while indices.dim() < tensor.dim():
+        indices = indices.unsqueeze(-1)
+    return torch.take_along_dim(tensor, indices, dim=1)
+
+
+class BeamSearchState:
+    """The tensors of a running beam search (see the module docstring) and its step functions.
+
+    Created from the expanded prompt ``input_ids`` (``[batch_size * num_beams, prompt_length]``, each prompt
+    repeated ``num_beams`` times). ``fill_value`` fills positions past a hypothesis' end. ``seeds``
+    (``int64 [batch_size]``, one per prompt) are required for beam sampling.
+    """
+
+    def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int,
+                 seeds: Optional[torch.Tensor] = None):
+        if params.do_sample and seeds is None:
+            raise ValueError("beam sampling needs `seeds` (one int64 per batch row)")
+        batch, beams = params.batch_size, params.num_beams
+        device = input_ids.device
+        self.params = params
+        self.seeds = seeds
+        self.running_sequences = torch.full((batch, beams, params.max_length), fill_value, dtype=torch.int64,
+                                            device=device)
+        self.running_sequences[:, :, : params.prompt_length] = input_ids.reshape(batch, beams, -1)
+        # Only the first beam of each row starts alive, so the first step does not pick the same token
+        # from identical copies of the prompt.
+        self.running_scores = torch.zeros(batch, beams, dtype=torch.float32, device=device)
+        self.running_scores[:, 1:] = _IMPOSSIBLE
+        self.running_beam_indices = torch.full((batch, beams, params.max_length - params.prompt_length), -1,
+                                               dtype=torch.int32, device=device)
+        self.sequences = self.running_sequences.clone()
+        self.scores = torch.full((batch, beams), _IMPOSSIBLE, dtype=torch.float32, device=device)
+        self.beam_indices = self.running_beam_indices.clone()
+        self.is_finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
+        self.may_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        self.all_candidates_stopped = torch.zeros((), dtype=torch.bool, device=device)
+        self._batch_offsets = torch.arange(batch, device=device).view(-1, 1) * beams
+        # The first `num_beams` candidates are the only ones that may enter the finished set.
+        self._in_top_beams = torch.arange(params.candidates_per_row, device=device) < beams
+
+    # -- step 1: candidates -------------------------------------------------------------------------
+
+    def flat_running_sequences(self, length: int) -> torch.Tensor:
+        """``[batch_size * num_beams, length]``: the running hypotheses as the model and processors see them."""
+        return self.running_sequences[:, :, :length].reshape(-1, length)
+
+    def candidates(self, log_probs: torch.Tensor, length: int, step: int) -> BeamCandidates:
+        """Top (or sampled) ``K`` continuations of the running beams.
+
+        ``log_probs`` are the processed next-token log-probabilities ``[batch_size * num_beams, vocab]``,
+        ``length`` the current sequence length, ``step`` the decoding step (the noise offset when sampling).
+        """
+        p = self.params
+        batch, beams, vocab, k = p.batch_size, p.num_beams, p.vocab_size, p.candidates_per_row
+        accumulated = log_probs.reshape(batch, beams, vocab) + self.running_scores[:, :, None]
+        accumulated = accumulated.reshape(batch, beams * vocab)
+        if p.do_sample:
+            offsets = torch.full_like(self.seeds, step)
+            perturbed = accumulated + gumbel_noise(self.seeds, offsets, beams * vocab)
+            flat_indices = torch.topk(perturbed, k).indices
+            top_log_probs = accumulated.gather(1, flat_indices)
+        else:
+            top_log_probs, flat_indices = torch.topk(accumulated, k)
+        parent = torch.div(flat_indices, vocab, rounding_mode="floor")
+        tokens = flat_indices % vocab
+        sequences = _gather_beams(self.running_sequences, parent)
+        sequences[:, :, length] = tokens
+        beam_indices = _gather_beams(self.running_beam_indices, parent)
+        beam_indices[:, :, length - p.prompt_length] = (parent + self._batch_offsets).to(beam_indices.dtype)
+        return BeamCandidates(top_log_probs, sequences, beam_indices, length + 1)
+
+    def candidate_tails(self, candidates: BeamCandidates, tail_tokens: Optional[int]) -> torch.Tensor:
+        """``[batch_size * K, n]``: the candidates' last ``tail_tokens`` tokens (all when ``None``), for the
+        stopping criteria."""
+        start = 0 if tail_tokens is None else max(0, candidates.length - tail_tokens)
+        tails = candidates.sequences[:, :, start : candidates.length]
+        return tails.reshape(tails.shape[0] * tails.shape[1], tails.shape[2])
+
+    # -- steps 3-5: advance -------------------------------------------------------------------------
+
+    def advance(self, candidates: BeamCandidates, stopped: Optional[torch.Tensor]) -> torch.Tensor:
+        """Update running and finished beams from ``candidates`` and which of them ``stopped`` (``[B, K]`` bool,
+        ``None`` if none can). Returns the flat parent index of every new running beam
+        (``[batch_size * num_beams]``), by which the cache rows must be reordered."""
+        p = self.params
+        length = candidates.length
+        if stopped is None:
+            stopped = torch.zeros_like(candidates.log_probs, dtype=torch.bool)
+        self.all_candidates_stopped = stopped.all()
+
+        # Running beams: the best candidates that did not stop.
+        running_log_probs = candidates.log_probs + stopped.to(torch.float32) * _IMPOSSIBLE
+        keep = torch.topk(running_log_probs, k=p.num_beams).indices
+        self.running_sequences = _gather_beams(candidates.sequences, keep)
+        self.running_scores = _gather_beams(running_log_probs, keep)
+        self.running_beam_indices = _gather_beams(candidates.beam_indices, keep)
+
+        # Finished beams: merge the stopped top candidates that are allowed in, keep the best `num_beams`.
+        newly_finished = stopped & self._in_top_beams[None, :]
+        finished_scores = candidates.log_probs / ((length - p.prompt_length) ** p.length_penalty)
+        if p.early_stopping is True:  # otherwise this penalty is 0 everywhere (adding it is a no-op)
+            row_is_full = torch.all(self.is_finished, dim=-1, keepdim=True)
+            finished_scores = finished_scores + row_is_full.to(torch.float32) * _IMPOSSIBLE
+        finished_scores = finished_scores + (~self.may_improve).to(torch.float32) * _IMPOSSIBLE
+        finished_scores = finished_scores + (~newly_finished) * _IMPOSSIBLE
+        merged_scores = torch.cat((self.scores, finished_scores), dim=1)
+        best = torch.topk(merged_scores, k=p.num_beams).indices
+        self.sequences = _gather_beams(torch.cat((self.sequences, candidates.sequences), dim=1), best)
+        self.scores = _gather_beams(merged_scores, best)
+        self.beam_indices = _gather_beams(torch.cat((self.beam_indices, candidates.beam_indices), dim=1), best)
+        self.is_finished = _gather_beams(torch.cat((self.is_finished, newly_finished), dim=1), best)
+
+        self._update_may_improve(length)
+        return self.running_beam_indices[:, :, length - 1 - p.prompt_length].reshape(-1).long()
+
+    def _update_may_improve(self, length: int) -> None:
+        """The early-stopping heuristic: can the best running beam still beat the worst finished one?
+
+        The best running score is extrapolated with the current length, except for ``early_stopping="never"``
+        with a positive length penalty, where the longest possible length gives the optimistic bound.
+        """
+        p = self.params
+        if p.early_stopping == "never" and p.length_penalty > 0.0:
+            best_length = p.max_length - p.prompt_length
+        else:
+            best_length = length - p.prompt_length
+        best_running = self.running_scores[:, :1] / (best_length**p.length_penalty)
+        worst_finished = torch.where(self.is_finished, torch.min(self.scores, dim=1, keepdim=True).values,
+                                     _IMPOSSIBLE)
+        self.may_improve = self.may_improve & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+
+    def is_done(self) -> torch.Tensor:
+        """0-d bool tensor: no row can improve, or every row is full under ``early_stopping=True``, or every
+        candidate of the last step stopped."""
+        cannot_improve = ~torch.any(self.may_improve)
+        all_full = torch.all(self.is_finished) & (self.params.early_stopping is True)
+        return cannot_improve | all_full | self.all_candidates_stopped
+
+    # -- result -------------------------------------------------------------------------------------
+
+    def result(self, num_return_sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sequences, scores, beam_indices)`` of the best ``num_return_sequences`` finished hypotheses per
+        prompt, rows ordered by prompt then rank, cropped to the longest hypothesis."""
+        p = self.params
+        sequences = self.sequences[:, :num_return_sequences].reshape(-1, p.max_length)
+        scores = self.scores[:, :num_return_sequences].reshape(-1)
+        beam_indices = self.beam_indices[:, :num_return_sequences].reshape(-1, self.beam_indices.shape[-1])
+        generated = int((beam_indices >= 0).sum(dim=1).max())
+        return sequences[:, : p.prompt_length + generated], scores, beam_indices[:, :generated]
+
+
+def run_beam_search(
+    *,
+    forward: Any,
+    state: BeamSearchState,
+    logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    stopping: Any,
+    first_logits: torch.Tensor,
+    record: Any,
+) -> int:
+    """Run the beam search loop from the prefill's logits until :meth:`BeamSearchState.is_done`.
+
+    ``forward`` is the decode loop's model adapter (``decode(tokens, length)`` returning the next logits and
+    recording outputs, ``reorder_cache(index)``); ``stopping`` a :class:`turbogen.stopping.StoppingPlan`;
+    ``record`` collects the optional per-step outputs (``scores(...)``, ``logits(...)`` and ``collected_scores``).
+    Returns the final sequence length.
+    """
+    p = state.params
+    length = p.prompt_length
+    logits = first_logits
+    step = 0
+    while True:
+        log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
+        if logits_processor:
+            log_probs = logits_processor(state.flat_running_sequences(length), log_probs)
+        record.logits(logits)
+        record.scores(log_probs)
+        candidates = state.candidates(log_probs, length, step)
+
+        stopped = None
+        every_candidate_stops = stopping.stops_all(candidates.length)
+        if stopping.row_criteria and not (every_candidate_stops and stopping.rows_are_pure):
+            # (user criteria are called at every step, as in transformers, even when the length ends it)
+            tails = state.candidate_tails(candidates, stopping.tail_tokens)
+            verdict = stopping.rows_done(tails, record.collected_scores)
+            if verdict is not None:
+                stopped = verdict.view(p.batch_size, p.candidates_per_row)
+        if every_candidate_stops:
+            stopped = torch.ones_like(candidates.log_probs, dtype=torch.bool)
+        parents = state.advance(candidates, stopped)
+        forward.reorder_cache(parents)
+        length += 1
+        step += 1
+        if bool(state.is_done()):
+            return length
+        logits = forward.decode(state.running_sequences[:, :, length - 1].reshape(-1), length)

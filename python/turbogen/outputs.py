@@ -1,0 +1,100 @@
+"""Structured results of :func:`turbogen.generate` (returned when ``return_dict_in_generate=True``).
+
+The classes and field names are those of transformers v4.57 (``GenerateDecoderOnlyOutput``,
+``GenerateBeamDecoderOnlyOutput``), and they behave like its ``ModelOutput``: fields are attributes, the
+fields that are set (not ``None``) are also reachable as ``output["name"]`` and, in order, as ``output[i]``,
+and ``keys()``/``items()``/``to_tuple()`` list only the fields that are set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import torch
+
+
+class _GenerateOutputBase:
+    """Mapping-style access over a dataclass's non-``None`` fields, in declaration order."""
+
+    def keys(self) -> list[str]:
+        return [field.name for field in dataclasses.fields(self) if getattr(self, field.name) is not None]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, name) for name in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in self.keys()]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(self.values())
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+@dataclasses.dataclass
+class GenerateDecoderOnlyOutput(_GenerateOutputBase):
+    """Result of greedy decoding or multinomial sampling with a decoder-only model.
+
+    Attributes:
+        sequences: ``LongTensor [batch_size * num_return_sequences, sequence_length]``, prompt included;
+            shorter than ``max_length`` when every row stopped early.
+        scores: processed next-token scores (what the token choice used), one ``[rows, vocab_size]`` float
+            tensor per generated token; set with ``output_scores=True``.
+        logits: raw next-token logits of the model, same layout; set with ``output_logits=True``.
+        attentions: per generated token, the model's per-layer attention tuple; ``output_attentions=True``.
+        hidden_states: per generated token, the model's per-layer hidden-state tuple; ``output_hidden_states=True``.
+        past_key_values: the model's cache after generation (``use_cache=True``).
+    """
+
+    sequences: torch.LongTensor
+    scores: Optional[tuple[torch.FloatTensor, ...]] = None
+    logits: Optional[tuple[torch.FloatTensor, ...]] = None
+    attentions: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    hidden_states: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    past_key_values: Optional[Any] = None
+
+
+@dataclasses.dataclass
+class GenerateBeamDecoderOnlyOutput(_GenerateOutputBase):
+    """Result of beam search (or beam-search multinomial sampling) with a decoder-only model.
+
+    Attributes:
+        sequences: ``LongTensor [batch_size * num_return_sequences, sequence_length]``, best hypotheses first.
+        sequences_scores: final (length-penalised) score of each returned hypothesis; set with ``output_scores=True``.
+        scores: per step, the processed log-probabilities of every running beam, ``[batch_size * num_beams,
+            vocab_size]``; set with ``output_scores=True``.
+        logits: per step, the raw logits of every running beam; set with ``output_logits=True``.
+        beam_indices: ``[batch_size * num_return_sequences, generated_length]``: at each step, the flat index
+            (``batch * num_beams + beam``) of the beam whose scores produced the token; ``-1`` past the end.
+        attentions, hidden_states, past_key_values: as in :class:`GenerateDecoderOnlyOutput`.
+    """
+
+    sequences: torch.LongTensor
+    sequences_scores: Optional[torch.FloatTensor] = None
+    scores: Optional[tuple[torch.FloatTensor, ...]] = None
+    logits: Optional[tuple[torch.FloatTensor, ...]] = None
+    beam_indices: Optional[torch.LongTensor] = None
+    attentions: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    hidden_states: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    past_key_values: Optional[Any] = None
+
+
+GenerateOutput = GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput
+
+__all__ = ["GenerateBeamDecoderOnlyOutput", "GenerateDecoderOnlyOutput", "GenerateOutput"]

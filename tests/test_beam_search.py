@@ -1,0 +1,135 @@
+"""BeamSearchState on hand-made scores: the bookkeeping rules, and the Gumbel-top-k candidate draws of beam
+sampling (end-to-end parity with transformers is in test_generate.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from turbogen.beam_search import BeamSearchParams, BeamSearchState
+
+EOS = 3
+FILL = -1
+
+
+def _state(batch_size=1, num_beams=2, vocab_size=4, prompt=(7, 8), max_length=6, length_penalty=1.0,
+           early_stopping=False, do_sample=False, seeds=None):
+    params = BeamSearchParams(batch_size=batch_size, num_beams=num_beams, vocab_size=vocab_size,
+                              max_length=max_length, prompt_length=len(prompt), length_penalty=length_penalty,
+                              early_stopping=early_stopping, num_eos_tokens=1, do_sample=do_sample)
+    input_ids = torch.tensor([list(prompt)] * (batch_size * num_beams))
+    return BeamSearchState(input_ids, params, FILL, seeds)
+
+
+def _log_probs(*rows):
+    """Per-beam log-probabilities from (unnormalised) probability rows."""
+    probs = torch.tensor(rows, dtype=torch.float32)
+    return (probs / probs.sum(-1, keepdim=True)).log()
+
+
+def _step(state, log_probs, length, step=0):
+    candidates = state.candidates(log_probs, length, step)
+    tails = state.candidate_tails(candidates, 1)
+    stopped = (tails[:, -1] == EOS).view(state.params.batch_size, -1)
+    return candidates, state.advance(candidates, stopped)
+
+
+def test_first_step_expands_only_the_first_beam():
+    state = _state()
+    # Beam 1 would win if it were alive: it must not be, all beams start as copies of one prompt.
+    candidates, parents = _step(state, _log_probs([1, 2, 3, 0.5], [9, 9, 9, 9]), length=2)
+    assert candidates.sequences[0, :, 2].tolist() == [2, 1, 0, 3]
+    assert parents.tolist() == [0, 0]
+    assert state.running_sequences[0, :, :3].tolist() == [[7, 8, 2], [7, 8, 1]]
+    assert not state.is_finished.any()
+
+
+def test_eos_candidate_in_top_beams_is_finished_with_length_penalty():
+    state = _state(length_penalty=2.0)
+    _step(state, _log_probs([1, 1, 1, 6], [1, 1, 1, 1]), length=2)  # EOS is the best continuation
+    eos_log_prob = math.log(6 / 9)
+    assert state.is_finished[0].tolist() == [True, False]
+    assert state.sequences[0, 0, :3].tolist() == [7, 8, EOS]
+    assert state.scores[0, 0].item() == pytest.approx(eos_log_prob / 1**2.0)
+    assert EOS not in state.running_sequences[0, :, 2].tolist(), "finished hypotheses do not keep running"
+    assert state.beam_indices[0, 0, 0].item() == 0
+
+
+def test_early_stopping_true_ends_once_every_row_has_num_beams_hypotheses():
+    state = _state(early_stopping=True)
+    _step(state, _log_probs([1, 1, 1, 6], [1, 1, 1, 1]), length=2)
+    assert not bool(state.is_done())
+    _step(state, _log_probs([1, 1, 1, 6], [1, 1, 1, 6]), length=3, step=1)
+    assert state.is_finished.all()
+    assert bool(state.is_done())
+
+
+def test_two_steps_end_to_end_result():
+    """Step 1: EOS is best (finished at length 1); step 2: both live beams end with EOS (length 2). The
+    heuristic then sees no running beam able to beat the worst hypothesis, so the search is over."""
+    state = _state()
+    probs = [1, 2, 3, 12]
+    _step(state, _log_probs(probs, probs), length=2)
+    assert state.running_sequences[0, :, 2].tolist() == [2, 1]
+    _step(state, _log_probs(probs, probs), length=3, step=1)
+    assert bool(state.is_done())
+
+    sequences, scores, beam_indices = state.result(num_return_sequences=2)
+    assert sequences.tolist() == [[7, 8, EOS, FILL], [7, 8, 2, EOS]]
+    assert beam_indices.tolist() == [[0, -1], [0, 0]]
+    p = torch.tensor(probs, dtype=torch.float64) / sum(probs)
+    expected = [math.log(p[EOS]), (math.log(p[2]) + math.log(p[EOS])) / 2]
+    torch.testing.assert_close(scores, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_stopping_every_candidate_ends_the_search():
+    state = _state()
+    candidates = state.candidates(_log_probs([1, 2, 3, 4], [1, 1, 1, 1]), 2, 0)
+    state.advance(candidates, torch.ones(1, state.params.candidates_per_row, dtype=torch.bool))
+    assert bool(state.is_done())
+    assert state.is_finished.all(), "the top `num_beams` stopped candidates become hypotheses"
+
+
+# -- beam sampling: Gumbel-top-k -----------------------------------------------------------------------------
+
+DRAWS = 3000
+PROBS = torch.tensor([0.30, 0.22, 0.15, 0.12, 0.08, 0.06, 0.04, 0.03], dtype=torch.float64)
+
+
+def _sampled_candidates(seeds: torch.Tensor):
+    """Candidates of a first beam-sampling step, one batch row per seed, all rows with ``PROBS``."""
+    rows, vocab = seeds.shape[0], PROBS.shape[0]
+    state = _state(batch_size=rows, vocab_size=vocab, do_sample=True, seeds=seeds)
+    log_probs = PROBS.log().float().repeat(rows * 2, 1)
+    return state.candidates(log_probs, length=2, step=0)
+
+
+def test_beam_sampling_draws_without_replacement_from_the_softmax():
+    candidates = _sampled_candidates(torch.arange(DRAWS, dtype=torch.int64) + 12345)
+    tokens = candidates.sequences[:, :, 2]  # [rows, K]
+    assert all(len(set(row)) == tokens.shape[1] for row in tokens.tolist()), "draws must be distinct"
+    assert (candidates.beam_indices[:, :, 0] == torch.arange(DRAWS)[:, None] * 2).all(), "only beam 0 is alive"
+
+    vocab = PROBS.shape[0]
+    first = torch.bincount(tokens[:, 0], minlength=vocab).double() / DRAWS
+    assert torch.nn.functional.cosine_similarity(first, PROBS, dim=0) > 0.99
+    # Second draw without replacement: P(j) = sum_i p_i p_j / (1 - p_i) over i != j.
+    second_expected = PROBS * ((PROBS / (1 - PROBS)).sum() - PROBS / (1 - PROBS))
+    second = torch.bincount(tokens[:, 1], minlength=vocab).double() / DRAWS
+    assert torch.nn.functional.cosine_similarity(second, second_expected, dim=0) > 0.99
+    # The candidates' scores are the (unperturbed) accumulated log-probabilities of the drawn tokens.
+    torch.testing.assert_close(candidates.log_probs, PROBS.log().float()[tokens])
+
+
+def test_beam_sampling_rows_depend_only_on_their_own_seed():
+    seeds = torch.tensor([5, 77, 1 << 40], dtype=torch.int64)
+    together = _sampled_candidates(seeds).sequences[:, :, 2]
+    alone = torch.cat([_sampled_candidates(seeds[i : i + 1]).sequences[:, :, 2] for i in range(3)])
+    assert torch.equal(together, alone)
+
+
+def test_beam_sampling_requires_seeds():
+    with pytest.raises(ValueError, match="seeds"):
+        _state(do_sample=True)

@@ -1,0 +1,171 @@
+"""Tiny, seeded, random-weight causal LMs and an in-process tokenizer for generation tests.
+
+Nothing here touches the network: models are built from configs with random weights under a fixed seed,
+and the tokenizer is a small BPE trained on an in-memory corpus. Builders are cached, so a test session
+pays for each object once; tests must therefore not mutate what they get (use ``fresh=True`` when a test
+needs to modify the model, e.g. to patch its ``generate``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+# Special tokens of the tiny tokenizer; their ids are fixed by their position in this list.
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+
+# Small enough to keep every forward pass cheap on a shared 2-core CPU, large enough for a real BPE vocabulary.
+TOKENIZER_VOCAB_SIZE = 192
+HIDDEN_SIZE = 32
+NUM_LAYERS = 2
+NUM_HEADS = 4
+MAX_POSITIONS = 128
+# Far above the usual 0.02: with it, next-token distributions are peaked and greedy/beam outputs vary from step
+# to step instead of repeating one near-uniform argmax, which makes parity tests discriminating.
+INITIALIZER_RANGE = 0.5
+
+_CORPUS = (
+    "the quick brown fox jumps over the lazy dog. stop the fox before it stops again! "
+    "a stopwatch stopped at the bus stop; nonstop traffic kept going. "
+    "once upon a time there was a small model that generated text one token at a time. "
+    "it liked beams, samples and greedy choices; it never liked to stop early. "
+    "hello world, hello tokens, hello again. the end is near, the end is here."
+)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_tokenizer():
+    """A ~192-token BPE tokenizer (metaspace pre-tokenization, so tokens carry a leading-space marker),
+    trained in-process and wrapped in ``PreTrainedTokenizerFast``; pads on the left as decoder-only
+    batching requires."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    backend.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="left",
+    )
+
+
+def vocab_size() -> int:
+    """The vocabulary size shared by the tiny models and the tiny tokenizer."""
+    return len(tiny_tokenizer())
+
+
+def _seeded_init(build, seed: int):
+    """Build a module under a fixed seed without disturbing the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    return model.eval()
+
+
+def _gpt2(seed: int, **overrides):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(**{
+        "vocab_size": vocab_size(),
+        "n_embd": HIDDEN_SIZE,
+        "n_layer": NUM_LAYERS,
+        "n_head": NUM_HEADS,
+        "n_positions": MAX_POSITIONS,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": INITIALIZER_RANGE,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": PAD_ID,
+        **overrides,
+    })
+    return _seeded_init(lambda: GPT2LMHeadModel(config), seed)
+
+
+def _llama_like(config_class: str, model_class: str, **defaults):
+    """Builder for a Llama-shaped architecture of the tiny size; ``defaults`` are extra config values."""
+
+    def build(seed: int, **overrides):
+        import transformers
+
+        config = getattr(transformers, config_class)(**{
+            "vocab_size": vocab_size(),
+            "hidden_size": HIDDEN_SIZE,
+            "intermediate_size": 2 * HIDDEN_SIZE,
+            "num_hidden_layers": NUM_LAYERS,
+            "num_attention_heads": NUM_HEADS,
+            "num_key_value_heads": NUM_HEADS // 2,
+            "max_position_embeddings": MAX_POSITIONS,
+            "initializer_range": INITIALIZER_RANGE,
+            "bos_token_id": BOS_ID,
+            "eos_token_id": EOS_ID,
+            "pad_token_id": PAD_ID,
+            **defaults,
+            **overrides,
+        })
+        return _seeded_init(lambda: getattr(transformers, model_class)(config), seed)
+
+    return build
+
+
+_BUILDERS = {
+    "llama": _llama_like("LlamaConfig", "LlamaForCausalLM"),
+    "gpt2": _gpt2,
+    "qwen2": _llama_like("Qwen2Config", "Qwen2ForCausalLM"),
+    # A 4-token sliding window, so the cache's sliding-window layers are exercised by short generations.
+    "mistral": _llama_like("MistralConfig", "MistralForCausalLM", sliding_window=4),
+}
+# The two architectures every generation test runs on; the others are for targeted compatibility tests.
+MODEL_KINDS = ("llama", "gpt2")
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_model(kind: str, seed: int):
+    return _BUILDERS[kind](seed)
+
+
+def tiny_model(kind: str = "llama", seed: int = 0, fresh: bool = False, **config_overrides):
+    """A tiny random-weight causal LM in eval mode: ``kind`` is ``"llama"``, ``"gpt2"``, ``"qwen2"`` or
+    ``"mistral"`` (with a 4-token sliding window).
+
+    The same ``(kind, seed)`` always gives the same weights. Without ``fresh`` or overrides the instance is
+    shared across the session (do not mutate it); with either, a new instance is built.
+    """
+    if kind not in _BUILDERS:
+        raise ValueError(f"`kind` must be one of {tuple(_BUILDERS)}, got {kind!r}")
+    if fresh or config_overrides:
+        return _BUILDERS[kind](seed, **config_overrides)
+    return _cached_model(kind, seed)
+
+
+def encode_batch(texts, tokenizer=None):
+    """Left-padded ``input_ids`` and ``attention_mask`` for ``texts`` (a string or a list of strings)."""
+    tokenizer = tokenizer or tiny_tokenizer()
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+@pytest.fixture
+def tiny_model_environment():
+    """Test setup for generating with the tiny models: transformers' per-call logging (its pad-token fallback
+    notice) silenced, and restored afterwards. (tests/conftest.py already runs torch on one thread.)"""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    yield
+    transformers.logging.set_verbosity(verbosity)
