@@ -21,6 +21,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
+	$(PIP) install matplotlib
 	$(VENV)/bin/turbogen bench
 
 info: $(VENV)/.installed
