@@ -92,6 +92,23 @@ def test_stopping_every_candidate_ends_the_search():
     assert state.is_finished.all(), "the top `num_beams` stopped candidates become hypotheses"
 
 
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_overwriting_the_log_probs_gives_the_same_candidates(do_sample):
+    """``overwrite=True`` reuses the caller's log-probabilities as scratch space; the candidates do not change."""
+    seeds = torch.tensor([9], dtype=torch.int64) if do_sample else None
+    log_probs = _log_probs([1, 2, 3, 4], [4, 3, 2, 1])
+    states = [_state(do_sample=do_sample, seeds=seeds) for _ in range(2)]
+    for state in states:  # one step first, so that both beams have a (different) cumulative score
+        _step(state, log_probs, length=2)
+    expected = states[0].candidates(log_probs, 3, 1)
+    scratch = log_probs.clone()
+    actual = states[1].candidates(scratch, 3, 1, overwrite=True)
+    assert torch.equal(actual.log_probs, expected.log_probs)
+    assert torch.equal(actual.sequences, expected.sequences)
+    assert torch.equal(actual.beam_indices, expected.beam_indices)
+    assert not torch.equal(scratch, log_probs), "the scratch scores hold the accumulated scores"
+
+
 # -- beam sampling: Gumbel-top-k -----------------------------------------------------------------------------
 
 DRAWS = 3000

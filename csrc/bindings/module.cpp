@@ -42,5 +42,6 @@ PYBIND11_MODULE(_C, m) {
         "Threads the CPU kernels use (TURBOGEN_NUM_THREADS, else the hardware concurrency).");
 
   turbogen::bind_softmax(m);
+  turbogen::bind_sampling(m);
 
 }

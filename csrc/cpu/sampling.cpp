@@ -25,6 +25,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "turbogen/fastmath.h"
 #include "turbogen/parallel.h"
 #include "turbogen/philox.h"
@@ -242,34 +246,75 @@ TURBOGEN_CPU_DISPATCH void collect_top_k(const RowReader& row, int64_t vocab, fl
 
 // ---- noise -------------------------------------------------------------------------------------
 
-// Gumbel noise for `count` tokens of one row (count <= kBlock), vectorised across tokens.
-TURBOGEN_CPU_DISPATCH void gumbel_block(const uint32_t* tokens, int64_t count, uint64_t seed, uint64_t offset,
-                                  float* noise) {
-  uint32_t c0[kBlock], c1[kBlock], c2[kBlock], c3[kBlock];
-  for (int64_t i = 0; i < count; ++i) {
-    c0[i] = tokens[i];
-    c1[i] = 0;  // tokens < 2^31: the high word of the token index
-    c2[i] = static_cast<uint32_t>(offset);
-    c3[i] = static_cast<uint32_t>(offset >> 32);
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < philox::kRounds; ++round) {
-    if (round > 0) {
-      k0 += philox::kKeyA;
-      k1 += philox::kKeyB;
+// Word 0 of Philox4x32-10 for `count` tokens of one row (philox::token_bits, many at once).
+void philox_bits_generic(const uint32_t* tokens, int64_t count, uint64_t seed, uint64_t offset, uint32_t* bits) {
+  for (int64_t i = 0; i < count; ++i) bits[i] = philox::token_bits(seed, offset, tokens[i]);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same with AVX2, 8 tokens per vector. Compilers vectorise the 32x32->64-bit products of the
+// generic loop poorly (constant multiplies become shift/add chains, or 64x64 emulation), so the
+// round is spelled out: even and odd lanes multiply separately and blend back.
+__attribute__((target("avx2"))) inline void mulhilo_avx2(__m256i multiplier, __m256i word, __m256i& high,
+                                                         __m256i& low) {
+  const __m256i even = _mm256_mul_epu32(word, multiplier);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(word, 32), multiplier);
+  high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+__attribute__((target("avx2"))) void philox_bits_avx2(const uint32_t* tokens, int64_t count, uint64_t seed,
+                                                      uint64_t offset, uint32_t* bits) {
+  const __m256i round_a = _mm256_set1_epi32(static_cast<int>(philox::kRoundA));
+  const __m256i round_b = _mm256_set1_epi32(static_cast<int>(philox::kRoundB));
+  const __m256i offset_lo = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  const __m256i offset_hi = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset >> 32)));
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tokens + i));
+    __m256i c1 = _mm256_setzero_si256(), c2 = offset_lo, c3 = offset_hi;
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < philox::kRounds; ++round) {
+      if (round > 0) {
+        k0 += philox::kKeyA;
+        k1 += philox::kKeyB;
+      }
+      __m256i high_a, low_a, high_b, low_b;
+      mulhilo_avx2(round_a, c0, high_a, low_a);
+      mulhilo_avx2(round_b, c2, high_b, low_b);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(high_b, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(high_a, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c1 = low_b;
+      c3 = low_a;
     }
-    for (int64_t i = 0; i < count; ++i) {
-      const uint64_t product_a = static_cast<uint64_t>(philox::kRoundA) * c0[i];
-      const uint64_t product_b = static_cast<uint64_t>(philox::kRoundB) * c2[i];
-      const uint32_t next0 = static_cast<uint32_t>(product_b >> 32) ^ c1[i] ^ k0;
-      const uint32_t next2 = static_cast<uint32_t>(product_a >> 32) ^ c3[i] ^ k1;
-      c1[i] = static_cast<uint32_t>(product_b);
-      c3[i] = static_cast<uint32_t>(product_a);
-      c0[i] = next0;
-      c2[i] = next2;
-    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits + i), c0);
   }
-  for (int64_t i = 0; i < count; ++i) noise[i] = gumbel_from_bits(c0[i]);
+  philox_bits_generic(tokens + i, count - i, seed, offset, bits + i);
+}
+
+void philox_bits(const uint32_t* tokens, int64_t count, uint64_t seed, uint64_t offset, uint32_t* bits) {
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) {
+    philox_bits_avx2(tokens, count, seed, offset, bits);
+  } else {
+    philox_bits_generic(tokens, count, seed, offset, bits);
+  }
+}
+#else
+void philox_bits(const uint32_t* tokens, int64_t count, uint64_t seed, uint64_t offset, uint32_t* bits) {
+  philox_bits_generic(tokens, count, seed, offset, bits);
+}
+#endif
+
+TURBOGEN_CPU_DISPATCH void gumbel_from_bits_block(const uint32_t* bits, int64_t count, float* noise) {
+  for (int64_t i = 0; i < count; ++i) noise[i] = gumbel_from_bits(bits[i]);
+}
+
+// Gumbel noise for `count` tokens of one row (count <= kBlock).
+void gumbel_block(const uint32_t* tokens, int64_t count, uint64_t seed, uint64_t offset, float* noise) {
+  uint32_t bits[kBlock];
+  philox_bits(tokens, count, seed, offset, bits);
+  gumbel_from_bits_block(bits, count, noise);
 }
 
 // Running Gumbel argmax: the highest score, ties to the lowest index.
@@ -513,44 +558,49 @@ Cut top_p_cut(const RowReader& row, int64_t vocab, const RowParams& p, float max
 // Pass 3: Gumbel argmax over the kept tokens that can still win. Also sums the kept mass when
 // asked (logprobs), since that needs every kept token, reachable or not.
 TURBOGEN_CPU_DISPATCH void draw_full_row(const RowReader& row, int64_t vocab, const RowParams& p, const Cut& cut,
-                                   BestDraw& best, double* kept_mass) {
+                                         BestDraw& best, double* kept_mass) {
   float z[kBlock], weight[kBlock];
-  uint8_t kept[kBlock];
+  double mass_lanes[kBlock] = {};
+  int32_t kept[kBlock];
   uint32_t tokens[kBlock];
   float values[kBlock];
-  double mass = 0.0;
   const bool weigh = kept_mass != nullptr || cut.min_p > 0.0f;
   for (int64_t base = 0; base < vocab; base += kBlock) {
     const int64_t n = std::min(kBlock, vocab - base);
     load_tempered(row, base, n, p.temperature, z);
-    int any = 0;
+    // Branch-free so that it vectorises; NaN compares false everywhere, so it is never kept.
+    int32_t any = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t j = base + i;
-      const bool above_cut = z[i] > cut.value || (z[i] == cut.value && static_cast<uint64_t>(j) <= cut.index);
-      kept[i] = static_cast<uint8_t>(above_cut);
-      any |= static_cast<int>(above_cut);
+      const int32_t index_ok = static_cast<uint64_t>(base + i) <= cut.index;
+      kept[i] = static_cast<int32_t>(z[i] > cut.value) | (static_cast<int32_t>(z[i] == cut.value) & index_ok);
+      any |= kept[i];
     }
     if (!any) continue;
     if (weigh) {
-      for (int64_t i = 0; i < n; ++i) weight[i] = kept[i] ? exp_vectorizable(z[i] - cut.max) : 0.0f;
+      for (int64_t i = 0; i < n; ++i) {
+        const float w = exp_vectorizable(z[i] - cut.max);
+        weight[i] = kept[i] ? w : 0.0f;
+      }
       if (cut.min_p > 0.0f) {
-        for (int64_t i = 0; i < n; ++i) kept[i] = static_cast<uint8_t>(kept[i] && weight[i] >= cut.min_p);
+        for (int64_t i = 0; i < n; ++i) kept[i] &= static_cast<int32_t>(weight[i] >= cut.min_p);
       }
       if (kept_mass) {
-        for (int64_t i = 0; i < n; ++i) mass += kept[i] ? weight[i] : 0.0f;
+        for (int64_t i = 0; i < n; ++i) mass_lanes[i] += kept[i] ? weight[i] : 0.0f;
       }
     }
     int64_t count = 0;
     for (int64_t i = 0; i < n; ++i) {
-      if (kept[i] && best.reachable(z[i])) {
-        tokens[count] = static_cast<uint32_t>(base + i);
-        values[count] = z[i];
-        ++count;
-      }
+      tokens[count] = static_cast<uint32_t>(base + i);
+      values[count] = z[i];
+      count += kept[i] & static_cast<int32_t>(z[i] + philox::kGumbelBound >= best.score);
     }
     if (count > 0) offer_block(tokens, values, count, p, best);
   }
-  if (kept_mass) *kept_mass = mass;
+  if (kept_mass) {
+    double mass = 0.0;
+    for (int64_t i = 0; i < kBlock; ++i) mass += mass_lanes[i];
+    *kept_mass = mass;
+  }
 }
 
 RowResult full_row(const RowReader& row, int64_t vocab, const RowParams& p, Scratch& s, bool want_token,

@@ -21,7 +21,8 @@ A step, given the processed log-probabilities of every running beam:
 4. Finished beams: candidates among the first ``num_beams`` that stopped are scored ``score / new_length **
    length_penalty`` and merged into the finished set if they beat its worst entry, unless the row is closed
    (``early_stopping=True`` and ``num_beams`` finished, or the heuristic says no improvement is possible).
-5. The cache rows are reordered to follow the surviving beams (one ``index_select`` per layer).
+5. The cache rows are reordered to follow the surviving beams: one ``index_select`` per cache tensor, i.e.
+   per layer's keys and values with transformers' ``DynamicCache``, two in all with turbogen's ``StaticKVCache``.
 
 Generation ends when no batch row can improve, or (``early_stopping=True``) every row has ``num_beams``
 finished hypotheses, or every candidate of every row stopped (e.g. at ``max_length``).
@@ -95,11 +96,18 @@ class BeamCandidates:
     length: int  # sequence length including the new token
 
 
+def _demote(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``scores + _IMPOSSIBLE`` where ``mask`` holds (broadcast), else ``scores``: exactly the numbers of
+    transformers' ``scores + mask.to(float32) * -1e9`` (adding ``-0.0`` changes nothing), in fewer tensor ops."""
+    return torch.where(mask, scores + _IMPOSSIBLE, scores)
+
+
 def _gather_beams(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """``tensor[b, indices[b, i], ...]`` for ``[B, beams, ...]`` data and ``[B, n]`` indices."""
-    while indices.dim() < tensor.dim():
-        indices = indices.unsqueeze(-1)
-    return torch.take_along_dim(tensor, indices, dim=1)
+    """``tensor[b, indices[b, i], ...]`` for ``[B, beams, ...]`` data and ``[B, n]`` int64 indices (one ``gather``:
+    ``take_along_dim`` would spend several more ops on broadcasting and wrapping negative indices)."""
+    trailing = tensor.shape[2:]
+    index = indices.view(*indices.shape, *(1,) * len(trailing)).expand(*indices.shape, *trailing)
+    return torch.gather(tensor, 1, index)
 
 
 class BeamSearchState:
@@ -143,15 +151,19 @@ class BeamSearchState:
         """``[batch_size * num_beams, length]``: the running hypotheses as the model and processors see them."""
         return self.running_sequences[:, :, :length].reshape(-1, length)
 
-    def candidates(self, log_probs: torch.Tensor, length: int, step: int) -> BeamCandidates:
+    def candidates(self, log_probs: torch.Tensor, length: int, step: int, overwrite: bool = False) -> BeamCandidates:
         """Top (or sampled) ``K`` continuations of the running beams.
 
         ``log_probs`` are the processed next-token log-probabilities ``[batch_size * num_beams, vocab]``,
         ``length`` the current sequence length, ``step`` the decoding step (the noise offset when sampling).
+        With ``overwrite`` (the caller no longer needs ``log_probs``), the beams' cumulative scores are added
+        into ``log_probs`` in place instead of into a new ``[batch_size * num_beams, vocab]`` tensor.
         """
         p = self.params
         batch, beams, vocab, k = p.batch_size, p.num_beams, p.vocab_size, p.candidates_per_row
-        accumulated = log_probs.reshape(batch, beams, vocab) + self.running_scores[:, :, None]
+        per_beam = log_probs.reshape(batch, beams, vocab)
+        running_scores = self.running_scores[:, :, None]
+        accumulated = per_beam.add_(running_scores) if overwrite else per_beam + running_scores
         accumulated = accumulated.reshape(batch, beams * vocab)
         if p.do_sample:
             offsets = torch.full_like(self.seeds, step)
@@ -188,7 +200,7 @@ class BeamSearchState:
         self.all_candidates_stopped = stopped.all()
 
         # Running beams: the best candidates that did not stop.
-        running_log_probs = candidates.log_probs + stopped.to(torch.float32) * _IMPOSSIBLE
+        running_log_probs = _demote(candidates.log_probs, stopped)
         keep = torch.topk(running_log_probs, k=p.num_beams).indices
         self.running_sequences = _gather_beams(candidates.sequences, keep)
         self.running_scores = _gather_beams(running_log_probs, keep)
@@ -199,9 +211,9 @@ class BeamSearchState:
         finished_scores = candidates.log_probs / ((length - p.prompt_length) ** p.length_penalty)
         if p.early_stopping is True:  # otherwise this penalty is 0 everywhere (adding it is a no-op)
             row_is_full = torch.all(self.is_finished, dim=-1, keepdim=True)
-            finished_scores = finished_scores + row_is_full.to(torch.float32) * _IMPOSSIBLE
-        finished_scores = finished_scores + (~self.may_improve).to(torch.float32) * _IMPOSSIBLE
-        finished_scores = finished_scores + (~newly_finished) * _IMPOSSIBLE
+            finished_scores = _demote(finished_scores, row_is_full)
+        finished_scores = _demote(finished_scores, ~self.may_improve)
+        finished_scores = _demote(finished_scores, ~newly_finished)
         merged_scores = torch.cat((self.scores, finished_scores), dim=1)
         best = torch.topk(merged_scores, k=p.num_beams).indices
         self.sequences = _gather_beams(torch.cat((self.sequences, candidates.sequences), dim=1), best)
@@ -261,20 +273,24 @@ def run_beam_search(
 
     ``forward`` is the decode loop's model adapter (``decode(tokens, length)`` returning the next logits and
     recording outputs, ``reorder_cache(index)``); ``stopping`` a :class:`turbogen.stopping.StoppingPlan`;
-    ``record`` collects the optional per-step outputs (``scores(...)``, ``logits(...)`` and ``collected_scores``).
+    ``record`` collects the optional per-step outputs (``scores(...)``, ``logits(...)``, ``collected_scores`` and
+    ``wants_scores``, whether scores are kept).
     Returns the final sequence length.
     """
     p = state.params
     length = p.prompt_length
     logits = first_logits
     step = 0
+    # Without processors or recorded scores, a step's log_softmax output is read only by `candidates`, which may
+    # then add the beam scores into it in place.
+    log_probs_are_scratch = not logits_processor and not record.wants_scores
     while True:
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
         if logits_processor:
             log_probs = logits_processor(state.flat_running_sequences(length), log_probs)
         record.logits(logits)
         record.scores(log_probs)
-        candidates = state.candidates(log_probs, length, step)
+        candidates = state.candidates(log_probs, length, step, overwrite=log_probs_are_scratch)
 
         stopped = None
         every_candidate_stops = stopping.stops_all(candidates.length)

@@ -19,6 +19,13 @@ that flag is read one step late so the host never waits on the device while it c
 rare extra step is then discarded, leaving results identical. Only the last position's logits are computed
 when the model supports ``logits_to_keep``.
 
+KV cache: transformers' ``DynamicCache`` by default; ``cache_implementation="static"`` builds turbogen's
+:class:`~turbogen.cache.StaticKVCache` for ``batch * max(num_beams, num_return_sequences)`` rows and
+``max_length - 1`` positions (the last token is never fed back), written in place by ``cache_position``; other
+names raise ``ValueError``. Results are those of the dynamic cache. The static cache exists for
+``torch.compile`` and CUDA graphs: run eagerly, transformers' models rebuild an explicit mask over every
+cache slot at each step, which costs more than the dynamic cache's growth.
+
 Sampling: every sequence has its own 64-bit seed, ``seed + row`` where ``seed`` is
 ``generation_config.seed`` or, if that is ``None``, one number drawn from torch's global RNG per call
 (so ``torch.manual_seed`` makes runs reproducible). The draw at step ``t`` uses offset ``t``
@@ -533,8 +540,17 @@ class _Record:
 
 
 def _last_logits(outputs: Any) -> torch.Tensor:
-    # A float32 copy, so the (possibly prompt-long) logits of the model output can be freed.
-    return outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+    """The last position's logits, float32 ``[rows, vocab]`` with contiguous rows.
+
+    When the model computed only that position (``logits_to_keep=1``) in float32, this is a view: it keeps
+    nothing larger alive and saves a copy of ``rows * vocab`` floats per step. Otherwise it is a copy (as in
+    transformers), so that the possibly prompt-long logits of the model output can be freed.
+    """
+    logits = outputs.logits
+    last = logits[:, -1, :]
+    if logits.shape[1] == 1 and logits.dtype == torch.float32 and last.is_contiguous():
+        return last
+    return last.to(copy=True, dtype=torch.float32)
 
 
 class _DirectForward:

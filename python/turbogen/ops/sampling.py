@@ -162,7 +162,10 @@ def _launch(backend: str, logits: torch.Tensor, temperature: torch.Tensor, top_k
     if backend == "cpu":
         _ext.extension().sample_cpu(*args)
     elif backend == "cuda":
-        _ext.extension().sample_cuda(*args, _ext.cuda_stream_handle(logits.device))
+        extension = _ext.extension()
+        workspace = torch.empty(extension.sampling_workspace_bytes(rows, vocab), dtype=torch.uint8,
+                                device=logits.device)
+        extension.sample_cuda(*args, workspace.data_ptr(), _ext.cuda_stream_handle(logits.device))
     else:
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for the compiled sampling ops, got {backend!r}")
 

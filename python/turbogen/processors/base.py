@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import weakref
 from typing import Optional, Union
 
 import numpy as np
@@ -37,19 +38,42 @@ class LogitsProcessorList(list):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
         for processor in self:
-            parameters = list(inspect.signature(processor.__call__).parameters)
-            extra = parameters[2:]
+            extra = _extra_call_parameters(processor)
             if not extra:
                 scores = processor(input_ids, scores)
                 continue
             missing = [name for name in extra if name not in kwargs]
             if missing:
                 raise ValueError(
-                    f"{type(processor).__name__} needs the keyword arguments {extra}, but {missing} were not "
+                    f"{type(processor).__name__} needs the keyword arguments {list(extra)}, but {missing} were not "
                     f"passed to the LogitsProcessorList call"
                 )
             scores = processor(input_ids, scores, **kwargs)
         return scores
+
+
+# class -> (its __call__ function, the names of that function's parameters after input_ids and scores).
+_EXTRA_PARAMETERS_BY_CLASS: "weakref.WeakKeyDictionary[type, tuple[object, tuple[str, ...]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _extra_call_parameters(processor) -> tuple[str, ...]:
+    """The parameters of ``processor.__call__`` after ``(input_ids, scores)``.
+
+    ``inspect.signature`` costs tens of microseconds and a list is called at every decoding step, so the
+    answer is kept per class when ``__call__`` is a plain function defined on the class (then every instance
+    has the same signature; the cached function is compared so a reassigned ``__call__`` is noticed).
+    Other callables (functions, ``functools.partial``) are inspected at every call.
+    """
+    cls = type(processor)
+    call = getattr(cls, "__call__", None)
+    if not inspect.isfunction(call):
+        return tuple(inspect.signature(processor.__call__).parameters)[2:]
+    cached = _EXTRA_PARAMETERS_BY_CLASS.get(cls)
+    if cached is None or cached[0] is not call:
+        cached = (call, tuple(inspect.signature(processor.__call__).parameters)[2:])
+        _EXTRA_PARAMETERS_BY_CLASS[cls] = cached
+    return cached[1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""Sampling on this CPU: turbogen's cpu backend vs transformers' warper chain vs turbogen.ref
+(eager and torch.compile), side by side in one run, with the read floor of every shape.
+
+    python -m pytest bench/bench_sampling.py -s --benchmark-group-by=group \\
+        --benchmark-columns=median,rounds --benchmark-sort=name
+
+transformers' chain is what ``generate(do_sample=True)`` runs per step: TemperatureLogitsWarper,
+TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper, softmax, torch.multinomial. The floor is the
+time to read the logits once at this machine's read bandwidth, measured in the same run
+(bench/common.py). With ``-s`` a summary prints each implementation's median as a multiple of the
+floor and turbogen cpu's speed-up over transformers.
+
+The logits are standard normal: a flat distribution over the whole vocabulary, the hard case for
+top-p (about top_p of the vocabulary stays) and for pure sampling (every token needs its noise).
+Language-model logits are far more peaked, which only helps the cpu backend (it prunes tokens
+that cannot win); transformers' chain costs the same either way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from common import read_bandwidth_bytes_per_s, read_floor_seconds
+from turbogen import ops
+from turbogen.ops.sampling import sample
+from turbogen.ref.sampling import sample as reference_sample
+
+BATCHES = [1, 8, 32, 64]
+VOCABS = [32000, 128256]
+MIXES = {  # name: (temperature, top_k, top_p, min_p)
+    "t0.7-k50-p0.9": (0.7, 50, 0.9, 0.0),
+    "p0.9": (1.0, 0, 0.9, 0.0),
+    "pure": (1.0, 0, 1.0, 0.0),
+}
+
+
+def transformers_chain(logits, temperature, top_k, top_p, min_p):
+    scores = logits
+    if temperature != 1.0:
+        scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    if min_p:
+        scores = MinPLogitsWarper(min_p)(None, scores)
+    return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
+
+
+_COMPILED = {}
+
+
+def compiled_reference(mix: str):
+    """torch.compile(turbogen.ref.sample) per parameter mix (the scalars are baked into the graph),
+    with dynamic shapes so that one compilation serves every batch and vocabulary."""
+    if mix not in _COMPILED:
+        _COMPILED[mix] = torch.compile(reference_sample, fullgraph=True, dynamic=True)
+    return _COMPILED[mix]
+
+
+def _runners(mix: str):
+    temperature, top_k, top_p, min_p = MIXES[mix]
+    filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    runners = {
+        "transformers": lambda x: transformers_chain(x, temperature, top_k, top_p, min_p),
+        "turbogen ref": lambda x: reference_sample(x, seed=0, **filters),
+        "turbogen ref compiled": lambda x: compiled_reference(mix)(x, seed=0, **filters),
+    }
+    if ops.available_backends()["cpu"]:
+        runners["turbogen cpu"] = lambda x: sample(x, seed=0, backend="cpu", **filters)
+    return runners
+
+
+IMPLEMENTATIONS = ["turbogen cpu", "transformers", "turbogen ref", "turbogen ref compiled"]
+_MEDIANS: dict[tuple[str, int, int], dict[str, float]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not _MEDIANS:
+        return
+    write = reporter.write_line
+    write("")
+    write(f"read bandwidth {read_bandwidth_bytes_per_s() / 1e9:.1f} GB/s; times in ms, (x floor)")
+    write(f"{'mix':>14} {'B':>3} {'V':>7} {'floor':>7} " + " ".join(f"{name:>22}" for name in IMPLEMENTATIONS)
+          + "  cpu speed-up vs transformers")
+    for (mix, batch, vocab), medians in sorted(_MEDIANS.items()):
+        floor = read_floor_seconds(torch.empty(batch, vocab))
+        cells = []
+        for name in IMPLEMENTATIONS:
+            seconds = medians.get(name)
+            cells.append(f"{'-':>22}" if seconds is None else f"{seconds * 1e3:>12.3f} ({seconds / floor:>6.1f}x)")
+        speedup = ""
+        if "turbogen cpu" in medians and "transformers" in medians:
+            speedup = f"  {medians['transformers'] / medians['turbogen cpu']:.1f}x"
+        write(f"{mix:>14} {batch:>3} {vocab:>7} {floor * 1e3:>7.3f} " + " ".join(cells) + speedup)
+
+
+@pytest.mark.parametrize("vocab", VOCABS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("mix", list(MIXES))
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_sample(benchmark, impl, mix, batch, vocab):
+    runners = _runners(mix)
+    if impl not in runners:
+        pytest.skip("the cpu backend is unavailable: " + ops.available_backends()["cpu"].reason)
+    logits = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(batch * vocab))
+    run = runners[impl]
+    run(logits)  # warm up (and compile)
+    fast = impl == "turbogen cpu"
+    benchmark.group = f"sample {mix} B={batch} V={vocab} fp32"
+    benchmark.extra_info["floor_ms"] = read_floor_seconds(logits) * 1e3
+    benchmark.extra_info["read_GBps"] = read_bandwidth_bytes_per_s() / 1e9
+    benchmark.pedantic(run, args=(logits,), rounds=20 if fast else 3, iterations=1, warmup_rounds=1 if fast else 0)
+    _MEDIANS.setdefault((mix, batch, vocab), {})[impl] = benchmark.stats.stats.median

@@ -1,0 +1,426 @@
+"""turbogen.ops.sample / filter_logits on every backend against turbogen.ref, and turbogen.ref
+against transformers' warpers (DESIGN.md, "Randomness: the determinism contract")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+import turbogen.ops.sampling as ops_sampling
+from turbogen.ref import sampling as ref_sampling
+
+from conftest import backend_params, device_for
+
+NEG_INF = float("-inf")
+
+# (temperature, top_k, top_p, min_p): off, the usual mix, each filter alone, and extremes.
+MIXES = [
+    (1.0, 0, 1.0, 0.0),
+    (0.7, 50, 0.9, 0.0),
+    (1.3, 0, 0.8, 0.05),
+    (0.5, 5, 1.0, 0.2),
+    (1.0, 0, 0.3, 0.0),
+    (2.0, 100, 0.95, 0.1),
+    (1.0, 1, 1.0, 0.0),
+    (1.0, 0, 1e-6, 0.0),
+    (0.9, 0, 1.0, 1.0),
+    (0.0, 0, 1.0, 0.0),
+]
+
+
+def transformers_filter(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float):
+    """transformers' sampling warpers, added as GenerationMixin._get_logits_processor adds them."""
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    if min_p != 0.0:
+        warpers.append(MinPLogitsWarper(min_p))
+    return warpers(None, logits.float())
+
+
+def random_logits(rows: int, vocab: int, seed: int, scale: float = 3.0, dtype=torch.float32, device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, vocab, generator=generator) * scale).to(dtype).to(device)
+
+
+def per_row_parameters(rows: int, seed: int, device="cpu") -> dict:
+    """A mix of every filter per row, including off and greedy rows."""
+    generator = torch.Generator().manual_seed(seed)
+    temperature = torch.rand(rows, generator=generator) * 1.5 + 0.25
+    temperature[::4] = 0.0
+    top_k = torch.randint(1, 120, (rows,), generator=generator)
+    top_k[::3] = 0
+    top_p = torch.rand(rows, generator=generator, dtype=torch.float64) * 0.9 + 0.05
+    top_p[1::5] = 1.0
+    min_p = torch.rand(rows, generator=generator) * 0.2
+    min_p[::2] = 0.0
+    return {name: value.to(device) for name, value in
+            dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p).items()}
+
+
+def draw(backend: str, logits, seed, offset=0, **filters):
+    return ops_sampling.sample(logits, seed=seed, offset=offset, return_logprobs=True, backend=backend, **filters)
+
+
+# ---- the reference is transformers ----------------------------------------------------------------
+
+@pytest.mark.parametrize("vocab", [17, 1000, 32003])
+@pytest.mark.parametrize("mix", [m for m in MIXES if m[0] > 0], ids=str)
+def test_reference_filter_matches_transformers(vocab, mix):
+    temperature, top_k, top_p, min_p = mix
+    logits = random_logits(8, vocab, seed=vocab)
+    expected = transformers_filter(logits, temperature, top_k, top_p, min_p)
+    actual = ref_sampling.filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    assert torch.equal(actual, expected)
+
+
+def test_reference_per_row_parameters_match_transformers_row_by_row():
+    rows, vocab = 16, 1000
+    logits = random_logits(rows, vocab, seed=3)
+    params = per_row_parameters(rows, seed=4)
+    params["temperature"][params["temperature"] == 0] = 0.5
+    actual = ref_sampling.filter_logits(logits, **params)
+    for r in range(rows):
+        expected = transformers_filter(logits[r:r + 1], float(params["temperature"][r]), int(params["top_k"][r]),
+                                       float(params["top_p"][r]), float(params["min_p"][r]))
+        assert torch.equal(actual[r:r + 1], expected), f"row {r}"
+
+
+def test_reference_logprobs_are_transformers_log_softmax():
+    logits = random_logits(32, 500, seed=5)
+    tokens, logprobs = ref_sampling.sample(logits, temperature=0.8, top_k=40, top_p=0.9, seed=11,
+                                           return_logprobs=True)
+    expected = transformers_filter(logits, 0.8, 40, 0.9, 0.0).log_softmax(-1).gather(1, tokens[:, None])[:, 0]
+    torch.testing.assert_close(logprobs, expected)
+
+
+def test_reference_compiles_fullgraph():
+    logits = random_logits(6, 1000, seed=6)
+    params = per_row_parameters(6, seed=7)
+    seed = torch.arange(6) * 1000 + 1
+    offset = torch.tensor(3)
+    compiled = torch.compile(ref_sampling.sample, fullgraph=True, dynamic=False)
+    tokens, logprobs = compiled(logits, seed=seed, offset=offset, return_logprobs=True, **params)
+    expected_tokens, expected_logprobs = ref_sampling.sample(logits, seed=seed, offset=offset, return_logprobs=True,
+                                                             **params)
+    assert torch.equal(tokens, expected_tokens)
+    torch.testing.assert_close(logprobs, expected_logprobs)
+
+
+# ---- every backend computes the reference's function ----------------------------------------------
+
+def _interpreted(backend: str) -> bool:
+    return backend == "triton" and not torch.cuda.is_available()
+
+
+def _cases(backend: str):
+    """(rows, vocab, dtype) per backend: Triton's interpreter costs milliseconds per program."""
+    if _interpreted(backend):
+        return [(1, 17, torch.float32), (4, 1000, torch.bfloat16), (2, 1000, torch.float16)]
+    shapes = [(1, 17), (65, 17), (7, 1000), (33, 1000), (3, 32003)]
+    return [(rows, vocab, dtype) for rows, vocab in shapes for dtype in (torch.float32, torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu", "triton", "cuda")))
+def test_backend_matches_reference(backend):
+    device = device_for(backend)
+    draws = token_mismatches = filter_mismatches = 0
+    for case, (rows, vocab, dtype) in enumerate(_cases(backend)):
+        logits = random_logits(rows, vocab, seed=case, dtype=dtype, device=device)
+        seeds = torch.arange(rows, device=device) * 7919 + case
+        mixes = [dict(zip(("temperature", "top_k", "top_p", "min_p"), mix)) for mix in MIXES]
+        mixes.append(per_row_parameters(rows, seed=case, device=device))
+        if _interpreted(backend):
+            mixes = mixes[1:3] + mixes[-1:]
+        for filters in mixes:
+            tokens, logprobs = draw(backend, logits, seeds, offset=case, **filters)
+            expected_tokens, expected_logprobs = draw("ref", logits, seeds, offset=case, **filters)
+            same = tokens == expected_tokens
+            draws += rows
+            token_mismatches += int((~same).sum())
+            torch.testing.assert_close(logprobs[same], expected_logprobs[same], atol=1e-4, rtol=1e-5)
+            kept = torch.isfinite(ops_sampling.filter_logits(logits, backend=backend, **filters))
+            expected_kept = torch.isfinite(ops_sampling.filter_logits(logits, backend="ref", **filters))
+            filter_mismatches += int((kept != expected_kept).any(dim=1).sum())
+    allowed = draws // 1000  # float rounding at a filter boundary or a near-tie of scores (documented)
+    assert token_mismatches <= allowed, f"{token_mismatches} of {draws} draws differ from the reference"
+    assert filter_mismatches <= allowed, f"{filter_mismatches} of {draws} filtered rows differ from the reference"
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu", "triton", "cuda")))
+def test_filtered_values_are_the_tempered_logits(backend):
+    device = device_for(backend)
+    logits = random_logits(4, 1000, seed=8, dtype=torch.bfloat16, device=device)
+    filters = dict(temperature=0.7, top_k=30, top_p=0.8)
+    actual = ops_sampling.filter_logits(logits, backend=backend, **filters)
+    expected = ops_sampling.filter_logits(logits, backend="ref", **filters)
+    assert actual.dtype == torch.float32 and actual.is_contiguous()
+    assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_batch_invariance(backend):
+    """A row's token depends on its own logits, parameters, seed and offset only."""
+    device = device_for(backend)
+    rows = 9
+    logits = random_logits(rows, 1000, seed=9, device=device)
+    params = per_row_parameters(rows, seed=10, device=device)
+    seeds = torch.arange(rows, device=device) * 31 + 5
+    offsets = torch.arange(rows, device=device) + 100
+    tokens, logprobs = draw(backend, logits, seeds, offsets, **params)
+
+    def subset(index):
+        index = torch.as_tensor(index, device=device)
+        return draw(backend, logits[index], seeds[index], offsets[index],
+                    **{name: value[index] for name, value in params.items()})
+
+    permutation = torch.randperm(rows, generator=torch.Generator().manual_seed(0)).tolist()
+    for index in (permutation, [4], [0, 8], list(range(3, 9))):
+        sub_tokens, sub_logprobs = subset(index)
+        assert torch.equal(sub_tokens, tokens[index]), f"rows {index}"
+        assert torch.equal(sub_logprobs, logprobs[index]), f"rows {index}"
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("filters", [dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02), dict()], ids=str)
+def test_draws_follow_transformers_distribution(backend, filters):
+    """Many draws of one row (one offset each) match softmax of transformers' warped logits."""
+    if _interpreted(backend) and filters:
+        pytest.skip("too slow in Triton's interpreter (a program per draw); test_backend_matches_reference "
+                    "checks Triton's filtered draws token for token")
+    device = device_for(backend)
+    # The interpreter gets a 5-token row, where 200 draws pin the distribution down as well.
+    vocab, draws = (5, 200) if _interpreted(backend) else (200 if filters else 40, 4000)
+    row = random_logits(1, vocab, seed=12, scale=2.0)
+    settings = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) | filters
+    probs = transformers_filter(row, *settings.values()).softmax(-1)[0]
+    tokens = ops_sampling.sample(row.to(device).repeat(draws, 1), seed=torch.full((draws,), 77, device=device),
+                                 offset=torch.arange(draws, device=device), backend=backend, **filters).cpu()
+    assert bool((probs[tokens] > 0).all()), "drew a token outside the kept set"
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    cosine = torch.nn.functional.cosine_similarity(counts, probs.double(), dim=0)
+    assert cosine > 0.99
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_logprobs_are_log_softmax_of_filtered_logits(backend):
+    device = device_for(backend)
+    logits = random_logits(8, 300, seed=13, device=device)
+    tokens, logprobs = draw(backend, logits, 5, temperature=1.2, top_k=25, top_p=0.85, min_p=0.01)
+    expected = transformers_filter(logits.cpu(), 1.2, 25, 0.85, 0.01).log_softmax(-1)
+    torch.testing.assert_close(logprobs.cpu(), expected.gather(1, tokens.cpu()[:, None])[:, 0], atol=1e-4, rtol=1e-5)
+    only_tokens = ops_sampling.sample(logits, seed=5, temperature=1.2, top_k=25, top_p=0.85, min_p=0.01,
+                                      backend=backend)
+    assert torch.equal(only_tokens, tokens)
+
+
+# ---- edge cases -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_filters_that_leave_only_the_top(backend):
+    device = device_for(backend)
+    logits = random_logits(6, 257, seed=14, device=device)
+    logits[2, 10] = logits[2, 200] = logits[2].max() + 1  # a tie for the max
+    argmax = logits.argmax(dim=1)
+    assert argmax[2] == 10
+    # The order keeps the lowest index first: one token is left, the lowest of a tie.
+    for filters in (dict(top_p=1e-9), dict(temperature=0.0), dict(temperature=0.0, top_k=5, top_p=0.5)):
+        tokens, logprobs = draw(backend, logits, 3, **filters)
+        assert torch.equal(tokens, argmax), filters
+        assert torch.equal(logprobs, torch.zeros_like(logprobs)), filters
+    # top-k keeps ties with the k-th value and min-p ties with the max: row 2 keeps both of its tied tokens.
+    for filters in (dict(top_k=1), dict(min_p=1.0)):
+        tokens, logprobs = draw(backend, logits, 3, **filters)
+        assert torch.equal(tokens[[0, 1, 3, 4, 5]], argmax[[0, 1, 3, 4, 5]]), filters
+        assert int(tokens[2]) in (10, 200), filters
+        expected = torch.zeros(6, device=device)
+        expected[2] = -math.log(2.0)
+        torch.testing.assert_close(logprobs, expected)
+        kept = torch.isfinite(ops_sampling.filter_logits(logits, backend=backend, **filters))
+        assert kept.sum(dim=1).tolist() == [1, 1, 2, 1, 1, 1], filters
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_large_top_k_is_no_filter(backend):
+    device = device_for(backend)
+    logits = random_logits(4, 100, seed=15, device=device)
+    expected = draw(backend, logits, 8)
+    for top_k in (100, 101, 10 ** 9):
+        actual = draw(backend, logits, 8, top_k=top_k)
+        assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_mixed_greedy_and_sampled_rows(backend):
+    device = device_for(backend)
+    logits = random_logits(4, 500, seed=16, device=device)
+    temperature = torch.tensor([0.0, 1.0, 0.0, 0.5], device=device)
+    tokens, logprobs = draw(backend, logits, 21, temperature=temperature, top_k=10)
+    assert tokens[0] == logits[0].argmax() and tokens[2] == logits[2].argmax()
+    assert logprobs[0] == 0 and logprobs[2] == 0
+    sampled = draw(backend, logits[[1, 3]], torch.tensor([22, 24], device=device),
+                   temperature=temperature[[1, 3]], top_k=10)
+    assert torch.equal(tokens[[1, 3]], sampled[0])
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_rows_without_finite_logits(backend):
+    device = device_for(backend)
+    logits = random_logits(5, 300, seed=17, device=device)
+    logits[0] = NEG_INF
+    logits[1] = float("nan")
+    logits[2] = NEG_INF
+    logits[2, 123] = -5.0  # a single finite logit
+    logits[3, ::2] = float("nan")
+    for filters in (dict(), dict(top_k=3, top_p=0.5), dict(temperature=0.0), dict(min_p=0.5)):
+        tokens, logprobs = draw(backend, logits, 1, **filters)
+        assert tokens[:3].tolist() == [-1, -1, 123], filters
+        assert logprobs[0] == NEG_INF and logprobs[1] == NEG_INF and logprobs[2] == 0
+        assert tokens[3] % 2 == 1, "drew a NaN logit"
+        assert 0 <= tokens[4] < 300
+        filtered = ops_sampling.filter_logits(logits, backend=backend, **filters)
+        assert bool(torch.isneginf(filtered[:2]).all())
+        assert torch.isfinite(filtered[2]).nonzero().flatten().tolist() == [123]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_empty_shapes(backend):
+    device = device_for(backend)
+    tokens, logprobs = draw(backend, torch.empty(3, 0, device=device), 0)
+    assert tokens.tolist() == [-1, -1, -1] and bool(torch.isneginf(logprobs).all())
+    tokens, logprobs = draw(backend, torch.empty(0, 10, device=device), 0)
+    assert tokens.shape == (0,) and logprobs.shape == (0,)
+    assert ops_sampling.filter_logits(torch.empty(0, 10, device=device), backend=backend).shape == (0, 10)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_seeds_and_offsets(backend):
+    device = device_for(backend)
+    logits = random_logits(6, 400, seed=18, device=device)
+    rows = torch.arange(6, device=device)
+    scalar = ops_sampling.sample(logits, seed=1000, offset=4, backend=backend)
+    assert torch.equal(scalar, ops_sampling.sample(logits, seed=1000 + rows, offset=torch.full_like(rows, 4),
+                                                   backend=backend))
+    assert torch.equal(scalar, ops_sampling.sample(logits, seed=torch.tensor(1000, device=device),
+                                                   offset=torch.tensor(4, device=device), backend=backend))
+    # seeds and offsets are 64-bit words: a scalar seed wraps modulo 2**64.
+    wrapped = ops_sampling.sample(logits, seed=2 ** 64 - 3, backend=backend)
+    assert torch.equal(wrapped, ops_sampling.sample(logits, seed=rows - 3, backend=backend))
+    # Each offset is a fresh draw: over 8 offsets a flat row must not always give the same token.
+    flat = torch.zeros(1, 400, device=device)
+    assert len({int(ops_sampling.sample(flat, seed=5, offset=o, backend=backend)) for o in range(8)}) > 1
+
+
+# ---- validation, custom op, compile ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,error,name", [
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(top_k=-1), ValueError, "top_k"),
+    (dict(top_k=2.5), TypeError, "top_k"),
+    (dict(top_k=torch.ones(4)), TypeError, "top_k"),
+    (dict(min_p=-0.1), ValueError, "min_p"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=float("inf")), ValueError, "temperature"),
+    (dict(temperature=torch.tensor([1.0, float("nan"), 1.0, 1.0])), ValueError, "temperature"),
+    (dict(temperature=torch.ones(3)), ValueError, "temperature"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed=torch.ones(4, dtype=torch.int32)), TypeError, "seed"),
+    (dict(seed=torch.ones(3, dtype=torch.int64)), ValueError, "seed"),
+    (dict(seed=2 ** 64), ValueError, "seed"),
+    (dict(offset=torch.zeros(2, 2, dtype=torch.int64)), ValueError, "offset"),
+    (dict(backend="gpu"), ValueError, "backend"),
+])
+def test_invalid_arguments_name_the_argument(kwargs, error, name):
+    arguments = dict(seed=0) | kwargs
+    with pytest.raises(error, match=name):
+        ops_sampling.sample(torch.zeros(4, 10), **arguments)
+
+
+@pytest.mark.parametrize("logits,error", [
+    (torch.zeros(10), ValueError),
+    (torch.zeros(4, 10, dtype=torch.float64), TypeError),
+    (torch.zeros(10, 4).t(), ValueError),
+    ([[0.0, 1.0]], TypeError),
+])
+def test_invalid_logits(logits, error):
+    with pytest.raises(error, match="logits"):
+        ops_sampling.sample(logits, seed=0)
+    with pytest.raises(error, match="logits"):
+        ops_sampling.filter_logits(logits)
+
+
+def test_strided_rows_are_read_correctly():
+    """Rows a stride apart (a slice of a wider buffer) give the same result as a contiguous copy."""
+    backend = "cpu" if ops_sampling._ext.extension_error() is None else "ref"
+    wide = random_logits(6, 1500, seed=19)
+    view = wide[:, 100:1100]
+    assert view.stride() == (1500, 1)
+    assert torch.equal(ops_sampling.sample(view, seed=3, top_k=20, backend=backend),
+                       ops_sampling.sample(view.contiguous(), seed=3, top_k=20, backend=backend))
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu", "triton", "cuda")))
+def test_custom_ops_pass_opcheck(backend):
+    device = device_for(backend)
+    logits = random_logits(3, 64, seed=20, device=device)
+    rows = logits.shape[0]
+    params = (torch.full((1,), 0.8, device=device), torch.tensor([5, 0, 1], device=device),
+              torch.full((rows,), 0.9, dtype=torch.float64, device=device), torch.zeros(1, device=device))
+    counters = (torch.arange(rows, device=device), torch.zeros(1, dtype=torch.int64, device=device))
+    torch.library.opcheck(torch.ops.turbogen.sample, (logits, *params, *counters, True, backend))
+    torch.library.opcheck(torch.ops.turbogen.filter_logits, (logits, *params, backend))
+
+
+def test_compiled_backend_runs_inside_torch_compile():
+    if ops_sampling._ext.extension_error() is not None:
+        pytest.skip(ops_sampling._ext.extension_error())
+    logits = random_logits(4, 1000, seed=21)
+    seeds = torch.arange(4) + 9
+
+    def step(logits, seeds):
+        return ops_sampling.sample(logits, temperature=0.7, top_k=50, top_p=0.9, seed=seeds, return_logprobs=True,
+                                   backend="cpu")
+
+    compiled = torch.compile(step, fullgraph=True)
+    tokens, logprobs = compiled(logits, seeds)
+    expected_tokens, expected_logprobs = step(logits, seeds)
+    assert torch.equal(tokens, expected_tokens) and torch.equal(logprobs, expected_logprobs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", backend_params(("cuda", "triton")))
+def test_cuda_graph_replay_draws_fresh_tokens(backend):
+    """Seeds and offsets in device memory: a captured graph advances them between replays."""
+    logits = random_logits(4, 5000, seed=22, scale=0.5, device="cuda")
+    seeds = torch.arange(4, device="cuda") + 100
+    offset = torch.zeros(4, dtype=torch.int64, device="cuda")
+    params = dict(temperature=torch.full((4,), 0.9, device="cuda"), top_k=torch.full((4,), 200, device="cuda"),
+                  top_p=torch.full((4,), 0.95, dtype=torch.float64, device="cuda"))
+    ops_sampling.sample(logits, seed=seeds, offset=offset, backend=backend, **params)  # warm up (compile)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        tokens = ops_sampling.sample(logits, seed=seeds, offset=offset, backend=backend, **params)
+    replayed = []
+    for step in range(3):
+        offset.fill_(step)
+        graph.replay()
+        replayed.append(tokens.clone())
+        expected = ops_sampling.sample(logits, seed=seeds, offset=step, backend="ref", **params)
+        assert torch.equal(replayed[-1], expected)
+    assert not all(torch.equal(replayed[0], t) for t in replayed[1:])
+
