@@ -91,6 +91,32 @@ def test_sampled_distribution_matches_transformers_processors(setting):
     assert frequencies[expected == 0].sum() == 0, "a token transformers' processors remove was drawn"
 
 
+def test_trailing_warpers_are_fused_into_the_sampler_unless_scores_are_requested(monkeypatch):
+    """Without ``output_scores`` the temperature/top-k/top-p warpers run inside ``ops.sample``; with it they run
+    as processors (their output is the recorded score). Same seed, same draws either way."""
+    import turbogen.ops
+
+    sampler_filters = []
+    sample = turbogen.ops.sample
+
+    def recording_sample(logits, **kwargs):
+        sampler_filters.append({name: kwargs.get(name) for name in ("temperature", "top_k", "top_p")})
+        return sample(logits, **kwargs)
+
+    monkeypatch.setattr(turbogen.ops, "sample", recording_sample)
+    model = tiny_model("llama")
+    input_ids, attention_mask = _padded_prompt()
+    options = dict(do_sample=True, max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3,
+                   seed=8, eos_token_id=None)
+    fused = generate(model, input_ids, attention_mask=attention_mask, **options)
+    assert sampler_filters == [dict(temperature=0.7, top_k=20, top_p=0.9)] * 6
+    sampler_filters.clear()
+    unfused = generate(model, input_ids, attention_mask=attention_mask, return_dict_in_generate=True,
+                       output_scores=True, **options)
+    assert sampler_filters == [dict(temperature=None, top_k=None, top_p=None)] * 6
+    assert torch.equal(fused, unfused.sequences)
+
+
 def test_sampling_scores_are_transformers_processed_scores():
     model = tiny_model("gpt2")
     input_ids, attention_mask = _padded_prompt()
