@@ -71,7 +71,8 @@ def _runners(mix: str):
     runners = {
         "transformers": lambda x: transformers_chain(x, temperature, top_k, top_p, min_p),
         "turbogen ref": lambda x: reference_sample(x, seed=0, **filters),
-        "turbogen ref compiled": lambda x: compiled_reference(mix)(x, seed=0, **filters),
+        # Tensor seeds (S + r, as seed=0 means): the graph then serves every batch size.
+        "turbogen ref compiled": lambda x: compiled_reference(mix)(x, seed=torch.arange(x.shape[0]), **filters),
     }
     if ops.available_backends()["cpu"]:
         runners["turbogen cpu"] = lambda x: sample(x, seed=0, backend="cpu", **filters)

@@ -51,9 +51,20 @@ def philox4x32(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.T
             k1 = (k1 + PHILOX_KEY_B).bitwise_and(_MASK32)
         high_a, low_a = _mulhilo32(PHILOX_ROUND_A, c0)
         high_b, low_b = _mulhilo32(PHILOX_ROUND_B, c2)
-        c0, c1, c2, c3 = (high_b.bitwise_xor(c1).bitwise_xor(k0), low_b,
-                          high_a.bitwise_xor(c3).bitwise_xor(k1), low_a)
+        c0, c1, c2, c3 = (_materialized(high_b.bitwise_xor(c1).bitwise_xor(k0)), _materialized(low_b),
+                          _materialized(high_a.bitwise_xor(c3).bitwise_xor(k1)), _materialized(low_a))
     return c0, c1, c2, c3
+
+
+def _materialized(word: torch.Tensor) -> torch.Tensor:
+    """``word`` itself (an identity view in eager mode), stored to memory under torch.compile.
+
+    Every round reads each word two or three times, so inductor, which inlines integer arithmetic
+    into its consumers, would otherwise trace a tree that grows ~3x per round (3^10 nodes) when the
+    counter and key are compile-time constants, and never finish compiling. as_strided needs a
+    realized input, which bounds every kernel to one round.
+    """
+    return word.as_strided(word.shape, word.stride())
 
 
 def split_uint64(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

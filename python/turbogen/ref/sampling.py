@@ -38,6 +38,8 @@ def _column(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 def _wrap_int64(value: int) -> int:
     """An integer modulo 2**64, as the int64 with the same bits."""
+    if -(1 << 63) <= value < (1 << 63):  # the usual case; keeps symbolic ints (torch.compile) symbolic
+        return value
     value %= _UINT64_MODULUS
     return value - _UINT64_MODULUS if value >= (1 << 63) else value
 
