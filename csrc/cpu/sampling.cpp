@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -127,68 +128,104 @@ Status check(const SamplingArgs& a) {
 
 // ---- reading a row -----------------------------------------------------------------------------
 
-// Element i of a row as float32 (the kernels' view of fp16/bf16/fp32 logits).
+using FullBlock = std::integral_constant<int64_t, kBlock>;
+
+// A row of fp32/fp16/bf16 logits, read as tempered float32 values z = x / T (IEEE division: the
+// reference's exact values). NaN stays NaN; every comparison below is false for it, which is how
+// NaN reads as -inf.
 struct RowReader {
   const void* data;
   DType dtype;
 
-  // Writes elements [begin, begin + count) as float32 into out (count <= kBlock).
-  inline void load(int64_t begin, int64_t count, float* out) const {
-    switch (dtype) {
-      case DType::kFloat16: {
-        const uint16_t* s = static_cast<const uint16_t*>(data) + begin;
-        for (int64_t i = 0; i < count; ++i) out[i] = half_bits_to_float(s[i]);
-        break;
-      }
-      case DType::kBFloat16: {
-        const uint16_t* s = static_cast<const uint16_t*>(data) + begin;
-        for (int64_t i = 0; i < count; ++i) out[i] = bfloat16_bits_to_float(s[i]);
-        break;
-      }
-      case DType::kFloat32:
-      default:
-        std::memcpy(out, static_cast<const float*>(data) + begin, static_cast<size_t>(count) * sizeof(float));
-        break;
+  // Elements [begin, begin + count) tempered: in place for fp32 at temperature 1, else in scratch.
+  template <typename Count>
+  inline const float* tempered(int64_t begin, Count count, float temperature, float* scratch) const {
+    if (dtype == DType::kFloat32) {
+      const float* x = static_cast<const float*>(data) + begin;
+      if (temperature == 1.0f) return x;
+      for (int64_t i = 0; i < count; ++i) scratch[i] = x[i] / temperature;
+      return scratch;
     }
+    const uint16_t* x = static_cast<const uint16_t*>(data) + begin;
+    if (dtype == DType::kFloat16) {
+      for (int64_t i = 0; i < count; ++i) scratch[i] = half_bits_to_float(x[i]);
+    } else {
+      for (int64_t i = 0; i < count; ++i) scratch[i] = bfloat16_bits_to_float(x[i]);
+    }
+    if (temperature != 1.0f) {
+      for (int64_t i = 0; i < count; ++i) scratch[i] /= temperature;
+    }
+    return scratch;
   }
 };
 
-// Loads a block and divides it by the temperature (IEEE division: the reference's exact values).
-// NaN stays NaN; every comparison below is false for it, which is how NaN reads as -inf.
-inline void load_tempered(const RowReader& row, int64_t begin, int64_t count, float temperature, float* z) {
-  row.load(begin, count, z);
-  if (temperature != 1.0f) {
-    for (int64_t i = 0; i < count; ++i) z[i] /= temperature;
+struct VisitEveryBlock {
+  bool operator()(int64_t) const { return true; }
+};
+
+// Calls visit(base, n, z) for the consecutive blocks b of the row with wanted(b), z[0..n) the
+// block's tempered values; unwanted blocks are not read. Full blocks pass n as a compile-time
+// constant, so the visitor's loops vectorise with no remainder handling; only the last, partial
+// block passes a runtime count.
+template <typename Visit, typename Wanted = VisitEveryBlock>
+inline void for_each_block(const RowReader& row, int64_t vocab, float temperature, Visit&& visit,
+                           Wanted&& wanted = Wanted{}) {
+  float scratch[kBlock];
+  const int64_t full_end = vocab - vocab % kBlock;
+  for (int64_t base = 0; base < full_end; base += kBlock) {
+    if (wanted(base / kBlock)) visit(base, FullBlock{}, row.tempered(base, FullBlock{}, temperature, scratch));
+  }
+  if (full_end < vocab && wanted(full_end / kBlock)) {
+    const int64_t n = vocab - full_end;
+    visit(full_end, n, row.tempered(full_end, n, temperature, scratch));
   }
 }
+
+inline int64_t block_count(int64_t vocab) { return (vocab + kBlock - 1) / kBlock; }
 
 struct MaxResult {
   float value;    // -inf when the row has no non-NaN value above -inf
   int64_t index;  // first index holding `value`, -1 when none
 };
 
-// Row max of the raw logits and its first index, NaN ignored. Dividing by a positive temperature
-// is monotone, so the tempered max is max / T at the same index.
-TURBOGEN_CPU_DISPATCH MaxResult row_max(const RowReader& row, int64_t vocab) {
-  float lanes[kBlock];
-  float z[kBlock];
-  std::fill(lanes, lanes + kBlock, kNegInf);
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    row.load(base, n, z);
-    for (int64_t i = 0; i < n; ++i) lanes[i] = z[i] > lanes[i] ? z[i] : lanes[i];
-  }
+// Pass 1 of every path: the tempered max of each block of kBlock tokens (-inf when it has no
+// finite value) into block_max, and the row's max with its first index. Dividing by a positive
+// temperature is monotone, so a block's tempered max is its raw max / T: no division per element.
+// The later passes skip every block whose max shows it cannot matter, without reading it.
+TURBOGEN_CPU_DISPATCH MaxResult scan_blocks(const RowReader& row, int64_t vocab, float temperature,
+                                           std::vector<float>& block_max) {
+  block_max.resize(static_cast<size_t>(block_count(vocab)));
+  constexpr int64_t kLanes = 8;
+  for_each_block(row, vocab, 1.0f, [&](int64_t base, auto n, const float* x) {
+    float lanes[kLanes];
+    std::fill(lanes, lanes + kLanes, kNegInf);
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[i + l] > lanes[l] ? x[i + l] : lanes[l];
+    }
+    float m = kNegInf;
+    if constexpr (!std::is_same_v<decltype(n), FullBlock>) {  // a full block has no tail
+      for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+    }
+    for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
+    block_max[static_cast<size_t>(base / kBlock)] = temperature != 1.0f ? m / temperature : m;
+  });
   float best = kNegInf;
-  for (int64_t i = 0; i < kBlock; ++i) best = lanes[i] > best ? lanes[i] : best;
-  if (!(best > kNegInf)) return {kNegInf, -1};
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    row.load(base, n, z);
-    for (int64_t i = 0; i < n; ++i) {
-      if (z[i] == best) return {best, base + i};
+  size_t first_block = 0;
+  for (size_t b = 0; b < block_max.size(); ++b) {
+    if (block_max[b] > best) {
+      best = block_max[b];
+      first_block = b;
     }
   }
-  return {kNegInf, -1};  // unreachable: best was read from the row
+  if (!(best > kNegInf)) return {kNegInf, -1};
+  int64_t first = -1;
+  for_each_block(row, vocab, temperature, [&](int64_t base, auto n, const float* z) {
+    for (int64_t i = 0; i < n && first < 0; ++i) {
+      if (z[i] == best) first = base + i;
+    }
+  }, [&](int64_t b) { return static_cast<size_t>(b) == first_block; });
+  return {best, first};
 }
 
 // ---- candidates ------------------------------------------------------------------------------
@@ -214,34 +251,44 @@ float keep_top_k(std::vector<Candidate>& buffer, int64_t k) {
   return kth;
 }
 
-// One pass over the row: every finite token whose tempered value is >= the k-th largest
-// (ties included), in no particular order. `buffer` is the caller's scratch.
-TURBOGEN_CPU_DISPATCH void collect_top_k(const RowReader& row, int64_t vocab, float temperature, int64_t k,
-                                   std::vector<Candidate>& buffer) {
-  buffer.clear();
-  size_t capacity = static_cast<size_t>(std::max<int64_t>(4 * k, 1024));
-  buffer.reserve(capacity + kBlock);
-  // Everything below `floor` is known to rank below k tokens already seen. Starting at the lowest
-  // finite value keeps -inf (and NaN) out.
-  float floor = kLowestFinite;
-  float z[kBlock];
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    load_tempered(row, base, n, temperature, z);
-    int passing = 0;
-    for (int64_t i = 0; i < n; ++i) passing |= static_cast<int>(z[i] >= floor);
-    if (!passing) continue;
-    for (int64_t i = 0; i < n; ++i) {
-      if (z[i] >= floor) buffer.push_back({z[i], static_cast<uint32_t>(base + i)});
-    }
-    if (buffer.size() >= capacity) {
-      floor = keep_top_k(buffer, k);
-      // Mostly ties with the k-th value: grow instead of compacting over and over.
-      if (buffer.size() > capacity / 2) capacity *= 2;
-      buffer.reserve(capacity + kBlock);
+// Every finite token whose tempered value is >= the k-th largest (ties included), in no particular
+// order, from the block maxima of scan_blocks: the k-th largest block max is a lower bound of the
+// k-th largest value (those k blocks hold k values at least as large), and usually equal to it, so
+// only the blocks whose max reaches it are read again: about k blocks.
+void collect_top_k(const RowReader& row, int64_t vocab, float temperature, int64_t k,
+                   const std::vector<float>& block_max, std::vector<float>& maxima, std::vector<Candidate>& out) {
+  out.clear();
+  // The k largest block maxima in a min-heap: after the first few blocks most are rejected by one
+  // comparison with the heap's top.
+  maxima.clear();
+  const std::greater<float> min_heap;
+  for (const float m : block_max) {
+    if (maxima.size() < static_cast<size_t>(k)) {
+      if (m > kNegInf) {
+        maxima.push_back(m);
+        std::push_heap(maxima.begin(), maxima.end(), min_heap);
+      }
+    } else if (m > maxima.front()) {
+      std::pop_heap(maxima.begin(), maxima.end(), min_heap);
+      maxima.back() = m;
+      std::push_heap(maxima.begin(), maxima.end(), min_heap);
     }
   }
-  if (buffer.size() > static_cast<size_t>(k)) keep_top_k(buffer, k);
+  // Fewer than k blocks with a finite value: every finite value survives (-inf never does).
+  const float floor = maxima.size() == static_cast<size_t>(k) ? maxima.front() : kLowestFinite;
+  for_each_block(row, vocab, temperature, [&](int64_t base, auto n, const float* z) {
+    // Usually one token of the block passes: find it 8 at a time.
+    for (int64_t start = 0; start < n; start += 8) {
+      const int64_t end = std::min<int64_t>(start + 8, n);
+      int32_t any = 0;
+      for (int64_t i = start; i < end; ++i) any |= static_cast<int32_t>(z[i] >= floor);
+      if (!any) continue;
+      for (int64_t i = start; i < end; ++i) {
+        if (z[i] >= floor) out.push_back({z[i], static_cast<uint32_t>(base + i)});
+      }
+    }
+  }, [&](int64_t b) { return block_max[static_cast<size_t>(b)] >= floor; });
+  if (out.size() > static_cast<size_t>(k)) keep_top_k(out, k);
 }
 
 // ---- noise -------------------------------------------------------------------------------------
@@ -366,24 +413,24 @@ inline float log_probability(float z, float max, double kept_mass) {
 
 // Thread-local scratch, reused across rows and calls.
 struct Scratch {
+  std::vector<float> block_max;  // scan_blocks
   std::vector<Candidate> candidates;
   std::vector<float> weights;
   std::vector<float> values;
   std::vector<double> bin_mass;
 };
 
-void write_filtered(const RowReader& row, int64_t vocab, float temperature, const Cut& cut, float* out) {
-  float z[kBlock];
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    load_tempered(row, base, n, temperature, z);
+void write_filtered(const RowReader& row, int64_t vocab, float temperature, const Cut& cut,
+                    const std::vector<float>& block_max, float* out) {
+  std::fill(out, out + vocab, kNegInf);
+  for_each_block(row, vocab, temperature, [&](int64_t base, auto n, const float* z) {
     for (int64_t i = 0; i < n; ++i) out[base + i] = cut.keeps(z[i], base + i) ? z[i] : kNegInf;
-  }
+  }, [&](int64_t b) { return block_max[static_cast<size_t>(b)] >= cut.value; });
 }
 
 // Temperature 0: the argmax, a point mass.
-RowResult greedy_row(const RowReader& row, int64_t vocab, float* filtered) {
-  const MaxResult top = row_max(row, vocab);
+RowResult greedy_row(const RowReader& row, int64_t vocab, Scratch& s, float* filtered) {
+  const MaxResult top = scan_blocks(row, vocab, 1.0f, s.block_max);
   if (filtered) {
     std::fill(filtered, filtered + vocab, kNegInf);
     if (top.index >= 0) filtered[top.index] = top.value;
@@ -397,7 +444,8 @@ RowResult greedy_row(const RowReader& row, int64_t vocab, float* filtered) {
 RowResult candidate_row(const RowReader& row, int64_t vocab, const RowParams& p, Scratch& s, bool want_token,
                         bool want_logprob, float* filtered) {
   std::vector<Candidate>& cand = s.candidates;
-  collect_top_k(row, vocab, p.temperature, p.top_k, cand);
+  scan_blocks(row, vocab, p.temperature, s.block_max);
+  collect_top_k(row, vocab, p.temperature, p.top_k, s.block_max, s.values, cand);
   RowResult result;
   if (cand.empty()) {
     if (filtered) std::fill(filtered, filtered + vocab, kNegInf);
@@ -438,7 +486,7 @@ RowResult candidate_row(const RowReader& row, int64_t vocab, const RowParams& p,
     Cut cut;
     cut.value = cand[kept - 1].value;
     cut.index = cand[kept - 1].index;
-    write_filtered(row, vocab, p.temperature, cut, filtered);
+    write_filtered(row, vocab, p.temperature, cut, s.block_max, filtered);
   }
   if (!want_token) return result;
 
@@ -474,6 +522,8 @@ RowResult candidate_row(const RowReader& row, int64_t vocab, const RowParams& p,
 // mass is below float resolution of the total anyway).
 constexpr int kMassBins = 4096;
 constexpr float kBinsPerUnit = 128.0f;
+// exp(-x) is 0 in float32 (exp_vectorizable flushes below -87) beyond this distance from the max.
+constexpr float kNegligibleDistance = 88.0f;
 
 inline int mass_bin(float distance) {
   const float scaled = distance * kBinsPerUnit;
@@ -483,43 +533,63 @@ inline int mass_bin(float distance) {
 // The k-th largest tempered value (large k), or the lowest finite value when fewer than k are finite.
 float kth_largest(const RowReader& row, int64_t vocab, float temperature, int64_t k, std::vector<float>& values) {
   values.clear();
-  float z[kBlock];
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    load_tempered(row, base, n, temperature, z);
+  for_each_block(row, vocab, temperature, [&](int64_t, auto n, const float* z) {
     for (int64_t i = 0; i < n; ++i) {
       if (z[i] >= kLowestFinite) values.push_back(z[i]);
     }
-  }
+  });
   if (values.size() <= static_cast<size_t>(k)) return kLowestFinite;
   std::nth_element(values.begin(), values.begin() + (k - 1), values.end(), std::greater<float>());
   return values[static_cast<size_t>(k - 1)];
 }
 
 // Pass 2 of top-p: the mass histogram of the tokens >= floor. Returns the total mass.
-TURBOGEN_CPU_DISPATCH double mass_histogram(const RowReader& row, int64_t vocab, float temperature, float max, float floor,
-                                      std::vector<double>& bin_mass) {
+TURBOGEN_CPU_DISPATCH double mass_histogram(const RowReader& row, int64_t vocab, float temperature, float max,
+                                            float floor, const std::vector<float>& block_max,
+                                            std::vector<double>& bin_mass) {
   bin_mass.assign(kMassBins, 0.0);
-  float z[kBlock], weight[kBlock];
+  float weight[kBlock];
   int bins[kBlock];
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    load_tempered(row, base, n, temperature, z);
+  for_each_block(row, vocab, temperature, [&](int64_t, auto n, const float* z) {
     for (int64_t i = 0; i < n; ++i) {
-      weight[i] = z[i] >= floor ? exp_vectorizable(z[i] - max) : 0.0f;
+      const float w = exp_vectorizable(z[i] - max);
+      weight[i] = z[i] >= floor ? w : 0.0f;
       bins[i] = mass_bin(max - z[i]);
     }
     for (int64_t i = 0; i < n; ++i) bin_mass[static_cast<size_t>(bins[i])] += weight[i];
-  }
+  }, [&](int64_t b) {  // blocks below the floor or with no representable weight add nothing
+    const float m = block_max[static_cast<size_t>(b)];
+    return m >= floor && m - max >= -kNegligibleDistance;
+  });
   double total = 0.0;
   for (double mass : bin_mass) total += mass;
   return total;
 }
 
+// Pass 3 of top-p: the tokens >= floor in bin `bin`.
+TURBOGEN_CPU_DISPATCH void gather_bin(const RowReader& row, int64_t vocab, float temperature, float max, float floor,
+                                      int bin, const std::vector<float>& block_max, std::vector<Candidate>& out) {
+  for_each_block(row, vocab, temperature, [&](int64_t base, auto n, const float* z) {
+    int32_t in_bin[kBlock];
+    int32_t any = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      in_bin[i] = static_cast<int32_t>(z[i] >= floor) & static_cast<int32_t>(mass_bin(max - z[i]) == bin);
+      any |= in_bin[i];
+    }
+    if (!any) return;
+    for (int64_t i = 0; i < n; ++i) {
+      if (in_bin[i]) out.push_back({z[i], static_cast<uint32_t>(base + i)});
+    }
+  }, [&](int64_t b) {  // bins only grow below a block's max
+    const float m = block_max[static_cast<size_t>(b)];
+    return m >= floor && mass_bin(max - m) <= bin;
+  });
+}
+
 // top-p without a small top-k: the histogram locates the bin where the cumulative mass crosses
 // top_p * total; only that bin's tokens are gathered and sorted.
 Cut top_p_cut(const RowReader& row, int64_t vocab, const RowParams& p, float max, float floor, Scratch& s) {
-  const double total = mass_histogram(row, vocab, p.temperature, max, floor, s.bin_mass);
+  const double total = mass_histogram(row, vocab, p.temperature, max, floor, s.block_max, s.bin_mass);
   const double target = p.top_p * total;
   // The walk repeats the summation order of `total`, so it reaches the target at a non-empty bin.
   int crossing = kMassBins - 1;
@@ -533,14 +603,7 @@ Cut top_p_cut(const RowReader& row, int64_t vocab, const RowParams& p, float max
   }
   std::vector<Candidate>& boundary = s.candidates;
   boundary.clear();
-  float z[kBlock];
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    load_tempered(row, base, n, p.temperature, z);
-    for (int64_t i = 0; i < n; ++i) {
-      if (z[i] >= floor && mass_bin(max - z[i]) == crossing) boundary.push_back({z[i], static_cast<uint32_t>(base + i)});
-    }
-  }
+  gather_bin(row, vocab, p.temperature, max, floor, crossing, s.block_max, boundary);
   std::sort(boundary.begin(), boundary.end(), ranks_before);
   Cut cut;
   cut.max = max;
@@ -558,16 +621,14 @@ Cut top_p_cut(const RowReader& row, int64_t vocab, const RowParams& p, float max
 // Pass 3: Gumbel argmax over the kept tokens that can still win. Also sums the kept mass when
 // asked (logprobs), since that needs every kept token, reachable or not.
 TURBOGEN_CPU_DISPATCH void draw_full_row(const RowReader& row, int64_t vocab, const RowParams& p, const Cut& cut,
-                                         BestDraw& best, double* kept_mass) {
-  float z[kBlock], weight[kBlock];
+                                         const std::vector<float>& block_max, BestDraw& best, double* kept_mass) {
+  float weight[kBlock];
   double mass_lanes[kBlock] = {};
   int32_t kept[kBlock];
   uint32_t tokens[kBlock];
   float values[kBlock];
   const bool weigh = kept_mass != nullptr || cut.min_p > 0.0f;
-  for (int64_t base = 0; base < vocab; base += kBlock) {
-    const int64_t n = std::min(kBlock, vocab - base);
-    load_tempered(row, base, n, p.temperature, z);
+  for_each_block(row, vocab, p.temperature, [&](int64_t base, auto n, const float* z) {
     // Branch-free so that it vectorises; NaN compares false everywhere, so it is never kept.
     int32_t any = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -575,7 +636,7 @@ TURBOGEN_CPU_DISPATCH void draw_full_row(const RowReader& row, int64_t vocab, co
       kept[i] = static_cast<int32_t>(z[i] > cut.value) | (static_cast<int32_t>(z[i] == cut.value) & index_ok);
       any |= kept[i];
     }
-    if (!any) continue;
+    if (!any) return;
     if (weigh) {
       for (int64_t i = 0; i < n; ++i) {
         const float w = exp_vectorizable(z[i] - cut.max);
@@ -595,7 +656,10 @@ TURBOGEN_CPU_DISPATCH void draw_full_row(const RowReader& row, int64_t vocab, co
       count += kept[i] & static_cast<int32_t>(z[i] + philox::kGumbelBound >= best.score);
     }
     if (count > 0) offer_block(tokens, values, count, p, best);
-  }
+  }, [&](int64_t b) {  // blocks with nothing kept, or (without logprobs) nothing that can still win
+    const float m = block_max[static_cast<size_t>(b)];
+    return m >= cut.value && (kept_mass != nullptr || best.reachable(m));
+  });
   if (kept_mass) {
     double mass = 0.0;
     for (int64_t i = 0; i < kBlock; ++i) mass += mass_lanes[i];
@@ -606,12 +670,12 @@ TURBOGEN_CPU_DISPATCH void draw_full_row(const RowReader& row, int64_t vocab, co
 RowResult full_row(const RowReader& row, int64_t vocab, const RowParams& p, Scratch& s, bool want_token,
                    bool want_logprob, float* filtered) {
   RowResult result;
-  const MaxResult top = row_max(row, vocab);
+  const MaxResult top = scan_blocks(row, vocab, p.temperature, s.block_max);
   if (top.index < 0) {
     if (filtered) std::fill(filtered, filtered + vocab, kNegInf);
     return result;
   }
-  const float max = p.temperature != 1.0f ? top.value / p.temperature : top.value;
+  const float max = top.value;
   const float floor = p.top_k > 0 ? kth_largest(row, vocab, p.temperature, p.top_k, s.values) : kLowestFinite;
   Cut cut;
   if (p.top_p < 1.0) {
@@ -621,7 +685,7 @@ RowResult full_row(const RowReader& row, int64_t vocab, const RowParams& p, Scra
   }
   cut.max = max;
   cut.min_p = p.min_p;
-  if (filtered) write_filtered(row, vocab, p.temperature, cut, filtered);
+  if (filtered) write_filtered(row, vocab, p.temperature, cut, s.block_max, filtered);
   if (!want_token) return result;
 
   BestDraw best;
@@ -629,15 +693,15 @@ RowResult full_row(const RowReader& row, int64_t vocab, const RowParams& p, Scra
   const uint32_t first = static_cast<uint32_t>(top.index);
   offer_block(&first, &max, 1, p, best);
   double kept_mass = 0.0;
-  draw_full_row(row, vocab, p, cut, best, want_logprob ? &kept_mass : nullptr);
+  draw_full_row(row, vocab, p, cut, s.block_max, best, want_logprob ? &kept_mass : nullptr);
   result.token = best.index;
   if (want_logprob) result.logprob = log_probability(best.value, max, kept_mass);
   return result;
 }
 
-// Candidates are cheap to collect while k is a small part of the vocabulary; beyond that the
-// buffer would be compacted too often and the full-row path's selection is faster.
-inline bool small_top_k(int64_t k, int64_t vocab) { return k > 0 && k * 8 <= vocab; }
+// Candidates come from about k blocks (collect_top_k) while k is a small part of the block count;
+// beyond that the full-row path's selection (nth_element over the row) is the better deal.
+inline bool small_top_k(int64_t k, int64_t vocab) { return k > 0 && k * 4 <= block_count(vocab); }
 
 void sample_row(const SamplingArgs& a, int64_t r, Scratch& s) {
   const int64_t vocab = a.vocab;
@@ -650,7 +714,7 @@ void sample_row(const SamplingArgs& a, int64_t r, Scratch& s) {
   if (vocab == 0) {
     // Nothing to read or write: the row has no finite logit.
   } else if (p.temperature == 0.0f) {
-    result = greedy_row(row, vocab, filtered);
+    result = greedy_row(row, vocab, s, filtered);
   } else if (small_top_k(p.top_k, vocab)) {
     result = candidate_row(row, vocab, p, s, want_token, want_logprob, filtered);
   } else {
