@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 )
 
 import turbogen.ops.sampling as ops_sampling
+from turbogen import _ext
 from turbogen.ref import sampling as ref_sampling
 
 from conftest import backend_params, device_for
@@ -366,7 +367,7 @@ def test_invalid_logits(logits, error):
 
 def test_strided_rows_are_read_correctly():
     """Rows a stride apart (a slice of a wider buffer) give the same result as a contiguous copy."""
-    backend = "cpu" if ops_sampling._ext.extension_error() is None else "ref"
+    backend = "cpu" if _ext.extension_error() is None else "ref"
     wide = random_logits(6, 1500, seed=19)
     view = wide[:, 100:1100]
     assert view.stride() == (1500, 1)
@@ -387,8 +388,8 @@ def test_custom_ops_pass_opcheck(backend):
 
 
 def test_compiled_backend_runs_inside_torch_compile():
-    if ops_sampling._ext.extension_error() is not None:
-        pytest.skip(ops_sampling._ext.extension_error())
+    if _ext.extension_error() is not None:
+        pytest.skip(_ext.extension_error())
     logits = random_logits(4, 1000, seed=21)
     seeds = torch.arange(4) + 9
 

@@ -1,17 +1,18 @@
 // CPU sampling: temperature / top-k / top-p / min-p filtering + Gumbel-max with Philox noise.
 //
 // The function computed is turbogen.ref.sampling's (docs/sampling.md). Rows run in parallel on the
-// thread pool; each row is handled by one thread, which never sorts the vocabulary:
+// thread pool; each row is handled by one thread, which never sorts the vocabulary. Pass 1 of every
+// path (scan_blocks) records the max of each block of kBlock tokens; later passes skip, unread,
+// every block whose max shows it cannot matter.
 //
-//  * top-k with k <= vocab / 8 ("candidate path"): one pass keeps a buffer of tokens at or above a
-//    running threshold (the k-th largest value seen so far); whatever falls below it is skipped
-//    with a vectorised compare. The survivors (k plus ties) are sorted, top-p and min-p walk them,
-//    and the Gumbel argmax visits them in descending order and stops once no later token can win.
-//    The logits are read once.
-//  * otherwise ("full-row path"): pass 1 finds the row max; top-p builds a histogram of
-//    probability mass over the distance below the max (pass 2) and only the tokens in the bin
-//    where the cumulative mass crosses top_p are sorted; the sampling pass (pass 3) computes noise
-//    only for kept tokens within kGumbelBound of the best score so far.
+//  * top-k with a small k ("candidate path"): the k-th largest block max bounds the k-th largest
+//    value from below, so only the ~k blocks reaching it are read again. The survivors (k plus
+//    ties) are sorted, top-p and min-p walk them, and the Gumbel argmax visits them in descending
+//    order and stops once no later token can win. About one read of the row.
+//  * otherwise ("full-row path"): top-p builds a histogram of probability mass over the distance
+//    below the max (pass 2) and sorts only the tokens of the bin where the cumulative mass crosses
+//    top_p (pass 3); the sampling pass computes noise only for kept tokens within kGumbelBound of
+//    the best score so far, and skips whole blocks that cannot win.
 //
 // Every path reduces the filters to one cut in the (value descending, index ascending) order:
 // token j is kept iff (z_j, -j) >= (cut_value, -cut_index), and, on the full-row path, min-p's
@@ -188,28 +189,85 @@ struct MaxResult {
   int64_t index;  // first index holding `value`, -1 when none
 };
 
+// Raw (untempered) max of each of the first `blocks` full blocks, NaN ignored.
+void raw_block_maxima_generic(const RowReader& row, int64_t blocks, float* out) {
+  constexpr int64_t kLanes = 8;
+  for_each_block(row, blocks * kBlock, 1.0f, [&](int64_t base, auto n, const float* x) {
+    float lanes[kLanes];
+    std::fill(lanes, lanes + kLanes, kNegInf);
+    for (int64_t i = 0; i < n; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[i + l] > lanes[l] ? x[i + l] : lanes[l];
+    }
+    float m = kNegInf;
+    for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
+    out[base / kBlock] = m;
+  });
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Eight values of the row as float32, NaN as -inf (MAXPS returns its second operand when either is
+// NaN, so max(x, -inf) maps NaN to -inf and keeps everything else).
+__attribute__((target("avx2,f16c"))) inline __m256 load8_avx2(const RowReader& row, int64_t i) {
+  __m256 x;
+  if (row.dtype == DType::kFloat32) {
+    x = _mm256_loadu_ps(static_cast<const float*>(row.data) + i);
+  } else {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row.data) + i));
+    x = row.dtype == DType::kFloat16 ? _mm256_cvtph_ps(bits)
+                                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+  return _mm256_max_ps(x, _mm256_set1_ps(kNegInf));
+}
+
+// The same with AVX2: the scan is the one pass every path makes over the whole row, and the
+// compiler's version spends most of its time reducing each block's lanes one by one.
+__attribute__((target("avx2,f16c"))) void raw_block_maxima_avx2(const RowReader& row, int64_t blocks, float* out) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i = b * kBlock;
+    const __m256 m01 = _mm256_max_ps(load8_avx2(row, i), load8_avx2(row, i + 8));
+    const __m256 m23 = _mm256_max_ps(load8_avx2(row, i + 16), load8_avx2(row, i + 24));
+    const __m256 m45 = _mm256_max_ps(load8_avx2(row, i + 32), load8_avx2(row, i + 40));
+    const __m256 m67 = _mm256_max_ps(load8_avx2(row, i + 48), load8_avx2(row, i + 56));
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(m01, m23), _mm256_max_ps(m45, m67));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    out[b] = _mm_cvtss_f32(h);
+  }
+}
+
+void raw_block_maxima(const RowReader& row, int64_t blocks, float* out) {
+  static_assert(kBlock == 64, "raw_block_maxima_avx2 reads 64 values per block");
+  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  if (has_avx2) {
+    raw_block_maxima_avx2(row, blocks, out);
+  } else {
+    raw_block_maxima_generic(row, blocks, out);
+  }
+}
+#else
+void raw_block_maxima(const RowReader& row, int64_t blocks, float* out) { raw_block_maxima_generic(row, blocks, out); }
+#endif
+
 // Pass 1 of every path: the tempered max of each block of kBlock tokens (-inf when it has no
 // finite value) into block_max, and the row's max with its first index. Dividing by a positive
 // temperature is monotone, so a block's tempered max is its raw max / T: no division per element.
 // The later passes skip every block whose max shows it cannot matter, without reading it.
-TURBOGEN_CPU_DISPATCH MaxResult scan_blocks(const RowReader& row, int64_t vocab, float temperature,
-                                           std::vector<float>& block_max) {
+MaxResult scan_blocks(const RowReader& row, int64_t vocab, float temperature, std::vector<float>& block_max) {
   block_max.resize(static_cast<size_t>(block_count(vocab)));
-  constexpr int64_t kLanes = 8;
-  for_each_block(row, vocab, 1.0f, [&](int64_t base, auto n, const float* x) {
-    float lanes[kLanes];
-    std::fill(lanes, lanes + kLanes, kNegInf);
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[i + l] > lanes[l] ? x[i + l] : lanes[l];
-    }
+  const int64_t full_blocks = vocab / kBlock;
+  raw_block_maxima(row, full_blocks, block_max.data());
+  if (full_blocks * kBlock < vocab) {
     float m = kNegInf;
-    if constexpr (!std::is_same_v<decltype(n), FullBlock>) {  // a full block has no tail
-      for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+    for (int64_t i = full_blocks * kBlock; i < vocab; ++i) {
+      const float x = load_as_float(row.data, row.dtype, i);
+      m = x > m ? x : m;
     }
-    for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
-    block_max[static_cast<size_t>(base / kBlock)] = temperature != 1.0f ? m / temperature : m;
-  });
+    block_max[static_cast<size_t>(full_blocks)] = m;
+  }
+  if (temperature != 1.0f) {
+    for (float& m : block_max) m /= temperature;
+  }
   float best = kNegInf;
   size_t first_block = 0;
   for (size_t b = 0; b < block_max.size(); ++b) {

@@ -53,7 +53,7 @@ def _counter(value, name: str, rows: int, device: torch.device, scalar_is_first_
     if isinstance(value, torch.Tensor):
         if value.dtype != torch.int64:
             raise TypeError(f"{name} must be an int or an int64 tensor, got a {value.dtype} tensor")
-        if value.dim() == 1 and value.shape[0] != rows or value.dim() > 1:
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != rows):
             raise ValueError(f"{name} must be an int, a 0-d tensor or a tensor of shape [{rows}], "
                              f"got shape {tuple(value.shape)}")
     elif isinstance(value, bool) or not isinstance(value, numbers.Integral):
