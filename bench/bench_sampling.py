@@ -23,38 +23,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.generation.logits_process import (
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
-from common import read_bandwidth_bytes_per_s, read_floor_seconds
+from common import SAMPLING_BATCHES, SAMPLING_MIXES, SAMPLING_VOCABS, read_bandwidth_bytes_per_s, read_floor_seconds
 from turbogen import ops
+from turbogen.benchmark import transformers_sample
 from turbogen.ops.sampling import sample
 from turbogen.ref.sampling import sample as reference_sample
 
-BATCHES = [1, 8, 32, 64]
-VOCABS = [32000, 128256]
-MIXES = {  # name: (temperature, top_k, top_p, min_p)
-    "t0.7-k50-p0.9": (0.7, 50, 0.9, 0.0),
-    "p0.9": (1.0, 0, 0.9, 0.0),
-    "pure": (1.0, 0, 1.0, 0.0),
-}
-
-
-def transformers_chain(logits, temperature, top_k, top_p, min_p):
-    scores = logits
-    if temperature != 1.0:
-        scores = TemperatureLogitsWarper(temperature)(None, scores)
-    if top_k:
-        scores = TopKLogitsWarper(top_k)(None, scores)
-    if top_p < 1.0:
-        scores = TopPLogitsWarper(top_p)(None, scores)
-    if min_p:
-        scores = MinPLogitsWarper(min_p)(None, scores)
-    return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
+BATCHES = SAMPLING_BATCHES
+VOCABS = SAMPLING_VOCABS
+MIXES = {name: SAMPLING_MIXES[name] for name in ("t0.7-k50-p0.9", "p0.9", "pure")}
 
 
 _COMPILED = {}
@@ -75,7 +53,7 @@ def _runners(mix: str):
         # Side by side with every shape: torch's sum reads every byte once, with torch's threads
         # (cache-hot here, as every implementation is: the same logits are read round after round).
         "torch.sum": lambda x: x.sum(),
-        "transformers": lambda x: transformers_chain(x, temperature, top_k, top_p, min_p),
+        "transformers": lambda x: transformers_sample(x, temperature, top_k, top_p, min_p),
         "turbogen ref": lambda x: reference_sample(x, seed=0, **filters),
         # Tensor seeds (S + r, as seed=0 means): the graph then serves every batch size.
         "turbogen ref compiled": lambda x: compiled_reference(mix)(x, seed=torch.arange(x.shape[0]), **filters),

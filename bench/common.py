@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: the memory-read floor every kernel is compared with."""
+"""Helpers shared by the benchmarks: the sampling shapes and parameter mixes, and the memory-read floor
+every CPU kernel is compared with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import functools
 import time
 
 import torch
+
+SAMPLING_BATCHES = [1, 8, 32, 64]
+SAMPLING_VOCABS = [32000, 128256]
+SAMPLING_MIXES = {  # name: (temperature, top_k, top_p, min_p)
+    "t0.7-k50-p0.9": (0.7, 50, 0.9, 0.0),
+    "p0.9": (1.0, 0, 0.9, 0.0),
+    "pure": (1.0, 0, 1.0, 0.0),
+    "minp0.05": (1.0, 0, 1.0, 0.05),
+}
 
 
 @functools.lru_cache(maxsize=None)

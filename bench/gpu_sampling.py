@@ -18,14 +18,10 @@ import sys
 
 import torch
 
-BATCHES = [1, 8, 32, 64]
-VOCABS = [32000, 128256]
-MIXES = {  # name: (temperature, top_k, top_p, min_p)
-    "t0.7-k50-p0.9": (0.7, 50, 0.9, 0.0),
-    "p0.9": (1.0, 0, 0.9, 0.0),
-    "pure": (1.0, 0, 1.0, 0.0),
-    "minp0.05": (1.0, 0, 1.0, 0.05),
-}
+from common import SAMPLING_BATCHES as BATCHES
+from common import SAMPLING_MIXES as MIXES
+from common import SAMPLING_VOCABS as VOCABS
+from turbogen.benchmark import transformers_sample
 
 
 def time_per_call_ms(fn, iters: int, repeats: int) -> float:
@@ -48,26 +44,6 @@ def copy_bandwidth_bytes_per_ms() -> float:
     target = torch.empty_like(source)
     ms = time_per_call_ms(lambda: target.copy_(source), iters=10, repeats=5)
     return 2 * source.numel() * source.element_size() / ms
-
-
-def transformers_chain(logits, temperature, top_k, top_p, min_p):
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    scores = logits
-    if temperature != 1.0:
-        scores = TemperatureLogitsWarper(temperature)(None, scores)
-    if top_k:
-        scores = TopKLogitsWarper(top_k)(None, scores)
-    if top_p < 1.0:
-        scores = TopPLogitsWarper(top_p)(None, scores)
-    if min_p:
-        scores = MinPLogitsWarper(min_p)(None, scores)
-    return torch.multinomial(scores.softmax(dim=-1), num_samples=1)
 
 
 def main(argv=None) -> int:
@@ -107,7 +83,7 @@ def main(argv=None) -> int:
                     us = 1e3 * time_per_call_ms(lambda: sample(logits, seed=seeds, backend=backend, **filters),
                                                 args.iters, args.repeats)
                     cells.append(f"{us:>8.1f} ({us / floor_us:>4.1f}x)")
-                hf_us = 1e3 * time_per_call_ms(lambda: transformers_chain(logits.float(), *MIXES[mix]),
+                hf_us = 1e3 * time_per_call_ms(lambda: transformers_sample(logits.float(), *MIXES[mix]),
                                                max(args.iters // 5, 1), args.repeats)
                 cells.append(f"{hf_us:>8.1f} ({hf_us / floor_us:>4.1f}x)")
                 print(f"{mix:>14} {batch:>3} {vocab:>7} {floor_us:>7.1f} " + " ".join(cells))

@@ -2,11 +2,17 @@
 
 Without a GPU, Triton kernels run in Triton's interpreter, which must be switched on before the
 first ``@triton.jit`` module is imported; this file is imported before any test module.
+
+The suite runs against transformers 4.57 (turbogen's behavioural spec) and 5.x. Where transformers 5
+changed on purpose what a test compares against, the comparison is skipped under 5.x by
+:func:`skip_on_transformers_5`, whose reason says what changed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 
 import pytest
 import torch
@@ -19,6 +25,23 @@ if not torch.cuda.is_available():
 torch.set_num_threads(1)
 
 from turbogen.ops import available_backends  # noqa: E402  (after TRITON_INTERPRET is set)
+
+
+def _installed_transformers_version() -> str | None:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+TRANSFORMERS_VERSION = _installed_transformers_version()
+#: Whether the installed transformers is a 5.x release (whose behaviour differs from 4.57 in places).
+TRANSFORMERS_5 = TRANSFORMERS_VERSION is not None and int(re.match(r"\d+", TRANSFORMERS_VERSION).group()) >= 5
+
+
+def skip_on_transformers_5(reason: str):
+    """Skip mark for a comparison that only holds with transformers 4.57; ``reason`` says what 5.x changed."""
+    return pytest.mark.skipif(TRANSFORMERS_5, reason=f"transformers {TRANSFORMERS_VERSION} differs from 4.57: {reason}")
 
 
 def backend_params(names=("ref", "cpu", "triton", "cuda")):

@@ -233,8 +233,15 @@ def test_transformers_interface():
     assert cache.get_mask_sizes(torch.arange(3), 0) == cache.get_mask_sizes(3, 1) == (8, 0)
     # transformers' ahead-of-time initialisation finds the storage in place, and checks that it fits.
     cache.early_initialization(ROWS, KV_HEADS, HEAD_DIM, torch.float32, torch.device("cpu"))
+    cache.early_initialization(ROWS, [KV_HEADS] * LAYERS, [HEAD_DIM] * LAYERS, torch.float32, "cpu")  # v5's lists
     with pytest.raises(ValueError, match="num_kv_heads=2"):
         cache.early_initialization(ROWS, KV_HEADS + 1, HEAD_DIM, torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="head_dim"):
+        cache.early_initialization(ROWS, KV_HEADS, [HEAD_DIM, HEAD_DIM + 1], torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match=f"`num_heads` lists 1 layers but the cache has {LAYERS}"):
+        cache.early_initialization(ROWS, [KV_HEADS], HEAD_DIM, torch.float32, torch.device("cpu"))
+    with pytest.raises(TypeError, match="dtype"):
+        cache.early_initialization(ROWS, KV_HEADS, HEAD_DIM, torch.float16, torch.device("cpu"))
 
 
 def test_update_writes_in_place_by_position():

@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import TRANSFORMERS_5
 from tiny_models import EOS_ID, MODEL_KINDS, PAD_ID, encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from turbogen import GenerationConfig
@@ -93,6 +94,19 @@ def test_greedy_rows_stopping_at_eos_are_padded_like_transformers(kind, lag, mon
     assert (actual.sequences[:, input_ids.shape[1]:] == PAD_ID).any(), "finished rows should be padded"
 
 
+def test_late_finish_check_never_crops_a_sliding_window_cache(monkeypatch):
+    """A sliding-window cache layer forgets what leaves its window and cannot be cropped back, so with one the
+    finish flag is read at once (no steps to discard); results stay transformers'."""
+    monkeypatch.setitem(FINISH_CHECK_LAG, "cpu", 2)
+    model = tiny_model("mistral")  # a 4-token window, which the prompt alone fills
+    input_ids, attention_mask = _prompt("padded")
+    eos = _early_eos(model, input_ids, attention_mask)
+    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
+                             return_dict_in_generate=True, output_scores=True)
+    _assert_same_output(expected, actual)
+    assert actual.sequences.shape[1] < input_ids.shape[1] + NEW_TOKENS, "every row should have stopped early"
+
+
 BEAM_SETTINGS = {
     "beams2": dict(num_beams=2),
     "beams3_all_returned_early_stop": dict(num_beams=3, num_return_sequences=3, early_stopping=True),
@@ -158,7 +172,13 @@ def test_plain_tensor_output_and_output_mapping():
 )
 def test_processors_from_config_match_transformers(options):
     model = tiny_model("llama")
-    input_ids, attention_mask = _prompt("padded")
+    batch = "padded"
+    if TRANSFORMERS_5 and "repetition_penalty" in options:
+        # transformers 5 exempts left padding from the repetition penalty (its _get_logits_processor gives
+        # RepetitionPenaltyLogitsProcessor the padding lengths as `prompt_ignore_length`); 4.57, turbogen's spec,
+        # penalises the pad token like any prompt token. The two agree on prompts without padding.
+        batch = "single"
+    input_ids, attention_mask = _prompt(batch)
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, **options)
     _assert_same_output(expected, actual)
@@ -220,6 +240,33 @@ def test_attention_mask_is_inferred_from_padding_like_transformers():
     assert torch.equal(actual, expected)
 
 
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_all_ones_mask_is_left_out_of_model_calls_with_the_same_result(kind, monkeypatch):
+    """Without padding, the dynamic-cache loop calls the model without a mask (transformers treats an all-ones
+    mask as none); with padding, or with a static cache, every call gets the mask. Outputs equal transformers'."""
+    model = tiny_model(kind)
+    masks_seen = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        masks_seen.append(kwargs.get("attention_mask"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    for batch, cache_implementation, expect_mask in (("single", None, False), ("padded", None, True),
+                                                      ("single", "static", True)):
+        input_ids, attention_mask = _prompt(batch)
+        options = dict(max_new_tokens=4, eos_token_id=None, return_dict_in_generate=True, output_scores=True)
+        expected = generate(model, input_ids, attention_mask=attention_mask, **options) if cache_implementation \
+            else model.generate(input_ids, attention_mask=attention_mask, **options)
+        masks_seen.clear()
+        actual = generate(model, input_ids, attention_mask=attention_mask, cache_implementation=cache_implementation,
+                          **options)
+        assert len(masks_seen) == 4
+        assert all((mask is not None) == expect_mask for mask in masks_seen), (batch, cache_implementation)
+        _assert_same_output(expected, actual)
+
 def test_ragged_token_lists_are_left_padded():
     model = tiny_model("llama")
     input_ids, attention_mask = _prompt("padded")
@@ -229,16 +276,22 @@ def test_ragged_token_lists_are_left_padded():
 
 
 def test_hidden_states_and_attentions_match_transformers():
-    model = tiny_model("gpt2")
+    model = tiny_model("gpt2", attn_implementation="eager")  # SDPA attention returns no attention weights
     input_ids, attention_mask = _prompt("padded")
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=3, return_dict_in_generate=True,
                              output_hidden_states=True, output_attentions=True)
+    # transformers 5 gives padding tokens position 0 where 4.57 (turbogen's spec) gives 1, which changes what is
+    # computed at padding positions only; the prompt step's padding queries are compared under 4.57 alone.
+    compared = attention_mask.bool() if TRANSFORMERS_5 else torch.ones_like(attention_mask, dtype=torch.bool)
     for name in ("hidden_states", "attentions"):
         want, got = getattr(expected, name), getattr(actual, name)
         assert len(got) == len(want) == 3
-        for want_step, got_step in zip(want, got):
-            assert len(got_step) == len(want_step)
+        for step, (want_step, got_step) in enumerate(zip(want, got)):
+            assert len(got_step) == len(want_step) == model.config.n_layer + (name == "hidden_states")
             for w, g in zip(want_step, got_step):
+                if step == 0:  # [rows, prompt positions, ...]: attention weights have the heads first
+                    w, g = (w, g) if name == "hidden_states" else (w.transpose(1, 2), g.transpose(1, 2))
+                    w, g = w[compared], g[compared]
                 torch.testing.assert_close(g, w)
 
 
@@ -350,6 +403,22 @@ def test_user_cache_is_continued():
     actual = generate(model, input_ids, max_new_tokens=4, past_key_values=prefix_cache)
     assert torch.equal(actual, expected)
     assert prefix_cache.get_seq_length() == input_ids.shape[1] + 3
+
+
+def test_legacy_tuple_cache_is_accepted_and_returned_on_request():
+    """transformers 4.57's legacy cache format, a tuple of ``(keys, values)`` per layer, works with either
+    transformers (5.x removed it from its own API)."""
+    model = tiny_model("llama")
+    input_ids, _ = _prompt("single")
+    with torch.no_grad():
+        prefix_cache = model(input_ids[:, :2], use_cache=True).past_key_values
+    legacy = tuple((layer.keys, layer.values) for layer in prefix_cache.layers)
+    out = generate(model, input_ids, max_new_tokens=4, past_key_values=legacy, return_dict_in_generate=True,
+                   return_legacy_cache=True)
+    assert torch.equal(out.sequences, model.generate(input_ids, max_new_tokens=4))
+    assert isinstance(out.past_key_values, tuple) and len(out.past_key_values) == model.config.num_hidden_layers
+    for keys, values in out.past_key_values:
+        assert keys.shape[-2] == values.shape[-2] == input_ids.shape[1] + 3
 
 
 def test_tokenizer_round_trip_sanity():

@@ -10,6 +10,7 @@ import transformers
 import turbogen.patching as patching
 from tiny_models import BOS_ID, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
+from turbogen import GenerationConfig
 from turbogen.generate import generate
 
 pytestmark = pytest.mark.usefixtures("tiny_model_environment")
@@ -81,6 +82,20 @@ def test_unsupported_decoding_methods_are_refused(prompt, case):
     input_ids, attention_mask = prompt
     with pytest.raises(ValueError, match=name):
         generate(tiny_model("llama"), input_ids, attention_mask=attention_mask, max_new_tokens=3, **options)
+
+
+@pytest.mark.parametrize(("name", "value"), [("top_h", 0.4), ("use_mtp", True), ("speculation_type", "dflash"),
+                                           ("assistant_ensemble_weight", 0.5)])
+def test_transformers_5_parameters_are_refused_not_ignored(prompt, name, value):
+    """Parameters that transformers 5 added and turbogen does not implement raise, however they are given (a
+    transformers 4.57 config keeps them as extra attributes, a 5.x config as parameters)."""
+    input_ids, attention_mask = prompt
+    model = tiny_model("llama")
+    for given in (dict(generation_config=GenerationConfig(**{name: value})),
+                  dict(generation_config=transformers.GenerationConfig(**{name: value})),
+                  {name: value}):
+        with pytest.raises(ValueError, match=f"`{name}` is not supported"):
+            generate(model, input_ids, attention_mask=attention_mask, max_new_tokens=3, **given)
 
 
 def test_no_prompt_starts_from_bos_like_transformers():

@@ -92,28 +92,37 @@ def test_sampled_distribution_matches_transformers_processors(setting):
 
 
 def test_trailing_warpers_are_fused_into_the_sampler_unless_scores_are_requested(monkeypatch):
-    """Without ``output_scores`` the temperature/top-k/top-p warpers run inside ``ops.sample``; with it they run
+    """Without ``output_scores`` the temperature/top-k/top-p warpers run inside the sampler; with it they run
     as processors (their output is the recorded score). Same seed, same draws either way."""
     import turbogen.ops
 
     sampler_filters = []
-    sample = turbogen.ops.sample
+    draws = []
+    sampler_class = turbogen.ops.Sampler
 
-    def recording_sample(logits, **kwargs):
-        sampler_filters.append({name: kwargs.get(name) for name in ("temperature", "top_k", "top_p")})
-        return sample(logits, **kwargs)
+    class RecordingSampler(sampler_class):
+        def __init__(self, rows, device, **kwargs):
+            sampler_filters.append({name: kwargs.get(name) for name in ("temperature", "top_k", "top_p")})
+            super().__init__(rows, device, **kwargs)
 
-    monkeypatch.setattr(turbogen.ops, "sample", recording_sample)
+        def __call__(self, logits, offset=0, **kwargs):
+            draws.append(offset)
+            return super().__call__(logits, offset, **kwargs)
+
+    monkeypatch.setattr(turbogen.ops, "Sampler", RecordingSampler)
     model = tiny_model("llama")
     input_ids, attention_mask = _padded_prompt()
     options = dict(do_sample=True, max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3,
                    seed=8, eos_token_id=None)
     fused = generate(model, input_ids, attention_mask=attention_mask, **options)
-    assert sampler_filters == [dict(temperature=0.7, top_k=20, top_p=0.9)] * 6
+    assert sampler_filters == [dict(temperature=0.7, top_k=20, top_p=0.9)]
+    assert draws == list(range(6))
     sampler_filters.clear()
+    draws.clear()
     unfused = generate(model, input_ids, attention_mask=attention_mask, return_dict_in_generate=True,
                        output_scores=True, **options)
-    assert sampler_filters == [dict(temperature=None, top_k=None, top_p=None)] * 6
+    assert sampler_filters == [dict(temperature=None, top_k=None, top_p=None)]
+    assert draws == list(range(6))
     assert torch.equal(fused, unfused.sequences)
 
 

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 safetensors = pytest.importorskip("safetensors")
 
 from turbogen import models  # noqa: E402
+from turbogen.config import as_generation_config  # noqa: E402
 
 MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
 GREEDY = dict(do_sample=False, temperature=None, top_k=None, top_p=None, repetition_penalty=None)
@@ -40,15 +41,20 @@ def fallback_model():
 
 def _architecture(config) -> dict:
     fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "max_position_embeddings", "rope_theta", "tie_word_embeddings",
+              "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings",
               "pad_token_id", "bos_token_id", "eos_token_id")
-    return {field: getattr(config, field) for field in fields}
+    # transformers 5 moved `rope_theta` into the `rope_parameters` dict.
+    rope_theta = getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]
+    return {"rope_theta": rope_theta, **{field: getattr(config, field) for field in fields}}
 
 
 def _sampling_defaults(generation_config) -> dict:
+    """The values generate() uses. Through turbogen's conversion, since transformers 5 leaves a parameter that
+    the file does not set (e.g. ``top_k`` at its default 50) at None."""
     fields = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens",
               "pad_token_id", "bos_token_id", "eos_token_id")
-    return {field: getattr(generation_config, field) for field in fields}
+    config = as_generation_config(generation_config)
+    return {field: getattr(config, field) for field in fields}
 
 
 def _sequence_loss(model, token_ids: list[int]) -> float:
@@ -179,11 +185,14 @@ def test_fallback_is_seeded_and_leaves_global_rng_alone(fallback_model, monkeypa
 # ---------------------------------------------------------------------------------------------
 
 
-def test_load_model_reads_any_saved_causal_lm(fallback_model, tmp_path):
+def test_load_model_reads_any_saved_causal_lm(fallback_model, tmp_path, capfd):
     model, tokenizer, _ = fallback_model
     model.save_pretrained(tmp_path, safe_serialization=True)
     tokenizer.save_pretrained(tmp_path)
+    capfd.readouterr()
     loaded, loaded_tokenizer = models.load_model(str(tmp_path), dtype=torch.float64)
+    assert capfd.readouterr() == ("", "")  # quiet: no progress bar (transformers 5 draws one by default)
+    assert transformers.utils.logging.is_progress_bar_enabled()  # and the setting is restored
     assert next(loaded.parameters()).dtype == torch.float64
     assert loaded_tokenizer("abc")["input_ids"] == tokenizer("abc")["input_ids"]
     ids = torch.tensor([tokenizer("abc")["input_ids"]])

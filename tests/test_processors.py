@@ -20,6 +20,7 @@ import transformers.generation.logits_process as hf
 import turbogen.processors as tp
 from turbogen.ref import logits_processors as ref
 
+from conftest import skip_on_transformers_5
 from tiny_models import tiny_model
 
 NEG_INF = float("-inf")
@@ -145,8 +146,24 @@ def test_matches_transformers(case, batch, vocab):
 
 WARPERS_AND_PENALTIES = [case for case in SIMPLE_CASES if case[0] not in ("InfNanRemoveLogitsProcessor",)]
 
+# Edge cases transformers 5 handles differently on purpose; turbogen keeps 4.57's results (the spec).
+MIN_P_TIES_CHANGED = ("MinPLogitsWarper keeps its `min_tokens_to_keep` tokens by torch.topk over the probabilities "
+                      "(4.57: argsort of the scores), so it breaks ties between equal scores differently")
+EOS_DECAY_OF_MINUS_INF_CHANGED = ("ExponentialDecayLengthPenalty leaves an EOS score of -inf at -inf "
+                                  "(4.57 adds |score| * (factor ** steps - 1) to it, which gives nan)")
 
-@pytest.mark.parametrize("case", WARPERS_AND_PENALTIES, ids=_case_id)
+
+def _on_ties_and_masked_rows(case):
+    """``case`` as a parameter, skipped under transformers 5 when 5.x changed its result on these rows."""
+    name, _, kwargs = case
+    if name == "MinPLogitsWarper" and kwargs.get("min_tokens_to_keep", 1) > 1:
+        return pytest.param(case, marks=skip_on_transformers_5(MIN_P_TIES_CHANGED))
+    if name == "ExponentialDecayLengthPenalty":
+        return pytest.param(case, marks=skip_on_transformers_5(EOS_DECAY_OF_MINUS_INF_CHANGED))
+    return case
+
+
+@pytest.mark.parametrize("case", [_on_ties_and_masked_rows(case) for case in WARPERS_AND_PENALTIES], ids=_case_id)
 def test_matches_transformers_on_ties_and_masked_rows(case):
     """Tied scores, rows with a single finite token, rows with two tied finite tokens, a dominant logit."""
     name, args, kwargs = case
@@ -246,7 +263,7 @@ def test_per_row_top_p(min_tokens_to_keep):
     assert_identical(ref.top_p(scores, per_row, min_tokens_to_keep=min_tokens_to_keep), expected)
 
 
-@pytest.mark.parametrize("min_tokens_to_keep", [1, 3])
+@pytest.mark.parametrize("min_tokens_to_keep", [1, pytest.param(3, marks=skip_on_transformers_5(MIN_P_TIES_CHANGED))])
 def test_per_row_min_p(min_tokens_to_keep):
     input_ids, scores = make_inputs(4, 5, 70, ties=True)
     values = [0.0, 0.02, 0.2, 0.7, 1.0]

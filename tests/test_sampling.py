@@ -326,6 +326,39 @@ def test_seeds_and_offsets(backend):
     assert len({int(ops_sampling.sample(flat, seed=5, offset=o, backend=backend)) for o in range(8)}) > 1
 
 
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_prepared_sampler_draws_what_sample_draws(backend):
+    """ops.Sampler (parameters validated once, for decode loops) is ops.sample, call for call."""
+    device = device_for(backend)
+    logits = random_logits(8, 300, seed=22, device=device)
+    filters = per_row_parameters(8, seed=23, device=device)
+    sampler = ops_sampling.Sampler(8, device, seed=77, backend=backend, **filters)
+    assert sampler.backend == backend
+    for offset in range(3):
+        expected = draw(backend, logits, 77, offset=offset, **filters)
+        actual = sampler(logits, offset, return_logprobs=True)
+        assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+        assert torch.equal(sampler(logits, torch.tensor(offset, device=device)), expected[0])
+
+
+@pytest.mark.parametrize("logits,error", [
+    (torch.zeros(3, 10), ValueError),
+    (torch.zeros(4), ValueError),
+    (torch.zeros(4, 10, dtype=torch.int64), TypeError),
+    (torch.zeros(10, 4).t(), ValueError),
+])
+def test_prepared_sampler_refuses_logits_it_was_not_built_for(logits, error):
+    sampler = ops_sampling.Sampler(4, "cpu", seed=0, top_k=3)
+    with pytest.raises(error, match="logits"):
+        sampler(logits, 0)
+    with pytest.raises(ValueError, match="offset"):
+        sampler(torch.zeros(4, 10), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="rows"):
+        ops_sampling.Sampler(-1, "cpu", seed=0)
+    with pytest.raises(ValueError, match="top_p"):
+        ops_sampling.Sampler(4, "cpu", seed=0, top_p=2.0)
+
 # ---- validation, custom op, compile ---------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,error,name", [
@@ -401,6 +434,10 @@ def test_compiled_backend_runs_inside_torch_compile():
     tokens, logprobs = compiled(logits, seeds)
     expected_tokens, expected_logprobs = step(logits, seeds)
     assert torch.equal(tokens, expected_tokens) and torch.equal(logprobs, expected_logprobs)
+
+    sampler = ops_sampling.Sampler(4, "cpu", temperature=0.7, top_k=50, top_p=0.9, seed=seeds, backend="cpu")
+    compiled_sampler = torch.compile(lambda logits: sampler(logits, 3), fullgraph=True)
+    assert torch.equal(compiled_sampler(logits), sampler(logits, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from tiny_models import EOS_ID, MODEL_KINDS, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
@@ -50,6 +51,27 @@ def test_greedy_search_matches_dynamic_cache_and_transformers(kind, batch):
     assert torch.equal(static.sequences, expected)
     assert torch.equal(dynamic.sequences, expected)
     _assert_same_scores(static, dynamic)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_model_preparing_its_own_inputs_gets_the_same_tokens(num_beams):
+    """A model overriding ``prepare_inputs_for_generation`` is driven through it (transformers 5 then builds the
+    static cache's attention mask there), with the results of the dynamic cache and of transformers."""
+
+    class PreparesItsOwnInputs(transformers.LlamaForCausalLM):
+        def prepare_inputs_for_generation(self, input_ids, **kwargs):
+            return super().prepare_inputs_for_generation(input_ids, **kwargs)
+
+    reference = tiny_model("llama")
+    model = PreparesItsOwnInputs(reference.config).eval()
+    model.load_state_dict(reference.state_dict())
+    input_ids, attention_mask = encode_batch(PROMPTS["padded"])
+    expected = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS,
+                              num_beams=num_beams)
+    static = _run(model, "padded", "static", num_beams=num_beams)
+    assert isinstance(static.past_key_values, StaticKVCache)
+    assert torch.equal(static.sequences, expected)
+    _assert_same_scores(static, _run(model, "padded", None, num_beams=num_beams))
 
 
 @pytest.mark.parametrize("batch", sorted(PROMPTS))

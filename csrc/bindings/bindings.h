@@ -19,6 +19,7 @@ namespace turbogen {
 
 void bind_softmax(pybind11::module_& m);
 void bind_sampling(pybind11::module_& m);
+void bind_topk(pybind11::module_& m);
 
 // Address passed from Python (Tensor.data_ptr()) -> typed pointer.
 template <typename T>

@@ -43,5 +43,6 @@ PYBIND11_MODULE(_C, m) {
 
   turbogen::bind_softmax(m);
   turbogen::bind_sampling(m);
+  turbogen::bind_topk(m);
 
 }

@@ -34,6 +34,8 @@ SETTINGS = {
     "beam": dict(do_sample=False, num_beams=4),
 }
 RUNNERS = ("forward", "turbogen", "transformers")
+# What beam search ranks per batch row and step: 2 candidates per beam (one may end with EOS).
+BEAM_CANDIDATES = 2 * SETTINGS["beam"]["num_beams"]
 
 # Op benchmarks: logits shapes (rows, vocab: Llama 2's and Llama 3's); the filters are the "sampling" setting's.
 OP_SHAPES = ((1, 32000), (8, 32000), (32, 32000), (8, 128256))
@@ -190,16 +192,31 @@ def runner_calls(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     config = generation_config(model, mode, new_tokens)
     # eos_token_id=None is a call argument because it must override the model's EOS, which transformers
     # and turbogen both fill into a config that has none.
-    common = dict(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                  use_model_defaults=False, eos_token_id=None)
-    floor_ids = input_ids.repeat_interleave(config.num_beams, dim=0)
-    floor_mask = attention_mask.repeat_interleave(config.num_beams, dim=0)
+    common = dict(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, eos_token_id=None)
+    rows_per_prompt = SETTINGS[mode].get("num_beams", 1)
+    floor_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
+    floor_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
     calls = {
         "forward": lambda: forward_loop(model, floor_ids, floor_mask, new_tokens),
         "turbogen": lambda: generate(model, seed=0, **common),
         "transformers": lambda: model.generate(**common),
     }
-    return {runner: _in_inference_mode(call) for runner, call in calls.items()}
+    return {runner: _in_inference_mode(_with_model_defaults(model, config, call)) for runner, call in calls.items()}
+
+
+def _with_model_defaults(model, config, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``config`` as the model's own generation defaults, so that neither generate() fills
+    in values from the model's config (``use_model_defaults=False`` does this in transformers 4.57 only)."""
+
+    def call():
+        saved = model.generation_config
+        model.generation_config = config
+        try:
+            return fn()
+        finally:
+            model.generation_config = saved
+
+    return call
 
 
 def _in_inference_mode(fn: Callable[[], object]) -> Callable[[], object]:
@@ -323,36 +340,51 @@ def _compiled_cpu_backend() -> str:
 
 
 def op_runners() -> dict[str, dict[str, Callable[[torch.Tensor], object]]]:
-    """For each op this build has: {runner name: fn(logits)}; turbogen's runner first, its baseline second.
-    The temperature and filters are those of the end-to-end "sampling" setting."""
+    """For each op: {runner name: fn(logits)}; turbogen's runner first, its baseline second. The temperature
+    and filters are those of the end-to-end "sampling" setting; top-k keeps beam search's candidates."""
     from . import ops
 
     backend = _compiled_cpu_backend()
     temperature, top_k, top_p = (SETTINGS["sampling"][name] for name in ("temperature", "top_k", "top_p"))
-    runners = {
+    return {
         "softmax": {
             f"turbogen {backend}": lambda logits: ops.softmax(logits, temperature, backend=backend),
             "torch": lambda logits: torch.softmax(logits / temperature, dim=-1),
         },
-    }
-    if hasattr(ops, "sample"):
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-        warpers = (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p))
-
-        def transformers_sample(logits: torch.Tensor) -> torch.Tensor:
-            # What transformers' sampling step does: the warpers, softmax, then torch.multinomial.
-            scores = logits
-            for warper in warpers:
-                scores = warper(None, scores)
-            return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
-
-        runners["sample"] = {
+        "sample": {
             f"turbogen {backend}": lambda logits: ops.sample(logits, temperature=temperature, top_k=top_k,
                                                              top_p=top_p, seed=0, backend=backend),
-            "transformers": transformers_sample,
-        }
-    return runners
+            "transformers": lambda logits: transformers_sample(logits, temperature, top_k, top_p),
+        },
+        "topk": {
+            f"turbogen {backend}": lambda scores: ops.topk(scores, BEAM_CANDIDATES, backend=backend),
+            "torch": lambda scores: torch.topk(scores, BEAM_CANDIDATES),
+        },
+    }
+
+
+def transformers_sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                        min_p: float = 0.0) -> torch.Tensor:
+    """What transformers' ``generate(do_sample=True)`` runs per step for these filters: its Temperature,
+    TopK, TopP and MinP warpers (each only when it is on, as ``_get_logits_processor`` builds them),
+    softmax, then ``torch.multinomial``. Returns ``[batch, 1]`` token ids."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    scores = logits
+    if temperature != 1.0:
+        scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    if min_p:
+        scores = MinPLogitsWarper(min_p)(None, scores)
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
 
 
 def op_cases(shapes: Iterable[tuple[int, int]] = OP_SHAPES) -> list[tuple[str, tuple[int, int], str, Callable]]:

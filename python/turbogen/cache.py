@@ -358,6 +358,25 @@ class StaticKVCache(_TransformersCache):
         """``max_cache_len`` (transformers v5's name)."""
         return self.max_cache_len if layer_idx is None else self._layer(layer_idx).get_max_length()
 
+    def early_initialization(self, batch_size: int, num_heads: Union[int, list[int]], head_dim: Union[int, list[int]],
+                             dtype: torch.dtype, device: Union[str, torch.device]) -> None:
+        """transformers' ahead-of-time initialisation (``torch.export`` recipes call it). The storage exists from
+        construction on, so this only checks that states of that shape, dtype and device fit every layer.
+        ``num_heads`` and ``head_dim`` may be per-layer lists, as transformers v5 allows.
+
+        Raises:
+            TypeError, ValueError: as :meth:`StaticKVLayer.update` would for such states.
+        """
+        per_layer = {}
+        for name, value in (("num_heads", num_heads), ("head_dim", head_dim)):
+            values = list(value) if isinstance(value, (list, tuple)) else [value] * len(self.layers)
+            if len(values) != len(self.layers):
+                raise ValueError(f"`{name}` lists {len(values)} layers but the cache has {len(self.layers)}")
+            per_layer[name] = values
+        device = torch.device(device)
+        for layer, heads, dim in zip(self.layers, per_layer["num_heads"], per_layer["head_dim"]):
+            layer.lazy_initialization(torch.zeros((batch_size, heads, 0, dim), dtype=dtype, device=device))
+
     # --- the calls models make ---------------------------------------------------------------------------
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
@@ -401,7 +420,9 @@ class StaticKVCache(_TransformersCache):
     reorder_ = reorder_cache
 
     def crop(self, max_length: int) -> None:
-        """Keep the first ``max_length`` tokens of every layer; see :meth:`StaticKVLayer.crop`."""
+        """Keep the first ``max_length`` tokens of every layer; see :meth:`StaticKVLayer.crop`. A negative value
+        drops that many tokens from the end, which is also what transformers v5's ``crop(tokens_to_remove)``
+        means (v5 refuses positive values), so callers of either version get what they ask for."""
         if isinstance(max_length, bool) or not isinstance(max_length, int):
             raise TypeError(f"`max_length` must be an int, got {type(max_length).__name__}")
         for layer in self.layers:

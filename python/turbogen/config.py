@@ -8,8 +8,8 @@ inference pipelines need and transformers lacks: ``seed``, ``presence_penalty`` 
 ``frequency_penalty`` (see ``TURBOGEN_PARAMETERS``).
 
 transformers is an optional dependency: this module never imports it. ``as_generation_config``
-converts a ``transformers.GenerationConfig`` by values when one is given (transformers is then
-already imported by whoever built it).
+converts a ``transformers.GenerationConfig`` (v4.57 or v5) by values when one is given (transformers
+is then already imported by whoever built it).
 
 Differences from transformers, all deliberate:
 
@@ -1004,6 +1004,8 @@ def as_generation_config(obj: Any = None) -> GenerationConfig:
         obj: ``None`` (the defaults), a mapping of parameters, a ``GenerationConfig`` (returned
             as is, not copied), or a ``transformers.GenerationConfig`` (converted by values:
             every attribute, extras included; its watermarking and compile configs become ours).
+            transformers 5 leaves unset parameters at ``None``; those take our defaults, which
+            are the global defaults 5.x itself resolves them to.
     """
     if obj is None:
         return GenerationConfig()
@@ -1013,7 +1015,10 @@ def as_generation_config(obj: Any = None) -> GenerationConfig:
         return GenerationConfig.from_dict(obj)
     transformers_class = _transformers_class("GenerationConfig")
     if transformers_class is not None and isinstance(obj, transformers_class):
-        return GenerationConfig._from_attributes(vars(obj))
+        # Imported here: the compatibility layer needs torch, which this module never imports itself.
+        from ._transformers_compat import generation_config_attributes
+
+        return GenerationConfig._from_attributes(generation_config_attributes(obj))
     raise TypeError(
         "generation config must be None, a dict, a turbogen GenerationConfig or a "
         f"transformers.GenerationConfig, got {type(obj).__module__}.{type(obj).__qualname__}"

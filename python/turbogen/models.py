@@ -14,9 +14,10 @@ Everything here needs the ``hf`` extra (``transformers``, ``tokenizers``, ``safe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -173,8 +174,9 @@ def load_model(
     """Load a causal language model and its tokenizer from a local directory, offline.
 
     ``path`` is a directory as written by ``save_pretrained`` (``config.json``, the weights and
-    the tokenizer files). Nothing is downloaded (``local_files_only=True``) and no remote code
-    runs. The model is returned in eval mode with parameters of ``dtype``.
+    the tokenizer files). Nothing is downloaded (``local_files_only=True``), no remote code runs
+    and nothing is printed (transformers 5 would draw a progress bar over the weights). The model
+    is returned in eval mode with parameters of ``dtype``.
 
     Raises ValueError naming ``path`` if it is not a directory or has no ``config.json``, and
     TypeError/ValueError if ``dtype`` is not a floating-point torch dtype.
@@ -187,8 +189,9 @@ def load_model(
         raise ValueError(f"model path {str(directory)!r} is not a directory")
     if not (directory / "config.json").is_file():
         raise ValueError(f"model path {str(directory)!r} has no config.json: not a transformers model directory")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    with _progress_bars_disabled():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
     model.eval()
     return model, tokenizer
 
@@ -218,6 +221,19 @@ def load_default_model(
     model.generation_config = default_generation_config()
     model.to(dtype=dtype).eval()
     return model, tokenizer, False
+
+
+@contextlib.contextmanager
+def _progress_bars_disabled() -> Iterator[None]:
+    """transformers' (and the Hub client's) progress bars off inside the block, restored after it."""
+    logging = transformers.utils.logging
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 def _check_float_dtype(dtype: object) -> None:

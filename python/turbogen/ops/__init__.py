@@ -2,7 +2,8 @@
 ``backend=``, the ``TURBOGEN_BACKEND`` environment variable, or the input's device."""
 
 from ._dispatch import BACKENDS, BackendStatus, available_backends
-from .sampling import filter_logits, sample
+from .sampling import Sampler, filter_logits, sample
 from .softmax import softmax
+from .topk import topk
 
-__all__ = ["BACKENDS", "BackendStatus", "available_backends", "filter_logits", "sample", "softmax"]
+__all__ = ["BACKENDS", "BackendStatus", "Sampler", "available_backends", "filter_logits", "sample", "softmax", "topk"]

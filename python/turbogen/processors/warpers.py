@@ -35,12 +35,14 @@ class TopKLogitsWarper(LogitsProcessor):
     """Keep the ``top_k`` highest scores (ties with the k-th included), set the rest to ``filter_value``.
 
     ``top_k`` is raised to ``min_tokens_to_keep`` and stored that way, as transformers does; a
-    ``top_k`` at or above the vocabulary size keeps every token.
+    ``top_k`` at or above the vocabulary size keeps every token. ``min_tokens_to_keep`` is kept as
+    an attribute too, as in transformers 5 (4.57 only folds it into ``top_k``).
     """
 
     def __init__(self, top_k: int, filter_value: float = _NEG_INF, min_tokens_to_keep: int = 1):
         top_k = check_int(top_k, "top_k", minimum=1)
-        self.top_k = max(top_k, check_min_tokens_to_keep(min_tokens_to_keep))
+        self.min_tokens_to_keep = check_min_tokens_to_keep(min_tokens_to_keep)
+        self.top_k = max(top_k, self.min_tokens_to_keep)
         self.filter_value = check_filter_value(filter_value)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

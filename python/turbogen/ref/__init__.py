@@ -3,5 +3,6 @@ Everything here is plain torch, so ``torch.compile(fullgraph=True)`` can compile
 
 from .sampling import filter_logits, sample
 from .softmax import softmax
+from .topk import topk
 
-__all__ = ["filter_logits", "sample", "softmax"]
+__all__ = ["filter_logits", "sample", "softmax", "topk"]
