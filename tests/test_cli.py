@@ -232,6 +232,13 @@ def test_bench_out_must_be_a_directory(tmp_path, capsys):
     assert err.strip() == f"turbogen bench: error: --out {str(not_a_directory)!r} exists and is not a directory"
 
 
+def test_bench_repeats_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--repeats", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "turbogen bench: error: argument --repeats: must be >= 1, got 0"
+
+
 # -------------------------------------------------------------------------------------------------
 # demo
 # -------------------------------------------------------------------------------------------------
@@ -338,6 +345,18 @@ def test_speedups_are_turbogen_over_each_other_runner():
     assert benchmark.speedups(measurements) == [benchmark.Speedup("greedy", 2, 2.0, 0.5),
                                                 benchmark.Speedup("beam", 1, None, None)]
 
+
+
+def test_best_seconds_takes_turns_and_keeps_each_runners_minimum(monkeypatch):
+    """Runners alternate round by round (load changes slow them alike); each keeps its fastest round."""
+    order = []
+    clock = iter([0.0, 3.0, 3.0, 4.0, 10.0, 11.0, 11.0, 16.0])  # rounds: a 3 s, b 1 s, then a 1 s, b 5 s
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    best = benchmark.best_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2)
+    assert order == ["a", "b", "a", "b", "a", "b"]  # one warm-up round, then two timed rounds
+    assert best == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ValueError, match="repeats"):
+        benchmark.best_seconds({"a": lambda: None}, repeats=0)
 
 def test_plan_rejects_unknown_modes_and_empty_sizes():
     with pytest.raises(ValueError, match="modes must be among"):

@@ -18,7 +18,7 @@ import pathlib
 import platform
 from typing import Any, Sequence
 
-from ._cli_common import format_table, help_text, speed_table
+from ._cli_common import format_table, help_text, positive_int, speed_table
 from ._cli_progress import ProgressBar
 
 DEFAULT_OUT = pathlib.Path("bench") / "results"
@@ -30,6 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="fewer shapes, batch 1 only, 16 new tokens, one timed run each (a smoke test)")
+    parser.add_argument("--repeats", type=positive_int, metavar="N",
+                        help="timed rounds per end-to-end case, the runners taking turns (default: 3; 1 with --quick)")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, metavar="DIR",
                         help="where to write the JSON results and the chart (default: %(default)s)")
     parser.set_defaults(handler=run)
@@ -39,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from . import benchmark
 
     if args.quick:
-        plan = benchmark.EndToEndPlan(batches=(1,), new_tokens=16, repeats=1)
+        plan = benchmark.EndToEndPlan(batches=(1,), new_tokens=16, repeats=args.repeats or 1)
         op_shapes, op_repeats = benchmark.OP_SHAPES_QUICK, 2
     else:
-        plan = benchmark.EndToEndPlan()
+        plan = benchmark.EndToEndPlan(repeats=args.repeats or benchmark.EndToEndPlan.repeats)
         op_shapes, op_repeats = benchmark.OP_SHAPES, 5
     run_bench(args.out, plan, op_shapes, op_repeats)
     return 0

@@ -137,17 +137,20 @@ class Speedup:
     vs_forward: Optional[float]
 
 
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed warm-up call (allocator, caches,
-    lazy imports). The minimum is the least disturbed by other load on the machine."""
+def best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` timed calls of each of ``calls``, after one untimed warm-up call each
+    (allocator, caches, lazy imports). The calls take turns, one round at a time, so a change in the load of
+    a shared machine slows every runner alike; the minimum is the least disturbed time."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for fn in calls.values():
         fn()
-        best = min(best, time.perf_counter() - start)
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -237,17 +240,19 @@ def decoded_rows(mode: str, batch: int) -> int:
 def compare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str, new_tokens: int,
             repeats: int = 3, runners: Iterable[str] = RUNNERS,
             on_measurement: Optional[Callable[[Measurement], None]] = None) -> list[Measurement]:
-    """Times each runner on the same inputs and settings (:func:`best_seconds`); returns one Measurement per
-    runner, in the order of ``runners``, calling ``on_measurement`` after each (progress reporting)."""
+    """Times the runners on the same inputs and settings, taking turns (:func:`best_seconds`); returns one
+    Measurement per runner, in the order of ``runners``, calling ``on_measurement`` after each (progress
+    reporting)."""
     calls = runner_calls(model, input_ids, attention_mask, mode, new_tokens)
     unknown = [runner for runner in runners if runner not in calls]
     if unknown:
         raise ValueError(f"runners must be among {tuple(calls)}, got {unknown}")
     batch = input_ids.shape[0]
     rows = decoded_rows(mode, batch)
+    seconds = best_seconds({runner: calls[runner] for runner in runners}, repeats)
     results = []
     for runner in runners:
-        measurement = Measurement(runner, mode, batch, rows, new_tokens, best_seconds(calls[runner], repeats))
+        measurement = Measurement(runner, mode, batch, rows, new_tokens, seconds[runner])
         results.append(measurement)
         if on_measurement is not None:
             on_measurement(measurement)
