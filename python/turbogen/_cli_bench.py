@@ -63,7 +63,7 @@ def run_bench(out_dir: pathlib.Path, plan: Any, op_shapes: Sequence[tuple[int, i
     started = datetime.datetime.now(datetime.timezone.utc)
     machine = _machine()
     print(f"machine: {machine['processor']}, {machine['cpu_count']} cores, torch {machine['torch']} "
-          f"({machine['torch_threads']} threads), transformers {machine['transformers']}")
+          f"(torch threads: {machine['torch_threads']}), transformers {machine['transformers']}")
 
     cases = benchmark.op_cases(op_shapes)
     with ProgressBar("ops", total=len(cases)) as progress:
@@ -135,7 +135,7 @@ def draw_chart(results: dict, path: pathlib.Path) -> bool:
     _grouped_bars(ops_axes, labels, series, "ops: turbogen's speedup")
 
     figure.suptitle(f"turbogen {results['turbogen']} on {results['machine']['processor']} "
-                    f"({results['machine']['torch_threads']} threads), {results['date']}")
+                    f"(torch threads: {results['machine']['torch_threads']}), {results['date']}")
     figure.savefig(path, dpi=120)
     return True
 

@@ -142,7 +142,8 @@ class BeamSearchState:
         self.beam_indices = self.running_beam_indices.clone()
         self.is_finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
         self.may_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)
-        self.all_candidates_stopped = torch.zeros((), dtype=torch.bool, device=device)
+        self._no_candidate_stopped = torch.zeros((), dtype=torch.bool, device=device)
+        self.all_candidates_stopped = self._no_candidate_stopped
         self._batch_offsets = torch.arange(batch, device=device).view(-1, 1) * beams
         # The first `num_beams` candidates are the only ones that may enter the finished set.
         self._in_top_beams = torch.arange(params.candidates_per_row, device=device) < beams
@@ -198,19 +199,29 @@ class BeamSearchState:
         p = self.params
         length = candidates.length
         if stopped is None:
-            stopped = torch.zeros_like(candidates.log_probs, dtype=torch.bool)
-        self.all_candidates_stopped = stopped.all()
+            self.all_candidates_stopped = self._no_candidate_stopped
+            running_log_probs = candidates.log_probs
+        else:
+            self.all_candidates_stopped = stopped.all()
+            running_log_probs = _demote(candidates.log_probs, stopped)
 
         # Running beams: the best candidates that did not stop.
-        running_log_probs = _demote(candidates.log_probs, stopped)
         keep = torch.topk(running_log_probs, k=p.num_beams).indices
         self.running_sequences = _gather_beams(candidates.sequences, keep)
         self.running_scores = _gather_beams(running_log_probs, keep)
         self.running_beam_indices = _gather_beams(candidates.beam_indices, keep)
 
-        # Finished beams: merge the stopped top candidates that are allowed in, keep the best `num_beams`.
+        if stopped is not None:
+            self._merge_finished(candidates, stopped)
+        self._update_may_improve(length)
+        return self.running_beam_indices[:, :, length - 1 - p.prompt_length].reshape(-1).long()
+
+    def _merge_finished(self, candidates: BeamCandidates, stopped: torch.Tensor) -> None:
+        """Merge the stopped top candidates that are allowed in into the finished beams, keeping the best
+        ``num_beams``. (Without stopped candidates nothing could enter, so :meth:`advance` skips this.)"""
+        p = self.params
         newly_finished = stopped & self._in_top_beams[None, :]
-        finished_scores = candidates.log_probs / ((length - p.prompt_length) ** p.length_penalty)
+        finished_scores = candidates.log_probs / ((candidates.length - p.prompt_length) ** p.length_penalty)
         if p.early_stopping is True:  # otherwise this penalty is 0 everywhere (adding it is a no-op)
             row_is_full = torch.all(self.is_finished, dim=-1, keepdim=True)
             finished_scores = _demote(finished_scores, row_is_full)
@@ -222,9 +233,6 @@ class BeamSearchState:
         self.scores = _gather_beams(merged_scores, best)
         self.beam_indices = _gather_beams(torch.cat((self.beam_indices, candidates.beam_indices), dim=1), best)
         self.is_finished = _gather_beams(torch.cat((self.is_finished, newly_finished), dim=1), best)
-
-        self._update_may_improve(length)
-        return self.running_beam_indices[:, :, length - 1 - p.prompt_length].reshape(-1).long()
 
     def _update_may_improve(self, length: int) -> None:
         """The early-stopping heuristic: can the best running beam still beat the worst finished one?
