@@ -133,7 +133,8 @@ def _measure_speed(loaded: LoadedModel, plan: DemoPlan) -> str:
                    "forward: the bare model forward loop (prefill, then one forward and an argmax per token), "
                    "the floor any generate() pays.\n"
                    "Ratios above 1x against transformers mean turbogen is faster; against forward, "
-                   "the shortfall from 1x is generate()'s overhead.")
+                   "the shortfall from 1x is generate()'s overhead. The CPU ratios use process CPU time, "
+                   "which other programs on a busy machine disturb less than wall-clock time.")
     return f"{speed_table(measurements)}\n\n{explanation}"
 
 

@@ -109,7 +109,8 @@ class EndToEndPlan:
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """The best time of one runner generating ``new_tokens`` tokens for ``batch`` prompts (``rows`` decoded
-    sequences: ``batch * num_beams`` for beam search)."""
+    sequences: ``batch * num_beams`` for beam search): wall-clock ``seconds`` and, when measured, the process
+    CPU time ``cpu_seconds`` (which time spent waiting for a shared machine's cores does not inflate)."""
 
     runner: str
     mode: str
@@ -117,40 +118,51 @@ class Measurement:
     rows: int
     new_tokens: int
     seconds: float
+    cpu_seconds: Optional[float] = None
 
     @property
     def tokens_per_second(self) -> float:
         return self.rows * self.new_tokens / self.seconds
 
+    @property
+    def tokens_per_cpu_second(self) -> Optional[float]:
+        return None if self.cpu_seconds is None else self.rows * self.new_tokens / self.cpu_seconds
+
     def as_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), tokens_per_second=self.tokens_per_second)
+        return dict(dataclasses.asdict(self), tokens_per_second=self.tokens_per_second,
+                    tokens_per_cpu_second=self.tokens_per_cpu_second)
 
 
 @dataclasses.dataclass(frozen=True)
 class Speedup:
     """turbogen's rate over the others' for one (mode, batch): above 1 against transformers means turbogen
-    is faster; against the forward loop it is at most about 1 (the floor), and the gap is overhead."""
+    is faster; against the forward loop it is at most about 1 (the floor), and the gap is overhead. The
+    ``_cpu`` ratios compare tokens per second of process CPU time."""
 
     mode: str
     batch: int
     vs_transformers: Optional[float]
     vs_forward: Optional[float]
+    vs_transformers_cpu: Optional[float] = None
+    vs_forward_cpu: Optional[float] = None
 
 
-def best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """The fastest of ``repeats`` timed calls of each of ``calls``, after one untimed warm-up call each
-    (allocator, caches, lazy imports). The calls take turns, one round at a time, so a change in the load of
-    a shared machine slows every runner alike; the minimum is the least disturbed time."""
+def best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """``(wall, cpu)``: the least wall-clock and the least process CPU time of ``repeats`` timed calls of each
+    of ``calls``, after one untimed warm-up call each (allocator, caches, lazy imports). The calls take
+    turns, one round at a time, so a change in the load of a shared machine slows every runner alike; the
+    minimum is the least disturbed time."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for fn in calls.values():
         fn()
-    best = dict.fromkeys(calls, float("inf"))
+    best = dict.fromkeys(calls, (float("inf"), float("inf")))
     for _ in range(repeats):
         for name, fn in calls.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
     return best
 
 
@@ -252,7 +264,7 @@ def compare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: 
     seconds = best_seconds({runner: calls[runner] for runner in runners}, repeats)
     results = []
     for runner in runners:
-        measurement = Measurement(runner, mode, batch, rows, new_tokens, seconds[runner])
+        measurement = Measurement(runner, mode, batch, rows, new_tokens, *seconds[runner])
         results.append(measurement)
         if on_measurement is not None:
             on_measurement(measurement)
@@ -262,17 +274,20 @@ def compare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: 
 def speedups(measurements: Iterable[Measurement]) -> list[Speedup]:
     """turbogen's speed ratios per (mode, batch), in order of first appearance; a ratio whose runners were
     not both measured is None."""
-    rates: dict[tuple[str, int], dict[str, float]] = {}
+    by_case: dict[tuple[str, int], dict[str, Measurement]] = {}
     for measurement in measurements:
-        rates.setdefault((measurement.mode, measurement.batch), {})[measurement.runner] = measurement.tokens_per_second
+        by_case.setdefault((measurement.mode, measurement.batch), {})[measurement.runner] = measurement
 
-    def ratio(rate: dict[str, float], other: str) -> Optional[float]:
-        if "turbogen" not in rate or other not in rate:
+    def ratio(runners: dict[str, Measurement], other: str, rate: str) -> Optional[float]:
+        if "turbogen" not in runners or other not in runners:
             return None
-        return rate["turbogen"] / rate[other]
+        ours, theirs = getattr(runners["turbogen"], rate), getattr(runners[other], rate)
+        return None if ours is None or theirs is None else ours / theirs
 
-    return [Speedup(mode, batch, ratio(rate, "transformers"), ratio(rate, "forward"))
-            for (mode, batch), rate in rates.items()]
+    return [Speedup(mode, batch,
+                    *(ratio(runners, other, "tokens_per_second") for other in ("transformers", "forward")),
+                    *(ratio(runners, other, "tokens_per_cpu_second") for other in ("transformers", "forward")))
+            for (mode, batch), runners in by_case.items()]
 
 
 def bench_prompt(batch: int, prompt_length: int = 16, vocab_size: int = 32000, seed: int = 0):
