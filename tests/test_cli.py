@@ -287,14 +287,14 @@ def _assert_speed_table(out: str, modes, batches):
     for row in rows:
         forward, turbogen_rate, transformers_rate = map(float, row[3:6])
         assert min(forward, turbogen_rate, transformers_rate) > 0
-        # Each ratio reads "R.RRx (CPU C.CCx)": by wall-clock time, then by process CPU time.
-        assert row[7] == row[10] == "(CPU"
-        vs_transformers, vs_transformers_cpu, vs_forward, vs_forward_cpu = (
+        # Each ratio reads "R.RRx (median M.MMx)": of the fastest rounds, then of the median rounds.
+        assert row[7] == row[10] == "(median"
+        vs_transformers, vs_transformers_median, vs_forward, vs_forward_median = (
             float(text.rstrip(")").rstrip("x")) for text in (row[6], row[8], row[9], row[11]))
         # Rates are printed rounded to whole tokens/s, so the printed ratios match them only closely.
         assert vs_transformers == pytest.approx(turbogen_rate / transformers_rate, rel=0.05)
         assert vs_forward == pytest.approx(turbogen_rate / forward, rel=0.05)
-        assert vs_transformers_cpu > 0 and vs_forward_cpu > 0
+        assert vs_transformers_median > 0 and vs_forward_median > 0
 
 
 # -------------------------------------------------------------------------------------------------
@@ -343,30 +343,26 @@ def test_bench_writes_json_and_chart_or_says_why_not(tmp_path, capsys):
 
 
 def test_speedups_are_turbogen_over_each_other_runner():
-    measurements = [benchmark.Measurement("forward", "greedy", 2, 2, 10, 1.0, 0.5),
-                    benchmark.Measurement("turbogen", "greedy", 2, 2, 10, 2.0, 1.0),
-                    benchmark.Measurement("transformers", "greedy", 2, 2, 10, 4.0, 4.0),
+    measurements = [benchmark.Measurement("forward", "greedy", 2, 2, 10, 1.0, 2.0),
+                    benchmark.Measurement("turbogen", "greedy", 2, 2, 10, 2.0, 4.0),
+                    benchmark.Measurement("transformers", "greedy", 2, 2, 10, 4.0, 16.0),
                     benchmark.Measurement("turbogen", "beam", 1, 4, 10, 1.0)]
     assert benchmark.speedups(measurements) == [benchmark.Speedup("greedy", 2, 2.0, 0.5, 4.0, 0.5),
                                                 benchmark.Speedup("beam", 1, None, None, None, None)]
     table = speed_table(measurements)
-    assert "2.00x (CPU 4.00x)" in table and "0.50x (CPU 0.50x)" in table
+    assert "2.00x (median 4.00x)" in table and "0.50x (median 0.50x)" in table
 
 
-def test_best_seconds_takes_turns_and_keeps_each_runners_minimum(monkeypatch):
-    """Runners alternate round by round (load changes slow them alike); each keeps its fastest round, by
-    wall-clock and by CPU time separately."""
+def test_round_seconds_takes_turns_and_records_every_round(monkeypatch):
+    """Runners alternate round by round, so load changes slow them alike."""
     order = []
-    # Two timed rounds: a takes 3 s then 1 s, b 1 s then 5 s (wall); CPU time is half of that, except a's 2nd.
-    wall = iter([0.0, 3.0, 3.0, 4.0, 10.0, 11.0, 11.0, 16.0])
-    cpu = iter([0.0, 1.5, 1.5, 2.0, 5.0, 5.9, 5.9, 8.4])
-    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(wall))
-    monkeypatch.setattr(benchmark.time, "process_time", lambda: next(cpu))
-    best = benchmark.best_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2)
+    clock = iter([0.0, 3.0, 3.0, 4.0, 10.0, 11.0, 11.0, 16.0])  # rounds: a 3 s, b 1 s, then a 1 s, b 5 s
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    rounds = benchmark.round_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2)
     assert order == ["a", "b", "a", "b", "a", "b"]  # one warm-up round, then two timed rounds
-    assert best == {"a": (1.0, pytest.approx(0.9)), "b": (1.0, 0.5)}
+    assert rounds == {"a": [3.0, 1.0], "b": [1.0, 5.0]}
     with pytest.raises(ValueError, match="repeats"):
-        benchmark.best_seconds({"a": lambda: None}, repeats=0)
+        benchmark.round_seconds({"a": lambda: None}, repeats=0)
 
 
 def test_plan_rejects_unknown_modes_and_empty_sizes():

@@ -75,8 +75,8 @@ def run_bench(out_dir: pathlib.Path, plan: Any, op_shapes: Sequence[tuple[int, i
         generation = benchmark.run_end_to_end(plan, on_measurement=lambda _: progress.advance())
     print(f"\n{speed_table(generation)}\n")
     print(f"model {_describe_model(plan.model)}, prompt {plan.prompt_length} tokens, {plan.new_tokens} new "
-          f"tokens, best of {plan.repeats} (runners taking turns); forward is the bare model forward loop (the "
-          f"floor); CPU: ratios of process CPU time.")
+          f"tokens, best of {plan.repeats} rounds (runners taking turns; ratios of the best rounds, and of the median "
+          f"rounds); forward is the bare model forward loop (the floor).")
 
     results = {
         "turbogen": _turbogen_version(),

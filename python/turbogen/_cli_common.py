@@ -138,8 +138,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Op
 
 def speed_table(measurements: Sequence[Any]) -> str:
     """Tokens per second of each runner per (mode, batch), with turbogen's ratios to transformers and to
-    the bare forward loop (the floor), from :func:`turbogen.benchmark.compare` measurements: by wall-clock
-    time, and in parentheses by process CPU time (steadier on a shared machine)."""
+    the bare forward loop (the floor), from :func:`turbogen.benchmark.compare` measurements: of the fastest
+    rounds, and in parentheses of the median rounds (steadier on a shared machine)."""
     from .benchmark import RUNNERS, speedups
 
     rates: dict[tuple[str, int], dict[str, Any]] = {}
@@ -148,10 +148,10 @@ def speed_table(measurements: Sequence[Any]) -> str:
     header = ["mode", "batch", "rows", *(f"{runner} tok/s" for runner in RUNNERS),
               "turbogen/transformers", "turbogen/forward"]
 
-    def ratio_text(wall: Optional[float], cpu: Optional[float]) -> str:
-        if wall is None:
+    def ratio_text(best: Optional[float], median: Optional[float]) -> str:
+        if best is None:
             return "-"
-        return f"{wall:.2f}x" if cpu is None else f"{wall:.2f}x (CPU {cpu:.2f}x)"
+        return f"{best:.2f}x" if median is None else f"{best:.2f}x (median {median:.2f}x)"
 
     rows = []
     for speedup in speedups(measurements):
@@ -160,6 +160,6 @@ def speed_table(measurements: Sequence[Any]) -> str:
         rows.append([speedup.mode, speedup.batch, some.rows,
                      *(f"{by_runner[runner].tokens_per_second:.0f}" if runner in by_runner else "-"
                        for runner in RUNNERS),
-                     ratio_text(speedup.vs_transformers, speedup.vs_transformers_cpu),
-                     ratio_text(speedup.vs_forward, speedup.vs_forward_cpu)])
+                     ratio_text(speedup.vs_transformers, speedup.vs_transformers_median),
+                     ratio_text(speedup.vs_forward, speedup.vs_forward_median)])
     return format_table(header, rows)

@@ -133,8 +133,8 @@ def _measure_speed(loaded: LoadedModel, plan: DemoPlan) -> str:
                    "forward: the bare model forward loop (prefill, then one forward and an argmax per token), "
                    "the floor any generate() pays.\n"
                    "Ratios above 1x against transformers mean turbogen is faster; against forward, "
-                   "the shortfall from 1x is generate()'s overhead. The CPU ratios use process CPU time, "
-                   "which other programs on a busy machine disturb less than wall-clock time.")
+                   "the shortfall from 1x is generate()'s overhead. The runners take turns; ratios are of "
+                   "the fastest rounds, and in parentheses of the median rounds.")
     return f"{speed_table(measurements)}\n\n{explanation}"
 
 

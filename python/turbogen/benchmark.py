@@ -22,6 +22,7 @@ Everything here needs transformers; it is imported on first use only.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Callable, Iterable, Optional
 
@@ -109,8 +110,9 @@ class EndToEndPlan:
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """The best time of one runner generating ``new_tokens`` tokens for ``batch`` prompts (``rows`` decoded
-    sequences: ``batch * num_beams`` for beam search): wall-clock ``seconds`` and, when measured, the process
-    CPU time ``cpu_seconds`` (which time spent waiting for a shared machine's cores does not inflate)."""
+    sequences: ``batch * num_beams`` for beam search): the fastest round's ``seconds`` and, when measured, the
+    median round's ``median_seconds`` (on a shared machine the steadier of the two for ratios of runners that
+    took turns)."""
 
     runner: str
     mode: str
@@ -118,52 +120,50 @@ class Measurement:
     rows: int
     new_tokens: int
     seconds: float
-    cpu_seconds: Optional[float] = None
+    median_seconds: Optional[float] = None
 
     @property
     def tokens_per_second(self) -> float:
         return self.rows * self.new_tokens / self.seconds
 
     @property
-    def tokens_per_cpu_second(self) -> Optional[float]:
-        return None if self.cpu_seconds is None else self.rows * self.new_tokens / self.cpu_seconds
+    def median_tokens_per_second(self) -> Optional[float]:
+        return None if self.median_seconds is None else self.rows * self.new_tokens / self.median_seconds
 
     def as_dict(self) -> dict:
         return dict(dataclasses.asdict(self), tokens_per_second=self.tokens_per_second,
-                    tokens_per_cpu_second=self.tokens_per_cpu_second)
+                    median_tokens_per_second=self.median_tokens_per_second)
 
 
 @dataclasses.dataclass(frozen=True)
 class Speedup:
     """turbogen's rate over the others' for one (mode, batch): above 1 against transformers means turbogen
     is faster; against the forward loop it is at most about 1 (the floor), and the gap is overhead. The
-    ``_cpu`` ratios compare tokens per second of process CPU time."""
+    ``_median`` ratios compare the median rounds' rates."""
 
     mode: str
     batch: int
     vs_transformers: Optional[float]
     vs_forward: Optional[float]
-    vs_transformers_cpu: Optional[float] = None
-    vs_forward_cpu: Optional[float] = None
+    vs_transformers_median: Optional[float] = None
+    vs_forward_median: Optional[float] = None
 
 
-def best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
-    """``(wall, cpu)``: the least wall-clock and the least process CPU time of ``repeats`` timed calls of each
-    of ``calls``, after one untimed warm-up call each (allocator, caches, lazy imports). The calls take
-    turns, one round at a time, so a change in the load of a shared machine slows every runner alike; the
-    minimum is the least disturbed time."""
+def round_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of ``repeats`` timed calls of each of ``calls``, after one untimed warm-up call each
+    (allocator, caches, lazy imports). The calls take turns, one round at a time, so a change in the load of
+    a shared machine slows every runner alike."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for fn in calls.values():
         fn()
-    best = dict.fromkeys(calls, (float("inf"), float("inf")))
+    rounds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            wall, cpu = time.perf_counter(), time.process_time()
+            start = time.perf_counter()
             fn()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
+            rounds[name].append(time.perf_counter() - start)
+    return rounds
 
 
 @torch.inference_mode()
@@ -252,7 +252,7 @@ def decoded_rows(mode: str, batch: int) -> int:
 def compare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: str, new_tokens: int,
             repeats: int = 3, runners: Iterable[str] = RUNNERS,
             on_measurement: Optional[Callable[[Measurement], None]] = None) -> list[Measurement]:
-    """Times the runners on the same inputs and settings, taking turns (:func:`best_seconds`); returns one
+    """Times the runners on the same inputs and settings, taking turns (:func:`round_seconds`); returns one
     Measurement per runner, in the order of ``runners``, calling ``on_measurement`` after each (progress
     reporting)."""
     calls = runner_calls(model, input_ids, attention_mask, mode, new_tokens)
@@ -261,10 +261,11 @@ def compare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mode: 
         raise ValueError(f"runners must be among {tuple(calls)}, got {unknown}")
     batch = input_ids.shape[0]
     rows = decoded_rows(mode, batch)
-    seconds = best_seconds({runner: calls[runner] for runner in runners}, repeats)
+    rounds = round_seconds({runner: calls[runner] for runner in runners}, repeats)
     results = []
     for runner in runners:
-        measurement = Measurement(runner, mode, batch, rows, new_tokens, *seconds[runner])
+        measurement = Measurement(runner, mode, batch, rows, new_tokens, min(rounds[runner]),
+                                  statistics.median(rounds[runner]))
         results.append(measurement)
         if on_measurement is not None:
             on_measurement(measurement)
@@ -286,7 +287,7 @@ def speedups(measurements: Iterable[Measurement]) -> list[Speedup]:
 
     return [Speedup(mode, batch,
                     *(ratio(runners, other, "tokens_per_second") for other in ("transformers", "forward")),
-                    *(ratio(runners, other, "tokens_per_cpu_second") for other in ("transformers", "forward")))
+                    *(ratio(runners, other, "median_tokens_per_second") for other in ("transformers", "forward")))
             for (mode, batch), runners in by_case.items()]
 
 
