@@ -84,27 +84,27 @@ def test_greedy_rows_stopping_at_eos_are_padded_like_transformers(kind, lag, mon
     ends when the last row finishes. ``lag`` > 0 reads the "all finished" flag late (as on accelerators) and
     must discard the extra steps without a trace, cache included."""
     monkeypatch.setitem(FINISH_CHECK_LAG, "cpu", lag)
-    model = tiny_model(kind)
-    input_ids, attention_mask = _prompt("padded")
-    eos = _early_eos(model, input_ids, attention_mask)
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
-                             return_dict_in_generate=True, output_scores=True)
-    _assert_same_output(expected, actual)
-    assert actual.sequences.shape[1] < input_ids.shape[1] + NEW_TOKENS, "every row should have stopped early"
-    assert (actual.sequences[:, input_ids.shape[1]:] == PAD_ID).any(), "finished rows should be padded"
+    prompt_length, sequences = _assert_early_eos_run_matches_transformers(tiny_model(kind))
+    assert (sequences[:, prompt_length:] == PAD_ID).any(), "finished rows should be padded"
 
 
 def test_late_finish_check_never_crops_a_sliding_window_cache(monkeypatch):
     """A sliding-window cache layer forgets what leaves its window and cannot be cropped back, so with one the
     finish flag is read at once (no steps to discard); results stay transformers'."""
     monkeypatch.setitem(FINISH_CHECK_LAG, "cpu", 2)
-    model = tiny_model("mistral")  # a 4-token window, which the prompt alone fills
+    _assert_early_eos_run_matches_transformers(tiny_model("mistral"))  # a 4-token window, which the prompt fills
+
+
+def _assert_early_eos_run_matches_transformers(model) -> tuple[int, torch.Tensor]:
+    """Greedy search on the padded prompts with EOS ids that stop every row early, checked against
+    transformers; returns the prompt length and turbogen's sequences."""
     input_ids, attention_mask = _prompt("padded")
     eos = _early_eos(model, input_ids, attention_mask)
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
                              return_dict_in_generate=True, output_scores=True)
     _assert_same_output(expected, actual)
     assert actual.sequences.shape[1] < input_ids.shape[1] + NEW_TOKENS, "every row should have stopped early"
+    return input_ids.shape[1], actual.sequences
 
 
 BEAM_SETTINGS = {
