@@ -208,15 +208,15 @@ def runner_calls(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     # eos_token_id=None is a call argument because it must override the model's EOS, which transformers
     # and turbogen both fill into a config that has none.
     common = dict(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, eos_token_id=None)
-    rows_per_prompt = SETTINGS[mode].get("num_beams", 1)
+    rows_per_prompt = decoded_rows(mode, 1)
     floor_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
     floor_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
     calls = {
         "forward": lambda: forward_loop(model, floor_ids, floor_mask, new_tokens),
-        "turbogen": lambda: generate(model, seed=0, **common),
-        "transformers": lambda: model.generate(**common),
+        "turbogen": _with_model_defaults(model, config, lambda: generate(model, seed=0, **common)),
+        "transformers": _with_model_defaults(model, config, lambda: model.generate(**common)),
     }
-    return {runner: _in_inference_mode(_with_model_defaults(model, config, call)) for runner, call in calls.items()}
+    return {runner: _in_inference_mode(call) for runner, call in calls.items()}
 
 
 def _with_model_defaults(model, config, fn: Callable[[], object]) -> Callable[[], object]:

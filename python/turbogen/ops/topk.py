@@ -14,6 +14,7 @@ import torch
 
 from .. import _ext, ref
 from ._dispatch import resolve_backend
+from ._validate import check_logits
 
 SUPPORTED_BACKENDS = ("ref", "cpu")
 
@@ -33,16 +34,9 @@ def topk(scores: torch.Tensor, k: int, *, backend: str | None = None) -> tuple[t
     Returns:
         ``(values, indices)``: float32 and int64 ``[rows, k]``.
     """
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be 2-D [rows, n], got shape {tuple(scores.shape)}")
+    check_logits(scores, "scores")
     if scores.dtype != torch.float32:
         raise TypeError(f"scores must be float32, got {scores.dtype}")
-    if scores.shape[1] > 1 and scores.stride(1) != 1:
-        raise ValueError(f"scores must have contiguous rows (stride(-1) == 1), got strides {scores.stride()}")
-    if scores.shape[0] > 1 and scores.stride(0) < scores.shape[1]:
-        raise ValueError(f"scores rows overlap (stride(0)={scores.stride(0)} < n={scores.shape[1]})")
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 0 <= k <= scores.shape[1]:
