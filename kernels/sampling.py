@@ -425,7 +425,7 @@ def _select_block(vocab: int) -> int:
     return min(limit, triton.next_power_of_2(vocab))
 
 
-def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, seed: torch.Tensor | None, offset: torch.Tensor | None, *,
            tokens: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
            filtered: torch.Tensor | None = None) -> None:

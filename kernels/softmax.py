@@ -49,7 +49,7 @@ def _softmax_kernel(
         tl.store(dst + idx, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def softmax(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def launch_softmax(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Launch over validated inputs: ``logits`` [rows, cols] with contiguous rows, ``temperature``
     a float32 tensor of shape [1] or [rows], ``out`` contiguous like ``logits``."""
     rows, cols = logits.shape

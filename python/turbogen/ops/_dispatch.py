@@ -88,7 +88,7 @@ def _is_available(name: str) -> bool:
 
 # A constant for torch.compile, so dispatch inside a compiled graph does not trace the probing.
 # This is what torch.compiler.assume_constant_result does; calling it would import torch._dynamo
-# (about 2.5 s) with turbogen. tests/test_softmax.py compiles a dispatching call with fullgraph=True.
+# (about 2.5 s) with turbogen. tests/ops/test_softmax.py compiles a dispatching call with fullgraph=True.
 _is_available._dynamo_marked_constant = True
 
 

@@ -12,8 +12,8 @@ import numbers
 
 import torch
 
-from .. import _ext
 from ..ref import sampling as ref_sampling
+from . import _native
 from ._dispatch import resolve_backend
 from ._validate import check_logits, per_row
 
@@ -174,33 +174,17 @@ def _launch(backend: str, logits: torch.Tensor, temperature: torch.Tensor, top_k
             top_p: torch.Tensor, min_p: torch.Tensor, seed: torch.Tensor | None, offset: torch.Tensor | None,
             tokens: torch.Tensor | None, logprobs: torch.Tensor | None, filtered: torch.Tensor | None) -> None:
     """Runs one compiled backend over validated inputs, writing whichever outputs are given."""
-    rows, vocab = logits.shape
-    if rows == 0:
+    if logits.shape[0] == 0:
         return
     if backend == "triton":
         from ..kernels import sampling as triton_sampling  # lazy: TRITON_INTERPRET must be set first on CPU
 
-        triton_sampling.sample(logits, temperature, top_k, top_p, min_p, seed, offset,
-                               tokens=tokens, logprobs=logprobs, filtered=filtered)
+        triton_sampling.launch_sample(logits, temperature, top_k, top_p, min_p, seed, offset,
+                                      tokens=tokens, logprobs=logprobs, filtered=filtered)
         return
-
-    def address(tensor: torch.Tensor | None) -> int:
-        return 0 if tensor is None else tensor.data_ptr()
-
-    args = (address(logits), rows, vocab, logits.stride(0) if rows > 1 else vocab, _ext.dtype_code(logits.dtype),
-            address(temperature), temperature.numel() != 1, address(top_k), top_k.numel() != 1,
-            address(top_p), top_p.numel() != 1, address(min_p), min_p.numel() != 1,
-            address(seed), address(offset), offset is not None and offset.numel() != 1,
-            address(tokens), address(logprobs), address(filtered))
-    if backend == "cpu":
-        _ext.extension().sample_cpu(*args)
-    elif backend == "cuda":
-        extension = _ext.extension()
-        workspace = torch.empty(extension.sampling_workspace_bytes(rows, vocab), dtype=torch.uint8,
-                                device=logits.device)
-        extension.sample_cuda(*args, workspace.data_ptr(), _ext.cuda_stream_handle(logits.device))
-    else:
+    if backend not in ("cpu", "cuda"):
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for the compiled sampling ops, got {backend!r}")
+    _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, seed, offset, tokens, logprobs, filtered)
 
 
 @torch.library.custom_op("turbogen::sample", mutates_args=())

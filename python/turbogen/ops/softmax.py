@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext, ref
+from .. import ref
+from . import _native
 from ._dispatch import resolve_backend
 from ._validate import check_logits, per_row
 
@@ -36,19 +37,13 @@ def softmax(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, *,
 def _launch(logits: torch.Tensor, temperature: torch.Tensor, backend: str) -> torch.Tensor:
     """Compiled-backend softmax over validated inputs."""
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    rows, cols = logits.shape
     if backend == "triton":
         from ..kernels import softmax as triton_softmax  # imported lazily: needs TRITON_INTERPRET set first on CPU
 
-        return triton_softmax.softmax(logits, temperature, out)
-    args = (logits.data_ptr(), out.data_ptr(), temperature.data_ptr(), rows, cols,
-            logits.stride(0) if rows > 1 else cols, _ext.dtype_code(logits.dtype), temperature.numel() != 1)
-    if backend == "cpu":
-        _ext.extension().softmax_cpu(*args)
-    elif backend == "cuda":
-        _ext.extension().softmax_cuda(*args, _ext.cuda_stream_handle(logits.device))
-    else:
+        return triton_softmax.launch_softmax(logits, temperature, out)
+    if backend not in ("cpu", "cuda"):
         raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for turbogen::softmax, got {backend!r}")
+    _native.launch_softmax(backend, logits, temperature, out)
     return out
 
 

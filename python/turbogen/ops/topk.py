@@ -12,7 +12,8 @@ import numbers
 
 import torch
 
-from .. import _ext, ref
+from .. import ref
+from . import _native
 from ._dispatch import resolve_backend
 from ._validate import check_logits
 
@@ -53,12 +54,10 @@ def _launch(scores: torch.Tensor, k: int, backend: str) -> tuple[torch.Tensor, t
     """Compiled-backend top-k over validated inputs."""
     if backend != "cpu":
         raise ValueError(f"backend must be 'cpu' for turbogen::topk, got {backend!r}")
-    rows, cols = scores.shape
+    rows = scores.shape[0]
     values = torch.empty(rows, k, dtype=torch.float32, device=scores.device)
     indices = torch.empty(rows, k, dtype=torch.int64, device=scores.device)
-    if rows and k:
-        _ext.extension().topk_cpu(scores.data_ptr(), values.data_ptr(), indices.data_ptr(), rows, cols,
-                                  scores.stride(0) if rows > 1 else cols, k)
+    _native.launch_topk(backend, scores, k, values, indices)
     return values, indices
 
 

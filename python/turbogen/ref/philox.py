@@ -7,7 +7,7 @@ Random123 constants; word for word what Triton's ``tl.philox(seed, c0, c1, c2, c
 2**49 and nothing overflows int64: the code is plain torch ops (no uint32/uint64 tensor support
 needed) and ``torch.compile(fullgraph=True)``-able.
 
-docs/sampling.md gives the exact bit layout; ``tests/test_philox.py`` checks Random123's
+docs/sampling.md gives the exact bit layout; ``tests/ops/test_philox.py`` checks Random123's
 known-answer vectors and ``tl.philox``.
 """
 

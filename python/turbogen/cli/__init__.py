@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from . import _cli_bench, _cli_demo, _cli_generate
+from . import bench as _cli_bench, demo as _cli_demo, generate as _cli_generate
 
 # Exit status for errors in the user's input (argparse's own, for usage errors) and for Ctrl-C.
 USAGE_ERROR = 2
@@ -100,5 +100,3 @@ def main(argv: list[str] | None = None) -> int:
             return INTERRUPTED
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Optional, Sequence
 
-from ._cli_progress import ProgressBar
+from .progress import ProgressBar
 
 
 def bounded(convert: Callable[[str], float], low: Optional[float] = None, high: Optional[float] = None, *,
@@ -88,7 +88,7 @@ class LoadedModel:
 def load_model(directory: Optional[str]) -> LoadedModel:
     """Loads ``directory`` (:func:`turbogen.models.load_model`), or the embedded default model when None,
     behind a progress line. Raises ValueError naming the directory if it is not a model directory."""
-    from . import models
+    from .. import models
 
     source = "the embedded default model" if directory is None else directory
     with ProgressBar(f"loading {source}"):
@@ -138,7 +138,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Op
 
 def speed_table(measurements: Sequence[Any]) -> str:
     """Tokens per second of each runner per (mode, batch), with turbogen's ratios to transformers and to
-    the bare forward loop (the floor), from :func:`turbogen.benchmark.compare` measurements: of the fastest
+    the bare forward loop (the floor), from :func:`turbogen.cli.benchmark.compare` measurements: of the fastest
     rounds, and in parentheses of the median rounds (steadier on a shared machine)."""
     from .benchmark import RUNNERS, speedups
 

@@ -1,8 +1,8 @@
 """GPU timing of turbogen.ops.sample (triton and cuda backends) with CUDA events, against the
 HBM read floor and transformers' warper chain on the same GPU.
 
-    python bench/gpu_sampling.py                   # every shape and mix
-    python bench/gpu_sampling.py --batch 64 --vocab 128256 --mix t0.7-k50-p0.9
+    python bench/ops/gpu_sampling.py                   # every shape and mix
+    python bench/ops/gpu_sampling.py --batch 64 --vocab 128256 --mix t0.7-k50-p0.9
 
 Each measurement replays the op `--iters` times between two CUDA events after a warm-up (Triton
 compiles on the first call) and reports the median of `--repeats` such runs, per call. The floor
@@ -13,15 +13,17 @@ and writes every byte, so bandwidth = 2 x bytes / time). Needs a CUDA GPU; print
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
 import sys
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # bench/common.py, when run as a script
 from common import SAMPLING_BATCHES as BATCHES
 from common import SAMPLING_MIXES as MIXES
 from common import SAMPLING_VOCABS as VOCABS
-from turbogen.benchmark import transformers_sample
+from turbogen.cli.benchmark import transformers_sample
 
 
 def time_per_call_ms(fn, iters: int, repeats: int) -> float:

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ._cli_common import (
+from .common import (
     RANDOM_WEIGHTS_NOTE,
     LoadedModel,
     add_model_argument,
@@ -19,7 +19,7 @@ from ._cli_common import (
     seed_int,
     speed_table,
 )
-from ._cli_progress import ProgressBar
+from .progress import ProgressBar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +97,9 @@ def _describe(settings: dict) -> str:
 
 
 def _run_showcase(loaded: LoadedModel, showcase: Showcase, plan: DemoPlan) -> None:
-    from .config import GenerationConfig
-    from .generate import generate
-    from .streamers import TextStreamer
+    from ..config import GenerationConfig
+    from ..generate import generate
+    from ..streamers import TextStreamer
 
     input_ids, attention_mask = encode_prompts(loaded.tokenizer, [showcase.prompt])
     config = GenerationConfig(**showcase.settings, max_new_tokens=plan.max_new_tokens, seed=plan.seed)

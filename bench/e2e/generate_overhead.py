@@ -1,9 +1,9 @@
 """CPU time each generate() runner spends outside the model, per decoding step.
 
-    python bench/generate_overhead.py                 # every mode x batch of the end-to-end plan
-    python bench/generate_overhead.py greedy:1 beam:8
+    python bench/e2e/generate_overhead.py                 # every mode x batch of the end-to-end plan
+    python bench/e2e/generate_overhead.py greedy:1 beam:8
 
-The runners and settings are those of ``turbogen bench`` (turbogen.benchmark.runner_calls). Forward hooks
+The runners and settings are those of ``turbogen bench`` (turbogen.cli.benchmark.runner_calls). Forward hooks
 on the model accumulate the process CPU time spent inside its forward calls; the rest of each call's
 process CPU time, divided by the number of new tokens, is the per-step cost of everything that is not the
 model: processors, sampling, stopping checks, cache reordering, bookkeeping. The forward loop's share is
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from turbogen import benchmark as e2e
+from turbogen.cli import benchmark as e2e
 
 ROUNDS = 5
 

@@ -144,7 +144,7 @@ def test_gumbel_noise_is_minus_log_minus_log_u():
 
 def test_reference_compiles_fullgraph():
     """Bit-exact under torch.compile (the noise's logs may round differently there, by 1 ulp: the
-    documented float-rounding caveat; tests/test_sampling.py compiles the whole sampler)."""
+    documented float-rounding caveat; tests/ops/test_sampling.py compiles the whole sampler)."""
     seed = torch.tensor([5, -9, 1 << 40])
     offset = torch.tensor([3, 0, (1 << 63) - 1])
     bits = torch.compile(philox.random_bits, fullgraph=True, dynamic=False)(seed, offset, 100)

@@ -202,7 +202,7 @@ def runner_calls(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
                  new_tokens: int) -> dict[str, Callable[[], object]]:
     """One zero-argument callable per runner, each generating ``new_tokens`` tokens per row in ``mode``
     under ``torch.inference_mode``."""
-    from .generate import generate
+    from ..generate import generate
 
     config = generation_config(model, mode, new_tokens)
     # eos_token_id=None is a call argument because it must override the model's EOS, which transformers
@@ -355,7 +355,7 @@ def seconds_per_call(fn: Callable[[], object], repeats: int = 5, min_batch_secon
 
 def _compiled_cpu_backend() -> str:
     """``"cpu"`` when the C++ extension is built, else ``"ref"`` (so the benchmark still runs)."""
-    from . import ops
+    from .. import ops
 
     return "cpu" if ops.available_backends()["cpu"] else "ref"
 
@@ -363,7 +363,7 @@ def _compiled_cpu_backend() -> str:
 def op_runners() -> dict[str, dict[str, Callable[[torch.Tensor], object]]]:
     """For each op: {runner name: fn(logits)}; turbogen's runner first, its baseline second. The temperature
     and filters are those of the end-to-end "sampling" setting; top-k keeps beam search's candidates."""
-    from . import ops
+    from .. import ops
 
     backend = _compiled_cpu_backend()
     temperature, top_k, top_p = (SETTINGS["sampling"][name] for name in ("temperature", "top_k", "top_p"))

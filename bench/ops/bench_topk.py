@@ -1,6 +1,6 @@
 """ops.topk (beam search's candidate selection) vs torch.topk, side by side in one run.
 
-    python -m pytest bench/bench_topk.py --benchmark-group-by=group --benchmark-columns=median,rounds
+    python -m pytest bench/ops/bench_topk.py --benchmark-group-by=group --benchmark-columns=median,rounds
 
 The scores are what beam search ranks at a step: per batch row, the log-probabilities of
 ``num_beams`` beams over a vocabulary plus each beam's running score, flattened to

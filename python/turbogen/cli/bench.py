@@ -18,8 +18,8 @@ import pathlib
 import platform
 from typing import Any, Sequence
 
-from ._cli_common import format_table, help_text, positive_int, speed_table
-from ._cli_progress import ProgressBar
+from .common import format_table, help_text, positive_int, speed_table
+from .progress import ProgressBar
 
 DEFAULT_OUT = pathlib.Path("bench") / "results"
 

@@ -15,9 +15,9 @@ import pytest
 
 from tiny_models import tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
-from turbogen import _cli_bench, _cli_demo, benchmark
-from turbogen._cli_common import RANDOM_WEIGHTS_NOTE, encode_prompts, speed_table
-from turbogen._cli_progress import ProgressBar
+from turbogen.cli import bench as _cli_bench, benchmark, demo as _cli_demo
+from turbogen.cli.common import RANDOM_WEIGHTS_NOTE, encode_prompts, speed_table
+from turbogen.cli.progress import ProgressBar
 from turbogen.cli import main
 from turbogen.generate import generate
 

@@ -1,7 +1,7 @@
 """Sampling on this CPU: turbogen's cpu backend vs transformers' warper chain vs turbogen.ref
 (eager and torch.compile), side by side in one run, with the read floor of every shape.
 
-    python -m pytest bench/bench_sampling.py -s --benchmark-group-by=group \\
+    python -m pytest bench/ops/bench_sampling.py -s --benchmark-group-by=group \\
         --benchmark-columns=median,rounds --benchmark-sort=name
 
 transformers' chain is what ``generate(do_sample=True)`` runs per step: TemperatureLogitsWarper,
@@ -26,7 +26,7 @@ import torch
 
 from common import SAMPLING_BATCHES, SAMPLING_MIXES, SAMPLING_VOCABS, read_bandwidth_bytes_per_s, read_floor_seconds
 from turbogen import ops
-from turbogen.benchmark import transformers_sample
+from turbogen.cli.benchmark import transformers_sample
 from turbogen.ops.sampling import sample
 from turbogen.ref.sampling import sample as reference_sample
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._cli_common import (
+from .common import (
     RANDOM_WEIGHTS_NOTE,
     add_model_argument,
     bounded,
@@ -22,7 +22,7 @@ from ._cli_common import (
     positive_int,
     seed_int,
 )
-from ._cli_progress import ProgressBar
+from .progress import ProgressBar
 
 # Used when neither the flags nor the config set a length: transformers' default (max_length=20, prompt
 # included) is too short to be useful and fails outright for prompts of 20 tokens or more.
@@ -72,7 +72,7 @@ def resolve_generation_config(args: argparse.Namespace, base: Any):
     ships temperature/top-k/top-p for sampling) are reset, since greedy and beam search ignore them;
     ones given as flags are kept, so that validation still warns about them.
     """
-    from .config import GenerationConfig, as_generation_config
+    from ..config import GenerationConfig, as_generation_config
 
     config = as_generation_config(base).copy()
     overrides = {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) is not None}
@@ -87,9 +87,9 @@ def resolve_generation_config(args: argparse.Namespace, base: Any):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import GenerationConfig
-    from .generate import generate
-    from .streamers import TextStreamer
+    from ..config import GenerationConfig
+    from ..generate import generate
+    from ..streamers import TextStreamer
 
     # The config file is read first: a mistake in it should not wait for the model to load.
     config_file = GenerationConfig.from_pretrained(args.config) if args.config is not None else None

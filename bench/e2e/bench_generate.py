@@ -1,8 +1,8 @@
 """End-to-end generate(): turbogen vs transformers vs the bare forward loop, side by side in one run.
 
-    python -m pytest bench/bench_generate.py --benchmark-group-by=group --benchmark-columns=median,rounds
+    python -m pytest bench/e2e/bench_generate.py --benchmark-group-by=group --benchmark-columns=median,rounds
 
-The settings are those of ``turbogen bench`` (:mod:`turbogen.benchmark`): a tiny Llama (vocabulary 32000,
+The settings are those of ``turbogen bench`` (:mod:`turbogen.cli.benchmark`): a tiny Llama (vocabulary 32000,
 hidden 256, 4 layers, 8 heads over 4 KV heads), 16-token prompts, 64 new tokens, batch 1 and 8; greedy
 search, sampling (temperature 0.7, top-k 50, top-p 0.9, repetition penalty 1.1), beam search (4 beams).
 Each group is one (mode, batch) with the three runners in it; ``forward`` is the floor (prefill + one
@@ -16,7 +16,7 @@ import functools
 
 import pytest
 
-from turbogen import benchmark as e2e
+from turbogen.cli import benchmark as e2e
 
 PLAN = e2e.EndToEndPlan()
 ROUNDS = 3

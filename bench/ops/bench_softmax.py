@@ -1,6 +1,6 @@
 """ops.softmax across backends vs torch.softmax, side by side in one run.
 
-    python -m pytest bench/bench_softmax.py --benchmark-group-by=param:shape --benchmark-columns=median,ops
+    python -m pytest bench/ops/bench_softmax.py --benchmark-group-by=param:shape --benchmark-columns=median,ops
 
 The floor printed per shape is the time to read the logits once at this machine's measured
 bandwidth (the op reads them once and writes the same amount).
