@@ -247,8 +247,9 @@ def _select_kernel(logits_ptr, row_stride, vocab, temperature_ptr, top_k_ptr, to
             floor = _value(lo)
             cut_value = floor
         # top-p over the top-k survivors: the cut is the first token, in (value desc, index asc)
-        # order, where the mass ranked at or above it reaches top_p of their total.
-        if top_p < 1.0:
+        # order, where the mass ranked at or above it reaches top_p of their total. A +inf max makes
+        # every probability NaN in the reference, whose top-p then removes nothing.
+        if (top_p < 1.0) & (row_max < float("inf")):
             target = (top_p * mass).to(tl.float32)
             key, _ = _search_key(row_ptr, vocab, temperature, row_max, floor, lo, mass, hi, 0, target,
                                  True, BLOCK, NP, ACCURATE)
@@ -284,8 +285,10 @@ def _gumbel(seed, offs, offset_lo, offset_hi, ACCURATE: tl.constexpr):
 def _kept(z, offs, cut_value, cut_index, row_max, min_p, ACCURATE: tl.constexpr):
     """The row's kept set: at or above the cut in (value desc, index asc) order, and min-p."""
     above_cut = (z > cut_value) | ((z == cut_value) & (offs <= cut_index))
-    # min_p = 0 keeps everything: exp(z - max) >= 0. Callers pass a finite row_max.
-    return above_cut & (_exp(z - row_max, ACCURATE) >= min_p)
+    # min_p = 0 keeps everything: exp(z - max) >= 0. A +inf max makes every probability NaN in the
+    # reference, whose min-p then removes nothing.
+    infinite_max = (tl.zeros_like(z) + row_max) == float("inf")
+    return above_cut & (infinite_max | (_exp(z - row_max, ACCURATE) >= min_p))
 
 
 @triton.jit
@@ -318,7 +321,7 @@ def _draw_kernel(logits_ptr, row_stride, vocab, temperature_ptr, min_p_ptr, seed
     best_index = tl.full([BLOCK], 2147483647, tl.int32)
     best_value = tl.full([BLOCK], float("-inf"), tl.float32)
     mass = tl.zeros([BLOCK], tl.float32)
-    safe_max = tl.where(row_max > float("-inf"), row_max, 0.0)  # kept tokens imply a finite max
+    safe_max = tl.where(row_max > float("-inf"), row_max, 0.0)  # a row with no kept token reads as max 0
     for start in range(begin, end, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         z = _load_tempered(row_ptr, offs, end, temperature)
@@ -395,10 +398,12 @@ def _finish_kernel(temperature_ptr, chunk_max_ptr, chunk_argmax_ptr, chunk_sum_p
     tl.store(tokens_ptr + row, token)
     if WANT_LOGPROBS:
         mass = tl.sum(tl.load(part_mass_ptr + base + chunks, mask=valid, other=0.0), axis=0)
-        found = found & (mass > 0.0)  # a kept winner implies a finite max and a positive mass
+        # A kept winner implies a positive mass, or a NaN one with a +inf max, where the reference's
+        # logprob is NaN (inf - inf), greedy or not.
+        found = found & ((mass > 0.0) | (row_max == float("inf")))
         safe_max = tl.where(found, row_max, 0.0)
         logprob = tl.where(found, (value - safe_max) - _log(tl.where(found, mass, 1.0), ACCURATE), float("-inf"))
-        logprob = tl.where(greedy, tl.where(row_max > float("-inf"), 0.0, float("-inf")), logprob)
+        logprob = tl.where(greedy, tl.where(row_max > float("-inf"), row_max - row_max, float("-inf")), logprob)
         tl.store(logprobs_ptr + row, logprob)
 
 

@@ -6,6 +6,10 @@ first ``@triton.jit`` module is imported; this file is imported before any test 
 The suite runs against transformers 4.57 (turbogen's behavioural spec) and 5.x. Where transformers 5
 changed on purpose what a test compares against, the comparison is skipped under 5.x by
 :func:`skip_on_transformers_5`, whose reason says what changed.
+
+Tests of a backend this process lacks are skipped with the reason. Under CI (``CI=true``) a backend
+the build promised must be there, or the run fails before any test: a broken build must not pass
+as "all passed, some skipped" (:func:`promised_backends_missing`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -24,7 +29,8 @@ if not torch.cuda.is_available():
 # (about 5x slower model tests). The C++ kernels use their own pool and are unaffected.
 torch.set_num_threads(1)
 
-from turbogen.ops import available_backends  # noqa: E402  (after TRITON_INTERPRET is set)
+from turbogen import _ext  # noqa: E402  (after TRITON_INTERPRET is set)
+from turbogen.ops import BackendStatus, available_backends  # noqa: E402
 
 
 def _installed_transformers_version() -> str | None:
@@ -59,3 +65,42 @@ def device_for(backend: str) -> torch.device:
     if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _is_set(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def promised_backends_missing(environ: Mapping[str, str], statuses: Mapping[str, BackendStatus],
+                              cuda_compiled: bool) -> list[str]:
+    """Why a CI run must fail before its first test: one line per thing the build promised and lacks.
+
+    Empty unless ``CI`` is true (``true``, ``1``, ``yes`` or ``on``, in any case, as for every flag
+    here). Then these backends must be available: cpu (the extension turbogen._C) always; triton
+    when ``TRITON_INTERPRET`` is set (the kernels are meant to run, in the interpreter); and every
+    backend named in ``TURBOGEN_EXPECT_BACKENDS`` (comma-separated; ``make test`` sets it). And
+    when ``TURBOGEN_EXPECT_CUDA_KERNELS`` is set (``make test`` sets it for the environment built
+    with ``TURBOGEN_CUDA=ON``), the extension must have been built with its CUDA kernels; a CUDA
+    device is never required unless ``cuda`` is among the expected backends.
+    """
+    if not _is_set(environ, "CI"):
+        return []
+    promised = ["cpu"] + (["triton"] if _is_set(environ, "TRITON_INTERPRET") else [])
+    promised += [name.strip() for name in environ.get("TURBOGEN_EXPECT_BACKENDS", "").split(",") if name.strip()]
+    missing = []
+    for name in dict.fromkeys(promised):
+        if name not in statuses:
+            missing.append(f"TURBOGEN_EXPECT_BACKENDS names {name!r}, which is not a backend ({', '.join(statuses)})")
+        elif not statuses[name].available:
+            missing.append(f"the {name} backend is missing: {statuses[name].reason}")
+    if _is_set(environ, "TURBOGEN_EXPECT_CUDA_KERNELS") and not cuda_compiled:
+        missing.append("TURBOGEN_EXPECT_CUDA_KERNELS is set but turbogen._C was built without its CUDA kernels")
+    return missing
+
+
+def pytest_sessionstart(session):
+    """Fails a CI run whose build lacks a promised backend (exit status 1, the reason printed)."""
+    missing = promised_backends_missing(os.environ, available_backends(), _ext.cuda_compiled())
+    if missing:
+        pytest.exit("CI=true and the build is incomplete: " + "; ".join(missing),
+                    returncode=pytest.ExitCode.TESTS_FAILED)

@@ -1,6 +1,13 @@
-// Each op's bindings live in csrc/bindings/<op>.cpp and are registered from module.cpp.
-// Bindings take raw addresses (Python ints from Tensor.data_ptr()), sizes, strides and a stream
-// handle, so the extension never links libtorch and one wheel serves every torch version.
+// The single Python module turbogen._C (module.cpp) and the helpers each op's bindings share.
+//
+// Every op has one argument struct (csrc/include/turbogen/<op>.h), bound as a class whose fields
+// python/turbogen/ops/_native.py sets by name: buffers as raw addresses (Python ints from
+// Tensor.data_ptr()), sizes, strides, dtype codes, per-row flags. The launchers
+// launch_<op>_cpu(args) and launch_<op>_cuda(args, stream) run the struct's validate() (a
+// ValueError naming the argument) before any memory is touched, so the extension never links
+// libtorch and one wheel serves every torch version. The CUDA launchers always exist; without
+// CUDA kernels in the build they raise RuntimeError, so the module's names (and _C.pyi) do not
+// depend on how it was built.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -9,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "turbogen/dtype.h"
 #include "turbogen/status.h"
 
 #if defined(TURBOGEN_WITH_CUDA)
@@ -21,26 +29,44 @@ void bind_softmax(pybind11::module_& m);
 void bind_sampling(pybind11::module_& m);
 void bind_topk(pybind11::module_& m);
 
-// Address passed from Python (Tensor.data_ptr()) -> typed pointer.
-template <typename T>
-inline T* from_address(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
-// Turns a kernel's Status into a Python ValueError naming the op.
-inline void raise_on_error(Status status, const char* op) {
-  if (status != Status::kOk) {
-    throw pybind11::value_error(std::string("turbogen._C.") + op + ": " + status_message(status));
+// Turns a failed Status into a Python ValueError naming the launcher and the argument.
+inline void raise_on_error(const Status& status, const char* launcher) {
+  if (!status.ok()) {
+    throw pybind11::value_error(std::string("turbogen._C.") + launcher + ": " + status_message(status.code) + ": " +
+                                status.detail);
   }
 }
 
 #if defined(TURBOGEN_WITH_CUDA)
-inline void raise_on_cuda_error(cudaError_t err, const char* op) {
+inline void raise_on_cuda_error(cudaError_t err, const char* launcher) {
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("turbogen._C.") + op + ": CUDA error " + cudaGetErrorName(err) + ": " +
+    throw std::runtime_error(std::string("turbogen._C.") + launcher + ": CUDA error " + cudaGetErrorName(err) + ": " +
                              cudaGetErrorString(err));
   }
 }
+#else
+[[noreturn]] inline void raise_built_without_cuda(const char* launcher) {
+  throw std::runtime_error(std::string("turbogen._C.") + launcher +
+                           ": turbogen was built without CUDA kernels (nvcc not found or TURBOGEN_CUDA=OFF)");
+}
 #endif
+
+// A pointer field exposed to Python as an integer address (0 for null).
+template <typename Args, typename Pointee>
+void def_address(pybind11::class_<Args>& cls, const char* name, Pointee* Args::*field, const char* doc) {
+  cls.def_property(
+      name, [field](const Args& args) { return reinterpret_cast<uintptr_t>(args.*field); },
+      [field](Args& args, uintptr_t address) { args.*field = reinterpret_cast<Pointee*>(address); }, doc);
+}
+
+// The dtype field as its integer code (python/turbogen/_ext.py's DTYPE_CODES). Any int is stored;
+// validate() refuses the codes the kernels cannot read.
+template <typename Args>
+void def_dtype(pybind11::class_<Args>& cls) {
+  cls.def_property(
+      "dtype", [](const Args& args) { return static_cast<int>(args.dtype); },
+      [](Args& args, int code) { args.dtype = static_cast<DType>(code); },
+      "element type code: 0 float32, 1 float16, 2 bfloat16");
+}
 
 }  // namespace turbogen

@@ -1,5 +1,6 @@
 #include <pybind11/pybind11.h>
 
+#include "../cpu/isa.h"
 #include "bindings.h"
 #include "turbogen/parallel.h"
 
@@ -40,9 +41,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count, "(count, reason) for visible CUDA devices");
   m.def("num_threads", [] { return turbogen::ThreadPool::instance().num_threads(); },
         "Threads the CPU kernels use (TURBOGEN_NUM_THREADS, else the hardware concurrency).");
+  m.def("cpu_isa", [] { return std::string(turbogen::cpu::isa::selected()); },
+        "The CPU kernels' instruction-set variant: 'avx2' or 'portable' (TURBOGEN_CPU_ISA=portable forces it).");
 
   turbogen::bind_softmax(m);
   turbogen::bind_sampling(m);
   turbogen::bind_topk(m);
-
 }

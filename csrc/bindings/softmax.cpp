@@ -5,43 +5,46 @@
 namespace py = pybind11;
 
 namespace turbogen {
-namespace {
-
-SoftmaxArgs make_args(uintptr_t logits, uintptr_t out, uintptr_t temperature, int64_t rows, int64_t cols,
-                      int64_t row_stride, int dtype, bool temperature_per_row) {
-  if (!is_valid_dtype(dtype)) raise_on_error(Status::kBadDType, "softmax");
-  return SoftmaxArgs{from_address<const void>(logits), from_address<void>(out), from_address<const float>(temperature),
-                     rows, cols, row_stride, static_cast<DType>(dtype), temperature_per_row};
-}
-
-}  // namespace
 
 void bind_softmax(py::module_& m) {
+  py::class_<SoftmaxArgs> args(m, "SoftmaxArgs",
+                               "Arguments of launch_softmax_cpu / _cuda (csrc/include/turbogen/softmax.h).");
+  args.def(py::init<>());
+  def_address(args, "logits", &SoftmaxArgs::logits, "[rows, cols] input of `dtype`");
+  def_address(args, "out", &SoftmaxArgs::out, "[rows, cols] output of `dtype`, contiguous");
+  def_address(args, "temperature", &SoftmaxArgs::temperature, "float32 [rows] or [1], every value > 0");
+  args.def_readwrite("rows", &SoftmaxArgs::rows)
+      .def_readwrite("cols", &SoftmaxArgs::cols)
+      .def_readwrite("row_stride", &SoftmaxArgs::row_stride, "elements between row starts, >= cols")
+      .def_readwrite("temperature_per_row", &SoftmaxArgs::temperature_per_row);
+  def_dtype(args);
+
   m.def(
-      "softmax_cpu",
-      [](uintptr_t logits, uintptr_t out, uintptr_t temperature, int64_t rows, int64_t cols, int64_t row_stride,
-         int dtype, bool temperature_per_row) {
-        const SoftmaxArgs args = make_args(logits, out, temperature, rows, cols, row_stride, dtype, temperature_per_row);
+      "launch_softmax_cpu",
+      [](const SoftmaxArgs& a) {
+        raise_on_error(validate(a), "launch_softmax_cpu");
         Status status;
         {
           py::gil_scoped_release release;
-          status = cpu::softmax(args);
+          status = cpu::softmax(a);
         }
-        raise_on_error(status, "softmax_cpu");
+        raise_on_error(status, "launch_softmax_cpu");
       },
-      py::arg("logits"), py::arg("out"), py::arg("temperature"), py::arg("rows"), py::arg("cols"),
-      py::arg("row_stride"), py::arg("dtype"), py::arg("temperature_per_row"));
-#if defined(TURBOGEN_WITH_CUDA)
+      "softmax(logits / temperature) per row (use turbogen.ops.softmax).", py::arg("args"));
   m.def(
-      "softmax_cuda",
-      [](uintptr_t logits, uintptr_t out, uintptr_t temperature, int64_t rows, int64_t cols, int64_t row_stride,
-         int dtype, bool temperature_per_row, uintptr_t stream) {
-        const SoftmaxArgs args = make_args(logits, out, temperature, rows, cols, row_stride, dtype, temperature_per_row);
-        raise_on_cuda_error(cuda::softmax(args, reinterpret_cast<cudaStream_t>(stream)), "softmax_cuda");
-      },
-      py::arg("logits"), py::arg("out"), py::arg("temperature"), py::arg("rows"), py::arg("cols"),
-      py::arg("row_stride"), py::arg("dtype"), py::arg("temperature_per_row"), py::arg("stream"));
+      "launch_softmax_cuda",
+      [](const SoftmaxArgs& a, uintptr_t stream) {
+#if defined(TURBOGEN_WITH_CUDA)
+        raise_on_error(cuda::validate_launch(a), "launch_softmax_cuda");
+        raise_on_cuda_error(cuda::softmax(a, reinterpret_cast<cudaStream_t>(stream)), "launch_softmax_cuda");
+#else
+        (void)a;
+        (void)stream;
+        raise_built_without_cuda("launch_softmax_cuda");
 #endif
+      },
+      "The CUDA softmax over device addresses, enqueued on `stream` (a cudaStream_t as an int).", py::arg("args"),
+      py::arg("stream"));
 }
 
 }  // namespace turbogen

@@ -7,21 +7,28 @@ namespace py = pybind11;
 namespace turbogen {
 
 void bind_topk(py::module_& m) {
+  py::class_<TopKArgs> args(m, "TopKArgs", "Arguments of launch_topk_cpu (csrc/include/turbogen/topk.h).");
+  args.def(py::init<>());
+  def_address(args, "scores", &TopKArgs::scores, "[rows, cols] float32 input");
+  def_address(args, "values", &TopKArgs::values, "[rows, k] float32 output, contiguous");
+  def_address(args, "indices", &TopKArgs::indices, "[rows, k] int64 output, contiguous");
+  args.def_readwrite("rows", &TopKArgs::rows)
+      .def_readwrite("cols", &TopKArgs::cols)
+      .def_readwrite("row_stride", &TopKArgs::row_stride, "elements between row starts, >= cols")
+      .def_readwrite("k", &TopKArgs::k, "0 <= k <= cols");
+
   m.def(
-      "topk_cpu",
-      [](uintptr_t scores, uintptr_t values, uintptr_t indices, int64_t rows, int64_t cols, int64_t row_stride,
-         int64_t k) {
-        const TopKArgs args{from_address<const float>(scores), from_address<float>(values),
-                            from_address<int64_t>(indices), rows, cols, row_stride, k};
+      "launch_topk_cpu",
+      [](const TopKArgs& a) {
+        raise_on_error(validate(a), "launch_topk_cpu");
         Status status;
         {
           py::gil_scoped_release release;
-          status = cpu::topk(args);
+          status = cpu::topk(a);
         }
-        raise_on_error(status, "topk_cpu");
+        raise_on_error(status, "launch_topk_cpu");
       },
-      "Row-wise top-k over raw addresses (use turbogen.ops.topk).", py::arg("scores"), py::arg("values"),
-      py::arg("indices"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"), py::arg("k"));
+      "Row-wise top-k, best first (use turbogen.ops.topk).", py::arg("args"));
 }
 
 }  // namespace turbogen

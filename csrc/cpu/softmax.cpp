@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "isa.h"
 #include "turbogen/fastmath.h"
 #include "turbogen/parallel.h"
 
@@ -11,22 +12,20 @@ namespace turbogen {
 namespace cpu {
 namespace {
 
-Status check(const SoftmaxArgs& a) {
-  if (a.rows < 0 || a.cols < 0) return Status::kBadShape;
-  if (a.rows == 0 || a.cols == 0) return Status::kOk;
-  if (!a.logits || !a.out || !a.temperature) return Status::kNullPointer;
-  if (a.row_stride < a.cols) return Status::kBadStride;
-  if (!is_valid_dtype(static_cast<int>(a.dtype))) return Status::kBadDType;
-  const int64_t n_temps = a.temperature_per_row ? a.rows : 1;
-  for (int64_t i = 0; i < n_temps; ++i) {
-    if (!(a.temperature[i] > 0.0f) || std::isinf(a.temperature[i])) return Status::kBadValue;
+// The temperatures, after validate(): host memory here, so they are checked before any row runs.
+Status check_temperatures(const SoftmaxArgs& a) {
+  const int64_t count = a.temperature_per_row ? a.rows : 1;
+  for (int64_t i = 0; i < count; ++i) {
+    if (!(a.temperature[i] > 0.0f) || std::isinf(a.temperature[i])) {
+      return bad_value("temperature must be > 0 and finite");
+    }
   }
-  return Status::kOk;
+  return ok_status();
 }
 
 // One row: x = logits / T in fp32, then exp(x - max) / sum: vectorised loops over a row-sized fp32
 // scratch buffer that stays in cache (the row is read from memory once).
-TURBOGEN_CPU_DISPATCH void softmax_row(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
+TURBOGEN_ALWAYS_INLINE void softmax_row_body(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
   const int64_t n = a.cols;
   const char* src = static_cast<const char*>(a.logits) + r * a.row_stride * dtype_size(a.dtype);
   float* x = scratch.data();
@@ -48,18 +47,28 @@ TURBOGEN_CPU_DISPATCH void softmax_row(const SoftmaxArgs& a, int64_t r, std::vec
   }
 }
 
+TURBOGEN_TARGET_AVX2 void softmax_row_avx2(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
+  softmax_row_body(a, r, scratch);
+}
+
+void softmax_row_portable(const SoftmaxArgs& a, int64_t r, std::vector<float>& scratch) {
+  softmax_row_body(a, r, scratch);
+}
+
 }  // namespace
 
 Status softmax(const SoftmaxArgs& args) {
-  const Status status = check(args);
-  if (status != Status::kOk || args.rows == 0 || args.cols == 0) return status;
+  Status status = validate(args);
+  if (status.ok() && args.rows > 0 && args.cols > 0) status = check_temperatures(args);
+  if (!status.ok() || args.rows == 0 || args.cols == 0) return status;
+  static const auto softmax_row = TURBOGEN_SELECT_ISA(softmax_row);
   // Enough rows per chunk that a chunk is worth a thread hand-off (~64k elements).
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / args.cols);
   parallel_for(0, args.rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(static_cast<size_t>(args.cols));
     for (int64_t r = begin; r < end; ++r) softmax_row(args, r, scratch);
   });
-  return Status::kOk;
+  return ok_status();
 }
 
 }  // namespace cpu

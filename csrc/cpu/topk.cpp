@@ -6,10 +6,7 @@
 
 #include "turbogen/parallel.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define TURBOGEN_TOPK_AVX2 1
-#endif
+#include "isa.h"
 
 namespace turbogen {
 namespace cpu {
@@ -32,28 +29,20 @@ inline bool ranks_above(const Entry& a, const Entry& b) {
 // With std::push_heap / pop_heap this comparator keeps the worst kept entry at the front.
 inline bool heap_order(const Entry& a, const Entry& b) { return ranks_above(a, b); }
 
-Status check(const TopKArgs& a) {
-  if (a.rows < 0 || a.cols < 0 || a.k < 0 || a.k > a.cols) return Status::kBadShape;
-  if (a.rows == 0 || a.k == 0) return Status::kOk;
-  if (!a.scores || !a.values || !a.indices) return Status::kNullPointer;
-  if (a.rows > 1 && a.row_stride < a.cols) return Status::kBadStride;
-  return Status::kOk;
-}
-
 constexpr int64_t kBlock = 32;
 
 // Whether any of x[0..kBlock) could enter the kept set: `!(x <= bar)`, which is also true for NaN.
-inline bool block_may_enter_generic(const float* x, float bar) {
+inline bool block_may_enter_portable(const float* x, float bar) {
   for (int64_t j = 0; j < kBlock; ++j) {
     if (!(x[j] <= bar)) return true;
   }
   return false;
 }
 
-#if defined(TURBOGEN_TOPK_AVX2)
+#if defined(TURBOGEN_X86_DISPATCH)
 // The same test in four 8-wide compares (not-less-or-equal, unordered: true for NaN). The
 // compiler does not vectorise the early-exit loop above.
-__attribute__((target("avx2"))) inline bool block_may_enter_avx2(const float* x, float bar) {
+TURBOGEN_TARGET_AVX2 inline bool block_may_enter_avx2(const float* x, float bar) {
   const __m256 b = _mm256_set1_ps(bar);
   const __m256 m01 = _mm256_or_ps(_mm256_cmp_ps(_mm256_loadu_ps(x), b, _CMP_NLE_UQ),
                                   _mm256_cmp_ps(_mm256_loadu_ps(x + 8), b, _CMP_NLE_UQ));
@@ -100,28 +89,25 @@ void topk_row(const TopKArgs& a, int64_t r, std::vector<Entry>& heap) {
   }
 }
 
-using RowFn = void (*)(const TopKArgs&, int64_t, std::vector<Entry>&);
-
-RowFn select_row_function() {
-#if defined(TURBOGEN_TOPK_AVX2)
-  if (__builtin_cpu_supports("avx2")) return topk_row<block_may_enter_avx2>;
+// The row function's two variants (isa.h): only the block test differs.
+#if defined(TURBOGEN_X86_DISPATCH)
+constexpr auto topk_row_avx2 = topk_row<block_may_enter_avx2>;
 #endif
-  return topk_row<block_may_enter_generic>;
-}
+constexpr auto topk_row_portable = topk_row<block_may_enter_portable>;
 
 }  // namespace
 
 Status topk(const TopKArgs& args) {
-  const Status status = check(args);
-  if (status != Status::kOk || args.rows == 0 || args.k == 0) return status;
+  const Status status = validate(args);
+  if (!status.ok() || args.rows == 0 || args.k == 0) return status;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(args.cols, 1));
-  static const RowFn row_function = select_row_function();
+  static const auto row_function = TURBOGEN_SELECT_ISA(topk_row);
   parallel_for(0, args.rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<Entry> heap;
     heap.reserve(static_cast<size_t>(args.k));
     for (int64_t r = begin; r < end; ++r) row_function(args, r, heap);
   });
-  return Status::kOk;
+  return ok_status();
 }
 
 }  // namespace cpu

@@ -361,8 +361,9 @@ __global__ void select_kernel(SamplingArgs a, Workspace w) {
       floor = value_of(lo);
       cut_value = floor;
     }
-    // top-p over the top-k survivors (an invalid top_p outside (0, 1) reads as off).
-    if (top_p > 0.0 && top_p < 1.0) {
+    // top-p over the top-k survivors (an invalid top_p outside (0, 1) reads as off). A +inf max
+    // makes every probability NaN in the reference, whose top-p then removes nothing.
+    if (top_p > 0.0 && top_p < 1.0 && stats.max < INFINITY) {
       const float target = static_cast<float>(top_p * mass);
       float unused = mass;
       const int64_t key = search_key(a, row, temperature, stats.max, floor, lo, hi, &unused, true, 0, target);
@@ -387,9 +388,11 @@ __global__ void select_kernel(SamplingArgs a, Workspace w) {
 
 // ---- 3. draw or filter --------------------------------------------------------------------------
 
+// min_p = 0 keeps all: exp(...) >= 0. A +inf max makes every probability NaN in the reference,
+// whose min-p then removes nothing.
 __device__ __forceinline__ bool kept(float z, int64_t i, float cut_value, int cut_index, float row_max, float min_p) {
   const bool above_cut = z > cut_value || (z == cut_value && i <= cut_index);
-  return above_cut && expf(z - row_max) >= min_p;  // min_p = 0 keeps all: exp(...) >= 0
+  return above_cut && (row_max == INFINITY || expf(z - row_max) >= min_p);
 }
 
 __device__ __forceinline__ float gumbel(uint64_t seed, uint64_t offset, uint64_t token) {
@@ -497,13 +500,15 @@ __global__ void finish_kernel(SamplingArgs a, Workspace w) {
   const bool any_finite = stats.max > -INFINITY;
   int64_t token;
   float logprob;
+  // With a +inf max the reference's logprob is NaN (inf - inf), greedy or not; the mass is NaN too.
+  const bool infinite_max = stats.max == INFINITY;
   if (raw_temperature(a, r) == 0.0f) {
     token = any_finite ? stats.argmax : -1;
-    logprob = any_finite ? 0.0f : -INFINITY;
+    logprob = any_finite ? stats.max - stats.max : -INFINITY;
   } else {
     const bool found = best.score > -INFINITY;
     token = found ? best.index : -1;
-    logprob = found && best.mass > 0.0f ? (best.value - stats.max) - logf(best.mass) : -INFINITY;
+    logprob = found && (best.mass > 0.0f || infinite_max) ? (best.value - stats.max) - logf(best.mass) : -INFINITY;
   }
   a.tokens[r] = token;
   if (a.logprobs) a.logprobs[r] = logprob;
@@ -516,29 +521,28 @@ __global__ void fill_empty_rows_kernel(SamplingArgs a) {
   if (a.logprobs) a.logprobs[r] = -INFINITY;
 }
 
-bool valid(const SamplingArgs& a) {
-  if (a.rows < 0 || a.vocab < 0 || a.vocab > kSamplingMaxVocab) return false;
-  if (a.rows == 0) return true;
-  if (!a.tokens && !a.filtered) return false;
-  if (a.logprobs && !a.tokens) return false;
-  if (!a.temperature || !a.top_k || !a.top_p || !a.min_p) return false;
-  if (a.tokens && (!a.seed || !a.offset)) return false;
-  if (a.vocab > 0 && (!a.logits || !a.workspace)) return false;
-  if (a.vocab > 0 && a.rows > 1 && a.row_stride < a.vocab) return false;
-  if (!is_valid_dtype(static_cast<int>(a.dtype))) return false;
-  const Layout l = make_layout(a.rows, a.vocab);
-  return a.rows * l.n_chunks <= 0x7fffffff && a.rows <= 0x7fffffff;
-}
-
 }  // namespace
 
 int64_t sampling_workspace_bytes(int64_t rows, int64_t vocab) {
-  if (rows <= 0 || vocab <= 0) return 0;
+  if (rows <= 0 || vocab <= 0 || rows > 0x7fffffff || vocab > kSamplingMaxVocab) return 0;
   return make_layout(rows, vocab).bytes;
 }
 
+Status validate_launch(const SamplingArgs& args) {
+  const Status status = validate(args);
+  if (!status.ok() || args.rows == 0 || args.vocab == 0) return status;
+  if (!args.workspace) return null_pointer("workspace");
+  if (args.rows > 0x7fffffff) return bad_shape("rows must be < 2**31 (the grid's limit)");
+  const Layout layout = make_layout(args.rows, args.vocab);
+  if (args.rows * layout.n_chunks > 0x7fffffff) {
+    return bad_shape("rows x vocabulary chunks must be < 2**31 (the grid's limit)");
+  }
+  if (args.workspace_bytes < layout.bytes) return bad_shape("workspace_bytes < sampling_workspace_bytes(rows, vocab)");
+  return ok_status();
+}
+
 cudaError_t sample(const SamplingArgs& args, cudaStream_t stream) {
-  if (!valid(args)) return cudaErrorInvalidValue;
+  if (!validate_launch(args).ok()) return cudaErrorInvalidValue;
   if (args.rows == 0) return cudaSuccess;
   if (args.vocab == 0) {
     if (args.tokens) {

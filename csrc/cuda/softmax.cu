@@ -70,12 +70,16 @@ __global__ void softmax_kernel(SoftmaxArgs args) {
 
 }  // namespace
 
+Status validate_launch(const SoftmaxArgs& args) {
+  const Status status = validate(args);
+  if (!status.ok()) return status;
+  if (args.rows > 0x7fffffff) return bad_shape("rows must be < 2**31 (one block per row)");
+  return ok_status();
+}
+
 cudaError_t softmax(const SoftmaxArgs& args, cudaStream_t stream) {
-  if (args.rows < 0 || args.cols < 0 || args.row_stride < args.cols) return cudaErrorInvalidValue;
+  if (!validate_launch(args).ok()) return cudaErrorInvalidValue;
   if (args.rows == 0 || args.cols == 0) return cudaSuccess;
-  if (!args.logits || !args.out || !args.temperature) return cudaErrorInvalidValue;
-  if (!is_valid_dtype(static_cast<int>(args.dtype))) return cudaErrorInvalidValue;
-  if (args.rows > 0x7fffffff) return cudaErrorInvalidValue;  // grid.x limit
   softmax_kernel<<<static_cast<unsigned>(args.rows), kBlockThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }

@@ -8,6 +8,7 @@ are Triton, CUDA C++ and C++ CPU kernels (``turbogen.ops``), with a pure-torch r
 from . import ops, ref
 from .config import CompileConfig, GenerationConfig, GenerationMode, WatermarkingConfig, as_generation_config
 from .generate import compute_transition_scores, generate
+from .generation.batch_state import NonFiniteScoresError
 from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .patching import is_patched, patch, unpatch
 from .stopping import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
@@ -26,6 +27,7 @@ __all__ = [
     "GenerationMode",
     "MaxLengthCriteria",
     "MaxTimeCriteria",
+    "NonFiniteScoresError",
     "StopStringCriteria",
     "StoppingCriteria",
     "StoppingCriteriaList",

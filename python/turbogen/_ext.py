@@ -2,12 +2,19 @@
 
 The extension is optional at import time: the ``ref`` backend works without it. Everything that
 needs it goes through :func:`extension`, which raises an ImportError carrying the reason.
+
+``TURBOGEN_EXTENSION``, when set, is the path of a build of ``_C`` to load instead of the installed
+one: the sanitizer stage of ``make test`` runs the op tests against its AddressSanitizer /
+UndefinedBehaviorSanitizer build this way, leaving the editable install untouched.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import os
+import sys
 
 import torch
 
@@ -15,12 +22,30 @@ import torch
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
+_OVERRIDE_VARIABLE = "TURBOGEN_EXTENSION"
+
+
+def _load_from(path: str):
+    """``turbogen._C`` loaded from the shared library at ``path`` (registered as that module)."""
+    spec = importlib.util.spec_from_file_location("turbogen._C", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{_OVERRIDE_VARIABLE}={path!r} is not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["turbogen._C"] = module
+    return module
+
+
 @functools.lru_cache(maxsize=None)
 def _load():
+    override = os.environ.get(_OVERRIDE_VARIABLE)
     try:
+        if override:
+            return _load_from(override), None
         return importlib.import_module("turbogen._C"), None
     except ImportError as exc:  # not built, or built for another platform
-        return None, f"the compiled extension turbogen._C could not be imported ({exc})"
+        source = f" from {_OVERRIDE_VARIABLE}={override}" if override else ""
+        return None, f"the compiled extension turbogen._C could not be imported{source} ({exc})"
 
 
 def extension():

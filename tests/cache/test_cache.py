@@ -14,6 +14,7 @@ import torch
 from transformers import Cache, DynamicCache
 
 from tiny_models import encode_batch, tiny_model
+from tolerances import assert_close_across_compilations
 from turbogen.cache import CACHE_IMPLEMENTATIONS, StaticKVCache, make_cache
 
 PROMPTS = {
@@ -24,7 +25,6 @@ PROMPTS = {
 NEW_TOKENS = 8
 # Slots beyond what the decode needs, so attention always also spans never-written (zero) slots.
 SPARE_SLOTS = 5
-TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _model(kind: str, attention: str):
@@ -87,8 +87,9 @@ def test_manual_greedy_loop_matches_dynamic_cache(kind, attention, prompts):
         model, input_ids, attention_mask, static, mask_columns=max_cache_len)
 
     real = attention_mask.bool()  # padding rows attend to nothing real: their outputs carry no meaning
-    torch.testing.assert_close(static_prefill[real], dynamic_prefill[real], **TOLERANCE)
-    torch.testing.assert_close(static_steps, dynamic_steps, **TOLERANCE)
+    # Attention over all max_cache_len slots (masked) sums in another order than over the slots seen so far.
+    assert_close_across_compilations(static_prefill[real], dynamic_prefill[real])
+    assert_close_across_compilations(static_steps, dynamic_steps)
     assert torch.equal(static_tokens, dynamic_tokens)
     # Written in place: same storage, prompt + all fed tokens cached, the spare slots untouched.
     assert (static.key_cache.data_ptr(), static.value_cache.data_ptr()) == storage
@@ -121,7 +122,8 @@ def test_decode_step_compiles_to_one_graph():
         decode_forward=compiled_forward)
 
     assert len(graphs) == 1
-    torch.testing.assert_close(compiled_steps, eager_steps, **TOLERANCE)
+    # The traced graph may build the mask and pick attention kernels differently from eager code.
+    assert_close_across_compilations(compiled_steps, eager_steps)
     assert torch.equal(compiled_tokens, eager_tokens)
 
 
@@ -138,7 +140,7 @@ def test_transformers_generate_with_static_cache_matches_default(kind):
     with_static = model.generate(input_ids, past_key_values=static, **settings)
 
     assert torch.equal(with_static.sequences, default.sequences)
-    torch.testing.assert_close(torch.stack(with_static.scores), torch.stack(default.scores), **TOLERANCE)
+    assert_close_across_compilations(torch.stack(with_static.scores), torch.stack(default.scores))
     assert with_static.past_key_values is static
     assert static.get_seq_length() == prompt_length + NEW_TOKENS - 1
 

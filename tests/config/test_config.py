@@ -9,8 +9,10 @@ and skipped (or compared in 5.x's terms) with the reason.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from turbogen import config as config_module
 from turbogen.config import (
     MIRRORED_TRANSFORMERS_VERSION,
     PARAMETER_GROUPS,
+    PARAMETERS,
     TURBOGEN_PARAMETERS,
     CompileConfig,
     GenerationConfig,
@@ -31,6 +34,8 @@ from turbogen.config import (
     WatermarkingConfig,
     as_generation_config,
 )
+from turbogen.config import parameters as parameters_module
+from turbogen.config import validation
 
 # Bookkeeping attributes that are not generation parameters.
 METADATA = {"_from_model_config", "_commit_hash", "_original_object_hash", "transformers_version"}
@@ -104,18 +109,20 @@ def transformers_defaults(hf):
 
 
 def test_every_transformers_default_is_ours(hf):
+    """The parameter table holds transformers' names and defaults, and ``GenerationConfig()`` holds the table."""
     reference = transformers_defaults(hf)
-    ours = GenerationConfig()
+    table = {parameter.name: parameter.default for parameter in PARAMETERS}
+    assert len(table) == len(PARAMETERS)
+    assert {key: value for key, value in vars(GenerationConfig()).items() if key not in METADATA} == table
 
     def same_default(ours_value, value):
         return ours_value == value or (TRANSFORMERS_5 and value is None and ours_value is False)
 
-    mismatched = {key: (value, getattr(ours, key, "<missing>"))
-                  for key, value in reference.items() if not same_default(getattr(ours, key, "<missing>"), value)}
+    mismatched = {key: (value, table.get(key, "<missing>"))
+                  for key, value in reference.items() if not same_default(table.get(key, "<missing>"), value)}
     assert mismatched == {}
-    ours_parameters = {key for key in vars(ours) if key not in METADATA}
     removed = REMOVED_IN_TRANSFORMERS_5 if TRANSFORMERS_5 else set()
-    assert ours_parameters - set(reference) == set(TURBOGEN_PARAMETERS) | removed
+    assert set(table) - set(reference) == set(TURBOGEN_PARAMETERS) | removed
 
 
 def test_turbogen_parameter_defaults_are_neutral():
@@ -131,6 +138,36 @@ def test_every_documented_parameter_exists_and_is_documented(hf):
     assert documented_by_transformers - set(ours) - ADDED_IN_TRANSFORMERS_5 == set()
     undocumented = {name for name in ours if not re.search(rf"\b{name}\b", GenerationConfig.__doc__)}
     assert undocumented == set()
+
+
+def test_docstring_lists_the_table_by_group():
+    """The class docstring has one ``name (type, default): doc`` entry per table parameter, under its group's
+    title, in table order."""
+    doc = GenerationConfig.__doc__
+    position = -1
+    for group in parameters_module.GROUPS:
+        title_words = r"\s+".join(re.escape(word) for word in group.title.split())  # titles may be wrapped
+        title = re.compile(rf"^ {{4}}{title_words}:$", flags=re.MULTILINE)
+        match = title.search(doc, position + 1)
+        assert match is not None, f"no docstring title for the {group.key} group"
+        position = match.start()
+        for parameter in (parameter for parameter in PARAMETERS if parameter.group is group):
+            match = re.compile(rf"^ {{8}}{parameter.name} \(", flags=re.MULTILINE).search(doc, position)
+            assert match is not None, f"no docstring entry for {parameter.name}"
+            first_line, *next_lines = doc[match.start():].split("\n")
+            continuation = itertools.takewhile(lambda line: line.startswith(" " * 12), next_lines)
+            entry = " ".join(" ".join([first_line, *continuation]).split())
+            shown_default = f'"{parameter.default}"' if isinstance(parameter.default, str) else repr(parameter.default)
+            assert entry == f"{parameter.name} ({parameter.kind}, {shown_default}): {' '.join(parameter.doc.split())}"
+            position = match.start()
+    assert len(re.findall(r"^ {8}\w+ \(", doc, flags=re.MULTILINE)) == len(PARAMETERS)
+
+
+def test_validation_rules_name_table_parameters():
+    """The cross-parameter rules refer to parameters by name: each must be one (a typo would silence a rule)."""
+    table = {parameter.name for parameter in PARAMETERS}
+    assert set(validation.SAMPLING_ONLY_FLAGS + validation.CACHE_ONLY_FLAGS + validation.OUTPUT_FLAGS) <= table
+    assert set(validation.GENERATE_ONLY_ARGUMENTS) & table == set()
 
 
 def test_parameter_groups_are_disjoint_and_complete(hf):
@@ -663,14 +700,25 @@ def test_from_model_config_matches_transformers(hf):
         GenerationConfig.from_model_config(42)
 
 
-def test_importing_the_module_does_not_import_transformers():
+def test_importing_the_package_does_not_import_transformers():
+    # The package is loaded from its files, as a top-level package: importing it as `turbogen.config` would
+    # run turbogen/__init__.py, which imports torch.
+    package_directory = os.path.dirname(config_module.__file__)
     script = (
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('turbogen_config', {config_module.__file__!r})\n"
+        f"spec = importlib.util.spec_from_file_location('turbogen_config', {config_module.__file__!r}, "
+        f"submodule_search_locations=[{package_directory!r}])\n"
         "module = sys.modules['turbogen_config'] = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
         "module.as_generation_config({'do_sample': True}).to_json_string()\n"
+        "module.EngineConfig(num_speculative_tokens=4).to_dict()\n"
+        "print(sorted(name for name in sys.modules if name.startswith('turbogen_config.')))\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('transformers', 'torch')))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    loaded_submodules, heavy_modules = result.stdout.strip().splitlines()
+    expected_submodules = sorted(f"turbogen_config.{file_name.removesuffix('.py')}"
+                                 for file_name in os.listdir(package_directory)
+                                 if file_name.endswith(".py") and file_name != "__init__.py")
+    assert loaded_submodules == str(expected_submodules)
+    assert heavy_modules == "[]"

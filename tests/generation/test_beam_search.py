@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from turbogen.beam_search import BeamSearchParams, BeamSearchState
+from tolerances import assert_bit_exact, assert_close_across_compilations, assert_draws_follow
+from turbogen.generation.beam_search import BeamSearchParams, BeamSearchState
 
 EOS = 3
 FILL = -1
@@ -29,8 +30,8 @@ def _log_probs(*rows):
     return (probs / probs.sum(-1, keepdim=True)).log()
 
 
-def _step(state, log_probs, length, step=0):
-    candidates = state.candidates(log_probs, length, step)
+def _step(state, log_probs, length):
+    candidates = state.candidates(log_probs, length)
     tails = state.candidate_tails(candidates, 1)
     stopped = (tails[:, -1] == EOS).view(state.params.batch_size, -1)
     return candidates, state.advance(candidates, stopped)
@@ -52,7 +53,8 @@ def test_eos_candidate_in_top_beams_is_finished_with_length_penalty():
     eos_log_prob = math.log(6 / 9)
     assert state.is_finished[0].tolist() == [True, False]
     assert state.sequences[0, 0, :3].tolist() == [7, 8, EOS]
-    assert state.scores[0, 0].item() == pytest.approx(eos_log_prob / 1**2.0)
+    # float32 arithmetic against a float64 oracle: equal up to float32 rounding.
+    assert_close_across_compilations(state.scores[0, 0], torch.tensor(eos_log_prob / 1**2.0))
     assert EOS not in state.running_sequences[0, :, 2].tolist(), "finished hypotheses do not keep running"
     assert state.beam_indices[0, 0, 0].item() == 0
 
@@ -61,7 +63,7 @@ def test_early_stopping_true_ends_once_every_row_has_num_beams_hypotheses():
     state = _state(early_stopping=True)
     _step(state, _log_probs([1, 1, 1, 6], [1, 1, 1, 1]), length=2)
     assert not bool(state.is_done())
-    _step(state, _log_probs([1, 1, 1, 6], [1, 1, 1, 6]), length=3, step=1)
+    _step(state, _log_probs([1, 1, 1, 6], [1, 1, 1, 6]), length=3)
     assert state.is_finished.all()
     assert bool(state.is_done())
 
@@ -73,7 +75,7 @@ def test_two_steps_end_to_end_result():
     probs = [1, 2, 3, 12]
     _step(state, _log_probs(probs, probs), length=2)
     assert state.running_sequences[0, :, 2].tolist() == [2, 1]
-    _step(state, _log_probs(probs, probs), length=3, step=1)
+    _step(state, _log_probs(probs, probs), length=3)
     assert bool(state.is_done())
 
     sequences, scores, beam_indices = state.result(num_return_sequences=2)
@@ -81,12 +83,12 @@ def test_two_steps_end_to_end_result():
     assert beam_indices.tolist() == [[0, -1], [0, 0]]
     p = torch.tensor(probs, dtype=torch.float64) / sum(probs)
     expected = [math.log(p[EOS]), (math.log(p[2]) + math.log(p[EOS])) / 2]
-    torch.testing.assert_close(scores, torch.tensor(expected, dtype=torch.float32))
+    assert_close_across_compilations(scores, torch.tensor(expected, dtype=torch.float32))
 
 
 def test_stopping_every_candidate_ends_the_search():
     state = _state()
-    candidates = state.candidates(_log_probs([1, 2, 3, 4], [1, 1, 1, 1]), 2, 0)
+    candidates = state.candidates(_log_probs([1, 2, 3, 4], [1, 1, 1, 1]), 2)
     state.advance(candidates, torch.ones(1, state.params.candidates_per_row, dtype=torch.bool))
     assert bool(state.is_done())
     assert state.is_finished.all(), "the top `num_beams` stopped candidates become hypotheses"
@@ -100,9 +102,9 @@ def test_overwriting_the_log_probs_gives_the_same_candidates(do_sample):
     states = [_state(do_sample=do_sample, seeds=seeds) for _ in range(2)]
     for state in states:  # one step first, so that both beams have a (different) cumulative score
         _step(state, log_probs, length=2)
-    expected = states[0].candidates(log_probs, 3, 1)
+    expected = states[0].candidates(log_probs, 3)
     scratch = log_probs.clone()
-    actual = states[1].candidates(scratch, 3, 1, overwrite=True)
+    actual = states[1].candidates(scratch, 3, overwrite=True)
     assert torch.equal(actual.log_probs, expected.log_probs)
     assert torch.equal(actual.sequences, expected.sequences)
     assert torch.equal(actual.beam_indices, expected.beam_indices)
@@ -111,8 +113,12 @@ def test_overwriting_the_log_probs_gives_the_same_candidates(do_sample):
 
 # -- beam sampling: Gumbel-top-k -----------------------------------------------------------------------------
 
-DRAWS = 3000
+# Sized so that the chi-square test (false-alarm rate 1e-6) rejects the mistakes it guards against with p-values
+# below 1e-30: a second draw made with replacement, a temperature of 1.3 (see the last test of this section).
+DRAWS = 10000
 PROBS = torch.tensor([0.30, 0.22, 0.15, 0.12, 0.08, 0.06, 0.04, 0.03], dtype=torch.float64)
+# Second draw without replacement: P(j) = sum_i p_i p_j / (1 - p_i) over i != j.
+SECOND_DRAW_PROBS = PROBS * ((PROBS / (1 - PROBS)).sum() - PROBS / (1 - PROBS))
 
 
 def _sampled_candidates(seeds: torch.Tensor):
@@ -120,24 +126,36 @@ def _sampled_candidates(seeds: torch.Tensor):
     rows, vocab = seeds.shape[0], PROBS.shape[0]
     state = _state(batch_size=rows, vocab_size=vocab, do_sample=True, seeds=seeds)
     log_probs = PROBS.log().float().repeat(rows * 2, 1)
-    return state.candidates(log_probs, length=2, step=0)
+    return state.candidates(log_probs, length=2)
 
 
-def test_beam_sampling_draws_without_replacement_from_the_softmax():
-    candidates = _sampled_candidates(torch.arange(DRAWS, dtype=torch.int64) + 12345)
+@pytest.fixture(scope="module")
+def first_step_candidates():
+    """The candidates of DRAWS first beam-sampling steps with PROBS, each with its own seed."""
+    return _sampled_candidates(torch.arange(DRAWS, dtype=torch.int64) + 12345)
+
+
+def test_beam_sampling_draws_without_replacement_from_the_softmax(first_step_candidates):
+    candidates = first_step_candidates
     tokens = candidates.sequences[:, :, 2]  # [rows, K]
     assert all(len(set(row)) == tokens.shape[1] for row in tokens.tolist()), "draws must be distinct"
     assert (candidates.beam_indices[:, :, 0] == torch.arange(DRAWS)[:, None] * 2).all(), "only beam 0 is alive"
 
-    vocab = PROBS.shape[0]
-    first = torch.bincount(tokens[:, 0], minlength=vocab).double() / DRAWS
-    assert torch.nn.functional.cosine_similarity(first, PROBS, dim=0) > 0.99
-    # Second draw without replacement: P(j) = sum_i p_i p_j / (1 - p_i) over i != j.
-    second_expected = PROBS * ((PROBS / (1 - PROBS)).sum() - PROBS / (1 - PROBS))
-    second = torch.bincount(tokens[:, 1], minlength=vocab).double() / DRAWS
-    assert torch.nn.functional.cosine_similarity(second, second_expected, dim=0) > 0.99
-    # The candidates' scores are the (unperturbed) accumulated log-probabilities of the drawn tokens.
-    torch.testing.assert_close(candidates.log_probs, PROBS.log().float()[tokens])
+    assert_draws_follow(tokens[:, 0], PROBS)
+    assert_draws_follow(tokens[:, 1], SECOND_DRAW_PROBS)
+    # The candidates' scores are the (unperturbed) accumulated log-probabilities of the drawn tokens: on the first
+    # step, a beam score of 0 plus the log-probability, exactly.
+    assert_bit_exact(candidates.log_probs, PROBS.log().float()[tokens])
+
+
+def test_beam_sampling_draw_count_exposes_subtly_wrong_samplers(first_step_candidates):
+    """With DRAWS draws, the distribution check rejects what a wrong beam sampler would draw: a second token drawn
+    with replacement (from PROBS again), or first tokens drawn at temperature 1.3."""
+    tokens = first_step_candidates.sequences[:, :, 2]
+    with pytest.raises(AssertionError, match="do not follow"):
+        assert_draws_follow(tokens[:, 1], PROBS)
+    with pytest.raises(AssertionError, match="do not follow"):
+        assert_draws_follow(tokens[:, 0], torch.softmax(PROBS.log() / 1.3, dim=0))
 
 
 def test_beam_sampling_rows_depend_only_on_their_own_seed():
@@ -150,3 +168,30 @@ def test_beam_sampling_rows_depend_only_on_their_own_seed():
 def test_beam_sampling_requires_seeds():
     with pytest.raises(ValueError, match="seeds"):
         _state(do_sample=True)
+
+
+def _gumbel_top_k_oracle(state, log_probs, seeds, offset):
+    """The candidate tokens of one beam-sampling step recomputed from the contract: the accumulated scores plus
+    the Gumbel noise of each row's seed at ``offset`` (turbogen.ref, the oracle), best ``K`` first."""
+    from turbogen.ref.philox import gumbel_noise
+
+    p = state.params
+    accumulated = (log_probs.view(p.batch_size, p.num_beams, -1) + state.running_scores[:, :, None]).view(
+        p.batch_size, -1)
+    noise = gumbel_noise(seeds, torch.full_like(seeds, offset), accumulated.shape[1])
+    flat = torch.topk(accumulated + noise, p.candidates_per_row).indices
+    return flat % p.vocab_size
+
+
+def test_beam_sampling_draws_step_n_at_offset_n():
+    """Each step's noise uses the next offset (0, then 1, ...): the candidates of the first two steps are the
+    contract's Gumbel-top-k draws at offsets 0 and 1, computed independently from the same scores."""
+    seeds = torch.tensor([3, 1 << 33, 12345], dtype=torch.int64)
+    state = _state(batch_size=3, vocab_size=PROBS.shape[0], do_sample=True, seeds=seeds)
+    log_probs = torch.stack([PROBS.roll(shift) for shift in range(6)]).log().float()  # [3 rows * 2 beams, vocab]
+    for offset, length in ((0, 2), (1, 3)):
+        expected_tokens = _gumbel_top_k_oracle(state, log_probs, seeds, offset)
+        candidates = state.candidates(log_probs, length)
+        assert torch.equal(candidates.sequences[:, :, length], expected_tokens), offset
+        state.advance(candidates, None)
+    assert state.offsets.tolist() == [2, 2, 2]

@@ -1,9 +1,13 @@
 """turbogen.generate against transformers 4.57 (the oracle) on tiny random-weight Llama and GPT-2 models:
-greedy search and beam search must give identical sequences, and scores / sequence scores / beam indices /
-transition scores equal to 1e-5."""
+greedy search and beam search must give identical sequences, beam indices, and scores / logits / sequence scores /
+transition scores / hidden states equal bit for bit (the same model calls and the same float operations as
+transformers'; see docs/tolerances.md). Also the pieces behind it: the late read of the finish flag, the model runner
+(``verify``, ``crop``), the sampling contract's offsets, the sampler taking the filters from the config, and
+scores that cannot be sampled."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -13,6 +17,7 @@ import transformers
 from conftest import TRANSFORMERS_5
 from tiny_models import EOS_ID, MODEL_KINDS, PAD_ID, encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
+from tolerances import assert_bit_exact, assert_close_across_compilations
 from turbogen import GenerationConfig
 from turbogen.generate import FINISH_CHECK_LAG, compute_transition_scores, generate
 
@@ -36,7 +41,10 @@ def _both(model, input_ids, attention_mask, **kwargs):
     return expected, actual
 
 
-def _assert_same_output(expected, actual, beams: bool = False):
+def _assert_same_output(expected, actual, beams: bool = False, assert_same_floats=assert_bit_exact):
+    """``actual`` has ``expected``'s tokens, beam indices and cache length, and its recorded floats (scores,
+    logits, sequence scores) pass ``assert_same_floats``: bit-exact against transformers, which makes the same
+    model calls and float operations; the cross-compilation tolerance between differently computed runs."""
     assert torch.equal(actual.sequences, expected.sequences)
     for name in ("scores", "logits"):
         expected_steps, actual_steps = getattr(expected, name), getattr(actual, name)
@@ -44,11 +52,11 @@ def _assert_same_output(expected, actual, beams: bool = False):
         if expected_steps is not None:
             assert len(actual_steps) == len(expected_steps), name
             for want, got in zip(expected_steps, actual_steps):
-                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                assert_same_floats(got, want)
     if beams:
         assert torch.equal(actual.beam_indices, expected.beam_indices)
         if expected.sequences_scores is not None:
-            torch.testing.assert_close(actual.sequences_scores, expected.sequences_scores, atol=1e-5, rtol=1e-5)
+            assert_same_floats(actual.sequences_scores, expected.sequences_scores)
     if expected.past_key_values is not None:
         assert actual.past_key_values.get_seq_length() == expected.past_key_values.get_seq_length()
 
@@ -71,10 +79,8 @@ def test_greedy_matches_transformers(kind, batch):
                              output_scores=True, output_logits=True)
     _assert_same_output(expected, actual)
     assert actual.sequences.shape == (input_ids.shape[0], input_ids.shape[1] + NEW_TOKENS)
-    torch.testing.assert_close(
-        compute_transition_scores(actual.sequences, actual.scores, normalize_logits=True),
-        model.compute_transition_scores(expected.sequences, expected.scores, normalize_logits=True),
-        atol=1e-5, rtol=1e-5)
+    assert_bit_exact(compute_transition_scores(actual.sequences, actual.scores, normalize_logits=True),
+                     model.compute_transition_scores(expected.sequences, expected.scores, normalize_logits=True))
 
 
 @pytest.mark.parametrize("lag", [0, 1, 3])
@@ -113,6 +119,8 @@ BEAM_SETTINGS = {
     "beams4_long_bias": dict(num_beams=4, num_return_sequences=2, length_penalty=2.0),
     "beams3_never_short_bias": dict(num_beams=3, num_return_sequences=2, early_stopping="never", length_penalty=-0.7),
     "beams2_never_no_penalty": dict(num_beams=2, early_stopping="never", length_penalty=0.0),
+    # "never" with a positive penalty bounds what a running beam can reach by the longest possible length.
+    "beams3_never_long_bias": dict(num_beams=3, num_return_sequences=2, early_stopping="never", length_penalty=1.5),
     "beams3_without_eos": dict(num_beams=3, num_return_sequences=3, eos_token_id=None),
 }
 
@@ -128,14 +136,13 @@ def test_beam_search_matches_transformers(kind, batch, setting):
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, output_logits=True, **options)
     _assert_same_output(expected, actual, beams=True)
-    torch.testing.assert_close(
-        compute_transition_scores(actual.sequences, actual.scores, actual.beam_indices),
-        model.compute_transition_scores(expected.sequences, expected.scores, expected.beam_indices),
-        atol=1e-5, rtol=1e-5)
+    assert_bit_exact(compute_transition_scores(actual.sequences, actual.scores, actual.beam_indices),
+                     model.compute_transition_scores(expected.sequences, expected.scores, expected.beam_indices))
 
 
 def test_beam_transition_scores_rebuild_sequence_scores():
-    """The documented identity: summed transition scores / length ** length_penalty == sequences_scores."""
+    """The documented identity: summed transition scores / length ** length_penalty == sequences_scores, up to
+    rounding (the beam scores accumulate the same log-probabilities step by step, in another order)."""
     model = tiny_model("llama")
     input_ids, attention_mask = _prompt("padded")
     eos = _early_eos(model, input_ids, attention_mask)
@@ -144,7 +151,7 @@ def test_beam_transition_scores_rebuild_sequence_scores():
                    output_scores=True)
     transition = compute_transition_scores(out.sequences, out.scores, out.beam_indices)
     lengths = (out.beam_indices >= 0).sum(dim=1)
-    torch.testing.assert_close(transition.sum(dim=1) / lengths**1.5, out.sequences_scores, atol=1e-4, rtol=1e-5)
+    assert_close_across_compilations(transition.sum(dim=1) / lengths**1.5, out.sequences_scores)
 
 
 def test_plain_tensor_output_and_output_mapping():
@@ -182,6 +189,19 @@ def test_processors_from_config_match_transformers(options):
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, **options)
     _assert_same_output(expected, actual)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stateful_penalties_follow_finished_rows_and_beams_like_transformers(num_beams):
+    """The repetition and n-gram penalties run as stages whose per-row state is updated by the appended tokens:
+    the pad tokens of finished rows (their scores are still recorded), and the beams' reordering."""
+    model = tiny_model("llama")
+    # transformers 5 exempts left padding from the repetition penalty (see the test above): one row there.
+    input_ids, attention_mask = _prompt("single" if TRANSFORMERS_5 else "padded")
+    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, num_beams=num_beams,
+                             eos_token_id=_early_eos(model, input_ids, attention_mask), repetition_penalty=1.4,
+                             no_repeat_ngram_size=2, return_dict_in_generate=True, output_scores=True)
+    _assert_same_output(expected, actual, beams=num_beams > 1)
 
 
 def test_custom_logits_processor_is_applied_like_transformers():
@@ -240,7 +260,6 @@ def test_attention_mask_is_inferred_from_padding_like_transformers():
     assert torch.equal(actual, expected)
 
 
-
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_all_ones_mask_is_left_out_of_model_calls_with_the_same_result(kind, monkeypatch):
     """Without padding, the dynamic-cache loop calls the model without a mask (transformers treats an all-ones
@@ -265,7 +284,11 @@ def test_all_ones_mask_is_left_out_of_model_calls_with_the_same_result(kind, mon
                           **options)
         assert len(masks_seen) == 4
         assert all((mask is not None) == expect_mask for mask in masks_seen), (batch, cache_implementation)
-        _assert_same_output(expected, actual)
+        # Against transformers, the same model calls; the static cache against the dynamic one, differently computed
+        # attention (over every preallocated slot, masked).
+        _assert_same_output(expected, actual, assert_same_floats=assert_close_across_compilations
+                            if cache_implementation else assert_bit_exact)
+
 
 def test_ragged_token_lists_are_left_padded():
     model = tiny_model("llama")
@@ -292,7 +315,7 @@ def test_hidden_states_and_attentions_match_transformers():
                 if step == 0:  # [rows, prompt positions, ...]: attention weights have the heads first
                     w, g = (w, g) if name == "hidden_states" else (w.transpose(1, 2), g.transpose(1, 2))
                     w, g = w[compared], g[compared]
-                torch.testing.assert_close(g, w)
+                assert_bit_exact(g, w)  # the same model call as transformers'
 
 
 class _PreparesItsOwnInputs(transformers.LlamaForCausalLM):
@@ -427,3 +450,235 @@ def test_tokenizer_round_trip_sanity():
     for kind in MODEL_KINDS:
         assert tiny_model(kind).config.vocab_size == len(tokenizer)
     assert tokenizer.decode(tokenizer("hello world").input_ids) == "hello world"
+
+
+# -- the finish flag read late, near the length limit --------------------------------------------------------
+
+
+@pytest.mark.parametrize("finish_at", [NEW_TOKENS - 2, NEW_TOKENS - 1, NEW_TOKENS])
+@pytest.mark.parametrize("lag", [1, 2])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_late_finish_check_discards_the_steps_run_up_to_the_length_limit(kind, lag, finish_at, monkeypatch):
+    """Every row finishes ``NEW_TOKENS - finish_at`` steps before the limit, and the flag saying so is read
+    ``lag`` steps late: when the limit comes first, the steps run past the finish must still be discarded
+    (the length limit flushes the pending flags), so the result is transformers' shorter one."""
+    monkeypatch.setitem(FINISH_CHECK_LAG, "cpu", lag)
+    model = tiny_model(kind)
+    input_ids, attention_mask = _prompt("padded")
+    greedy = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=None,
+                            do_sample=False)[:, input_ids.shape[1]:]
+    eos = sorted({int(token) for token in greedy[:, finish_at - 1]})  # each row's token at the finishing step
+    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
+                             return_dict_in_generate=True, output_scores=True, output_logits=True)
+    assert expected.sequences.shape[1] == input_ids.shape[1] + finish_at, "the last row should finish at finish_at"
+    _assert_same_output(expected, actual)
+
+
+# -- the model runner ----------------------------------------------------------------------------------------
+
+
+def _runner(model, input_ids, attention_mask, max_length):
+    from transformers import DynamicCache
+
+    from turbogen.generation.record import Record
+    from turbogen.generation.runner import make_runner
+
+    return make_runner(model, input_ids, {"attention_mask": attention_mask}, DynamicCache(), use_cache=True,
+                       max_length=max_length, record=Record(GenerationConfig()))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_runner_verify_equals_single_decode_steps(kind):
+    """``verify`` feeds ``k + 1`` tokens per row in one call; its logits are those of ``k + 1`` decode steps
+    (fp32, differently batched: the cross-compilation tolerance), and cropping back to a common length continues
+    as if the rejected tokens had never been fed."""
+    model = tiny_model(kind)
+    input_ids, attention_mask = _prompt("padded")
+    rows, prompt_length = input_ids.shape
+    drafted = torch.randint(4, model.config.vocab_size, (rows, 4), generator=torch.Generator().manual_seed(0))
+    max_length = prompt_length + drafted.shape[1] + 1
+    from turbogen.generation.runner import DirectRunner, ModelRunner
+
+    with torch.no_grad():
+        stepwise = _runner(model, input_ids, attention_mask, max_length)
+        assert isinstance(stepwise, DirectRunner) and isinstance(stepwise, ModelRunner)
+        stepwise.prefill(input_ids)
+        expected = torch.stack([stepwise.decode(drafted[:, i]) for i in range(drafted.shape[1])], dim=1)
+        assert stepwise.fed_length == prompt_length + drafted.shape[1]
+
+        verifying = _runner(model, input_ids, attention_mask, max_length)
+        verifying.prefill(input_ids)
+        verified = verifying.verify(drafted)
+        assert verified.shape == (rows, drafted.shape[1], model.config.vocab_size)
+        assert verifying.fed_length == prompt_length + drafted.shape[1]
+        assert_close_across_compilations(verified, expected)
+
+        # Keep two drafted tokens (a common length for every row), then decode on from there.
+        verifying.crop(torch.full((rows,), prompt_length + 2))
+        assert verifying.fed_length == prompt_length + 2
+        assert verifying.past_key_values.get_seq_length() == prompt_length + 2
+        assert_close_across_compilations(verifying.decode(drafted[:, 2]), expected[:, 2])
+
+
+def test_runner_crop_to_different_row_lengths_is_refused():
+    model = tiny_model("llama")
+    input_ids, attention_mask = _prompt("padded")
+    runner = _runner(model, input_ids, attention_mask, input_ids.shape[1] + 4)
+    with torch.no_grad():
+        runner.prefill(input_ids)
+    with pytest.raises(ValueError, match="per-row"):
+        runner.crop(torch.tensor([2, 3, 3]))
+
+
+def test_runner_of_a_model_with_its_own_input_preparation_cannot_verify():
+    reference = tiny_model("llama")
+    model = _PreparesItsOwnInputs(reference.config).eval()
+    input_ids, attention_mask = _prompt("single")
+    runner = _runner(model, input_ids, attention_mask, input_ids.shape[1] + 4)
+    with pytest.raises(ValueError, match="verify"):
+        runner.verify(input_ids[:, :2])
+
+
+# -- sampling: per-row batch state, offsets, non-finite scores -----------------------------------------------
+
+
+def test_sampled_token_n_is_the_contract_draw_at_offset_n():
+    """Sequence ``r``'s token ``n`` is ``ops.sample`` of the recorded (processed) scores with seed ``seed + r``
+    at offset ``n`` (docs/design.md's contract), for every step."""
+    from turbogen import ops
+
+    model = tiny_model("llama")
+    input_ids, attention_mask = _prompt("padded")
+    out = generate(model, input_ids, attention_mask=attention_mask, do_sample=True, max_new_tokens=5, seed=21,
+                   temperature=0.9, top_k=30, eos_token_id=None, return_dict_in_generate=True, output_scores=True)
+    for step, scores in enumerate(out.scores):
+        drawn = ops.sample(scores, seed=21, offset=step)
+        assert torch.equal(out.sequences[:, input_ids.shape[1] + step], drawn), step
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05), dict(typical_p=0.8)],
+                         ids=["filters_in_the_sampler", "typical_follows_the_filters"])
+def test_sampling_draws_do_not_depend_on_recording_the_scores(options):
+    """Without ``output_scores`` the sampler applies the config's filters itself (when nothing must follow
+    them); with it the warpers produce the recorded scores. The draws are the same."""
+    model = tiny_model("llama")
+    input_ids, attention_mask = _prompt("padded")
+    call = dict(do_sample=True, max_new_tokens=6, seed=3, repetition_penalty=1.2, eos_token_id=None, **options)
+    plain = generate(model, input_ids, attention_mask=attention_mask, **call)
+    recorded = generate(model, input_ids, attention_mask=attention_mask, return_dict_in_generate=True,
+                        output_scores=True, **call)
+    assert torch.equal(plain, recorded.sequences)
+
+
+def test_processor_list_leaves_the_filters_to_the_sampler_only_when_asked():
+    from turbogen.processors import TemperatureLogitsWarper, TopKLogitsWarper, build_logits_processor
+    from turbogen.processors.build import SamplingParams, sampler_filter_params
+
+    config = GenerationConfig(do_sample=True, temperature=0.5, top_k=7, top_p=0.8, repetition_penalty=1.1)
+    full = build_logits_processor(config, 3)
+    left_out = build_logits_processor(config, 3, sampler_applies_filters=True)
+    assert [type(p).__name__ for p in full][-3:] == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
+    assert [type(p) for p in left_out] == [type(p) for p in full][:-3]
+    assert sampler_filter_params(config) == SamplingParams(temperature=0.5, top_k=7, top_p=0.8)
+    assert not any(isinstance(p, (TemperatureLogitsWarper, TopKLogitsWarper)) for p in left_out)
+    for not_fusable in (dict(num_beams=2), dict(typical_p=0.9), dict(renormalize_logits=True)):
+        other = config.copy()
+        other.update(**not_fusable)
+        assert sampler_filter_params(other) is None, not_fusable
+        with pytest.raises(ValueError, match="sampler_applies_filters"):
+            build_logits_processor(other, 3, sampler_applies_filters=True)
+    assert sampler_filter_params(GenerationConfig()) is None, "greedy search draws nothing"
+    invalid = GenerationConfig(do_sample=True, top_k=7)
+    invalid.temperature = -1.0
+    with pytest.raises(ValueError, match="temperature"):  # left out, but still validated
+        build_logits_processor(invalid, 3, sampler_applies_filters=True)
+
+
+class _PoisonRow(transformers.LogitsProcessor):
+    """Puts ``value`` into the scores of one row at one step (and optionally -inf over that whole row)."""
+
+    def __init__(self, step, value, whole_row=False):
+        self.calls, self.step, self.value, self.whole_row = 0, step, value, whole_row
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls - 1 == self.step:
+            scores = scores.clone()
+            if self.whole_row:
+                scores[1] = self.value
+            else:
+                scores[1, 5] = self.value
+        return scores
+
+
+@pytest.mark.parametrize("value, whole_row", [(float("nan"), False), (float("inf"), False),
+                                              (-float("inf"), True)], ids=["nan", "plus_inf", "all_minus_inf"])
+def test_sampling_scores_that_cannot_be_sampled_raise_like_transformers(value, whole_row):
+    model = tiny_model("llama")
+    input_ids, attention_mask = _prompt("padded")
+    call = dict(do_sample=True, max_new_tokens=5, eos_token_id=None)
+    with pytest.raises(RuntimeError):
+        model.generate(input_ids, attention_mask=attention_mask,
+                       logits_processor=transformers.LogitsProcessorList([_PoisonRow(2, value, whole_row)]), **call)
+    from turbogen.generation.batch_state import NonFiniteScoresError
+
+    with pytest.raises(NonFiniteScoresError, match="NaN"):
+        generate(model, input_ids, attention_mask=attention_mask, seed=1,
+                 logits_processor=transformers.LogitsProcessorList([_PoisonRow(2, value, whole_row)]), **call)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "plus_inf"])
+def test_beam_sampling_scores_that_cannot_be_sampled_raise_like_transformers(value):
+    model = tiny_model("llama")
+    input_ids, attention_mask = _prompt("padded")
+    call = dict(do_sample=True, num_beams=2, max_new_tokens=5, eos_token_id=None)
+    with pytest.raises(RuntimeError):
+        model.generate(input_ids, attention_mask=attention_mask,
+                       logits_processor=transformers.LogitsProcessorList([_PoisonRow(2, value)]), **call)
+    from turbogen.generation.batch_state import NonFiniteScoresError
+
+    with pytest.raises(NonFiniteScoresError):
+        generate(model, input_ids, attention_mask=attention_mask, seed=1,
+                 logits_processor=transformers.LogitsProcessorList([_PoisonRow(2, value)]), **call)
+
+
+@pytest.mark.parametrize("lag", [0, 1, 2])
+def test_nan_logits_raise_when_the_flag_is_read_late(lag, monkeypatch):
+    """With nothing user-supplied per step, the NaN check is a device flag read with the (lagged) finish flag;
+    it still raises, whether generation then ends by EOS or by the length limit."""
+    monkeypatch.setitem(FINISH_CHECK_LAG, "cpu", lag)
+    model = tiny_model("llama", fresh=True)
+    forward = model.forward
+    calls = []
+
+    @functools.wraps(forward)
+    def nan_at_third_call(*args, **kwargs):
+        outputs = forward(*args, **kwargs)
+        calls.append(None)
+        if len(calls) == 3:
+            outputs.logits[0, -1, 7] = float("nan")
+        return outputs
+
+    monkeypatch.setattr(model, "forward", nan_at_third_call)
+    input_ids, attention_mask = _prompt("padded")
+    from turbogen.generation.batch_state import NonFiniteScoresError
+
+    for eos in (None, _early_eos(tiny_model("llama"), input_ids, attention_mask, steps=(5, 6, 5))):
+        calls.clear()
+        with pytest.raises(NonFiniteScoresError):
+            generate(model, input_ids, attention_mask=attention_mask, do_sample=True, seed=2, max_new_tokens=NEW_TOKENS,
+                     eos_token_id=eos)
+
+
+def test_greedy_search_takes_a_nan_as_the_maximum_like_transformers():
+    """transformers' greedy search is a plain argmax (NaN wins, no error); turbogen's too."""
+    model = tiny_model("llama")
+    input_ids, attention_mask = _prompt("padded")
+    processors = transformers.LogitsProcessorList([_PoisonRow(1, float("nan"))])
+    expected = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, eos_token_id=None,
+                              logits_processor=processors)
+    processors = transformers.LogitsProcessorList([_PoisonRow(1, float("nan"))])
+    actual = generate(model, input_ids, attention_mask=attention_mask, max_new_tokens=4, eos_token_id=None,
+                      logits_processor=processors)
+    assert torch.equal(actual, expected)
+    assert actual[1, input_ids.shape[1] + 1] == 5

@@ -1,4 +1,4 @@
-"""Philox4x32-10 and the contract's uniform/Gumbel mapping (DESIGN.md, "Randomness").
+"""Philox4x32-10 and the contract's uniform/Gumbel mapping (docs/design.md, "Randomness").
 
 Every backend draws its noise from the same generator: the torch-int64 version in
 turbogen.ref.philox, the C++ header csrc/include/turbogen/philox.h (CPU and CUDA kernels) and

@@ -10,8 +10,18 @@ from turbogen import ops, ref
 from turbogen.ops import _dispatch
 
 from conftest import backend_params, device_for
+from tolerances import assert_bit_exact, assert_close_across_compilations
 
-TOLERANCE = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# (rtol, atol) between backends, which sum in different orders and may use different exp
+# approximations. A softmax's rounding error is relative to each probability (exp errs relatively, and
+# the row sum's error scales every element alike), so the bound is per element relative, far tighter for
+# small probabilities than tests/tolerances.py's bound scaled to the largest value. float32: a few ulps
+# (3.7e-6 measured at vocab 32003); results under 1e-30 lie in exp's underflow range, where hosts flush
+# denormals differently. float16 / bfloat16: float32 results that round one ulp apart (relative eps;
+# float16's subnormals are 2**-24 apart).
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-30),
+             torch.float16: dict(rtol=torch.finfo(torch.float16).eps, atol=2.0 ** -24),
+             torch.bfloat16: dict(rtol=torch.finfo(torch.bfloat16).eps, atol=1e-30)}
 
 
 def _expected(logits, temperature):
@@ -31,8 +41,8 @@ def test_matches_reference(backend, dtype, batch, vocab):
     for temp in (1.0, 0.7, temperature):
         out = ops.softmax(logits, temp, backend=backend)
         assert out.dtype == dtype and out.shape == logits.shape and out.is_contiguous()
-        torch.testing.assert_close(out.float(), ref.softmax(logits, temp).float(), atol=TOLERANCE[dtype], rtol=1e-2)
-        torch.testing.assert_close(out.float(), _expected(logits, temp), atol=TOLERANCE[dtype], rtol=1e-2)
+        torch.testing.assert_close(out.float(), ref.softmax(logits, temp).float(), **TOLERANCE[dtype])
+        torch.testing.assert_close(out.float(), _expected(logits, temp), **TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -40,7 +50,7 @@ def test_strided_rows_are_read_correctly(backend):
     device = device_for(backend)
     wide = torch.randn(5, 40, device=device)
     view = wide[:, 3:20]  # rows 40 elements apart, 17 wide
-    torch.testing.assert_close(ops.softmax(view, backend=backend), torch.softmax(view, -1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ops.softmax(view, backend=backend), torch.softmax(view, -1), **TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -55,7 +65,7 @@ def test_masked_tokens_get_zero(backend):
     logits[:, ::2] = float("-inf")
     out = ops.softmax(logits, backend=backend)
     assert torch.all(out[:, ::2] == 0)
-    torch.testing.assert_close(out.sum(-1), torch.ones(3, device=logits.device))
+    assert_close_across_compilations(out.sum(-1), torch.ones(3, device=logits.device))
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -75,29 +85,14 @@ def test_bad_input_names_the_argument(bad, match):
         bad()
 
 
-def test_compiled_kernel_rejects_bad_sizes_instead_of_reading_out_of_bounds():
-    if not ops.available_backends()["cpu"]:
-        pytest.skip("cpu backend not built")
-    from turbogen import _ext
-
-    ext = _ext.extension()
-    logits, out, temperature, zero = torch.randn(2, 8), torch.empty(2, 8), torch.ones(1), torch.zeros(1)
-    base = dict(logits=logits.data_ptr(), out=out.data_ptr(), temperature=temperature.data_ptr(), rows=2, cols=8,
-                row_stride=8, dtype=0, temperature_per_row=False)
-    for override, match in [({"row_stride": 4}, "stride"), ({"logits": 0}, "null"), ({"rows": -1}, "sizes"),
-                            ({"dtype": 9}, "dtype"), ({"temperature": zero.data_ptr()}, "out of range")]:
-        with pytest.raises(ValueError, match=match):
-            ext.softmax_cpu(**{**base, **override})
-
-
 def test_unavailable_explicit_backend_names_backend_and_reason(monkeypatch):
     monkeypatch.setattr(_dispatch, "backend_status",
                         lambda name: _dispatch.BackendStatus(name, name == "ref", "" if name == "ref" else "not built"))
     with pytest.raises(ValueError, match=r"backend='cpu' is unavailable: not built"):
         ops.softmax(torch.randn(2, 3), backend="cpu")
-    # The automatic choice falls back silently to the reference.
+    # The automatic choice falls back silently to the reference (torch.softmax itself at temperature 1).
     x = torch.randn(2, 3)
-    torch.testing.assert_close(ops.softmax(x), torch.softmax(x, -1))
+    assert_bit_exact(ops.softmax(x), torch.softmax(x, -1))
 
 
 def test_environment_variable_selects_backend(monkeypatch):
@@ -112,8 +107,12 @@ def test_environment_variable_selects_backend(monkeypatch):
 
 
 def test_argument_overrides_environment(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ref, "softmax", lambda logits, t: calls.append("ref") or torch.softmax(logits, -1))
     monkeypatch.setenv(_dispatch.ENV_VAR, "bogus")
-    ops.softmax(torch.randn(2, 3), backend="ref")
+    x = torch.randn(2, 3)
+    assert_bit_exact(ops.softmax(x, backend="ref"), torch.softmax(x, -1))
+    assert calls == ["ref"]
 
 
 def test_automatic_choice_by_device():
@@ -139,29 +138,19 @@ def test_available_backends_reports_every_backend_with_reason():
         assert status.available or status.reason
 
 
-@pytest.mark.parametrize("backend", backend_params(("cpu", "triton", "cuda")))
-def test_custom_op_passes_opcheck(backend):
-    device = device_for(backend)
-    logits = torch.randn(3, 17, device=device)
-    temperature = torch.tensor([0.5, 1.0, 2.0], device=device)
-    torch.library.opcheck(torch.ops.turbogen.softmax.default, (logits, temperature, backend))
-
-
-@pytest.mark.parametrize("backend", backend_params(("cpu",)))
-def test_custom_op_inside_torch_compile(backend):
-    compiled = torch.compile(lambda x: ops.softmax(x, 0.5, backend=backend) * 2, fullgraph=True)
-    x = torch.randn(4, 19)
-    torch.testing.assert_close(compiled(x), torch.softmax(x / 0.5, -1) * 2)
-
+# opcheck and compiling ops.softmax: tests/ops/test_registry.py, for every op; the extension's own
+# argument checks: tests/ops/test_native_bounds.py.
 
 def test_reference_compiles_fullgraph():
     compiled = torch.compile(ref.softmax, fullgraph=True)
     x, t = torch.randn(4, 33), torch.rand(4) + 0.5
-    torch.testing.assert_close(compiled(x, t), ref.softmax(x, t))
+    # Inductor sums in another order and may use another exp: per element relative, as between backends.
+    torch.testing.assert_close(compiled(x, t), ref.softmax(x, t), **TOLERANCE[torch.float32])
 
 
 def test_version_matches_extension():
-    if ops.available_backends()["cpu"]:
-        from turbogen import _ext
+    if not ops.available_backends()["cpu"]:
+        pytest.skip(ops.available_backends()["cpu"].reason)
+    from turbogen import _ext
 
-        assert _ext.extension().version == turbogen.__version__
+    assert _ext.extension().version == turbogen.__version__

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from turbogen import _ext, ops, ref
+from turbogen import ops, ref
 
 from conftest import backend_params
+from tolerances import assert_bit_exact
 
 NAN = float("nan")
 INF = float("inf")
@@ -46,7 +47,7 @@ def test_reference_is_the_specified_order():
         values, indices = ref.topk(scores, k)
         for r in range(scores.shape[0]):
             assert indices[r].tolist() == expected_order(scores[r], k)
-        torch.testing.assert_close(values, scores.gather(1, indices), rtol=0, atol=0, equal_nan=True)
+        assert_bit_exact(values, scores.gather(1, indices))
 
 
 def test_values_equal_torch_topk():
@@ -67,7 +68,7 @@ def test_backend_matches_reference(backend, rows, cols, k):
         expected_values, expected_indices = ops.topk(scores, k, backend="ref")
         assert indices.dtype == torch.int64 and values.dtype == torch.float32
         assert torch.equal(indices, expected_indices)
-        torch.testing.assert_close(values, expected_values, rtol=0, atol=0, equal_nan=True)
+        assert_bit_exact(values, expected_values)  # selected, not computed: the same floats
 
 
 @pytest.mark.parametrize("backend", backend_params(("cpu",)))
@@ -108,28 +109,8 @@ def test_backends_it_does_not_have_are_refused():
         ops.topk(torch.zeros(2, 5), 1, backend="triton")
 
 
-@pytest.mark.skipif(_ext.extension_error() is not None, reason="turbogen._C is not built")
-def test_extension_refuses_out_of_range_arguments():
-    """The C++ entry point checks what Python could get wrong instead of reading out of bounds."""
-    extension = _ext.extension()
-    scores, values, indices = torch.zeros(2, 10), torch.empty(2, 11), torch.empty(2, 11, dtype=torch.int64)
-    with pytest.raises(ValueError, match="topk_cpu"):
-        extension.topk_cpu(scores.data_ptr(), values.data_ptr(), indices.data_ptr(), 2, 10, 10, 11)
-    with pytest.raises(ValueError, match="topk_cpu"):
-        extension.topk_cpu(scores.data_ptr(), values.data_ptr(), indices.data_ptr(), 2, 10, 5, 3)
-    with pytest.raises(ValueError, match="topk_cpu"):
-        extension.topk_cpu(0, values.data_ptr(), indices.data_ptr(), 2, 10, 10, 3)
-
-
-@pytest.mark.skipif(_ext.extension_error() is not None, reason="turbogen._C is not built")
-def test_custom_op_passes_opcheck_and_compiles():
-    scores = beam_step_scores(2, 3, 50, seed=6)
-    torch.library.opcheck(torch.ops.turbogen.topk, (scores, 4, "cpu"))
-    compiled = torch.compile(lambda s: ops.topk(s, 4, backend="cpu"), fullgraph=True)
-    values, indices = compiled(scores)
-    expected = ops.topk(scores, 4, backend="cpu")
-    assert torch.equal(values, expected[0]) and torch.equal(indices, expected[1])
-
+# opcheck and compiling ops.topk: tests/ops/test_registry.py, for every op; the extension's own
+# argument checks: tests/ops/test_native_bounds.py.
 
 def test_reference_compiles_fullgraph():
     scores = scores_with_ties(3, 40, seed=7)

@@ -2,7 +2,7 @@
 
 Every processor is run side by side with transformers' class of the same name, built with the same
 arguments, and must give bit-identical scores (NaN where transformers has NaN). The pure functions
-of turbogen.ref.logits_processors are also checked with per-row tensor parameters, row by row,
+of turbogen.processors.functional are also checked with per-row tensor parameters, row by row,
 against transformers' scalar processors. Validation tests check the error type and that the
 message names the argument.
 """
@@ -18,10 +18,11 @@ import torch
 import transformers.generation.logits_process as hf
 
 import turbogen.processors as tp
-from turbogen.ref import logits_processors as ref
+from turbogen.processors import functional as ref
 
 from conftest import skip_on_transformers_5
 from tiny_models import tiny_model
+from tolerances import assert_bit_exact
 
 NEG_INF = float("-inf")
 SHAPES = [(1, 50), (3, 97), (8, 300)]  # (batch, vocab)
@@ -43,7 +44,7 @@ def make_inputs(seed: int, batch: int, vocab: int, length: int = CONTEXT_LENGTH,
 def assert_identical(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     """Same dtype, shape and bits (NaN matching NaN)."""
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    assert_bit_exact(ours, theirs)
 
 
 def run_both(name: str, args, kwargs, input_ids, scores):

@@ -5,14 +5,6 @@
 #include <cstdint>
 #include <cstring>
 
-// Compiles a hot row function twice, for AVX2+FMA (x86-64-v3) and for the baseline, and picks one
-// at load time, so one wheel runs everywhere and uses 8-wide vectors where it can.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define TURBOGEN_CPU_DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define TURBOGEN_CPU_DISPATCH
-#endif
-
 namespace turbogen {
 
 // exp(x) for float32, within 2 ulp of libm over the normal range (Cephes' minimax polynomial on
@@ -22,7 +14,9 @@ inline float exp_vectorizable(float x) {
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
   constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // NaN is clamped too (to -87; the result is replaced below), so the integer conversion and the
+  // shift that follow stay defined for every input.
+  const float clamped = !(x >= -87.0f) ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float n = (clamped * kLog2e + kRoundMagic) - kRoundMagic;
   const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.9875691500e-4f;
@@ -32,7 +26,7 @@ inline float exp_vectorizable(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float poly = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // n + 127 in [1, 254]
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   float y = poly * scale;

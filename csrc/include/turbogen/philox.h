@@ -1,4 +1,4 @@
-// Philox4x32-10 and the Gumbel noise of the sampling contract (DESIGN.md, "Randomness: the
+// Philox4x32-10 and the Gumbel noise of the sampling contract (docs/design.md, "Randomness: the
 // determinism contract"; docs/sampling.md has the bit layout). Host and device code share this
 // header, so the CPU and CUDA kernels draw bit-identical raw numbers.
 #pragma once

@@ -1,9 +1,19 @@
 """Public kernel API. Every op validates its inputs, then runs on the backend chosen by
-``backend=``, the ``TURBOGEN_BACKEND`` environment variable, or the input's device."""
+``backend=``, the ``TURBOGEN_BACKEND`` environment variable, or the input's device.
 
+Each op is one declaration in the registry (``_registry.py``): its reference in ``turbogen.ref``, its
+cpu / triton / cuda launchers and its output allocation; the registry does the dispatch, the
+``torch.compile`` path and the ``torch.ops.turbogen.<op>`` custom op. ``gumbel_noise`` is the
+sampling contract's noise (beam sampling's Gumbel-top-k); ``row_seeds`` and ``row_offsets`` turn a
+scalar seed or offset into the per-row counters of the sampling contract.
+"""
+
+from ._counters import row_offsets, row_seeds
 from ._dispatch import BACKENDS, BackendStatus, available_backends
+from .noise import gumbel_noise
 from .sampling import Sampler, filter_logits, sample
 from .softmax import softmax
 from .topk import topk
 
-__all__ = ["BACKENDS", "BackendStatus", "Sampler", "available_backends", "filter_logits", "sample", "softmax", "topk"]
+__all__ = ["BACKENDS", "BackendStatus", "Sampler", "available_backends", "filter_logits", "gumbel_noise", "row_offsets",
+           "row_seeds", "sample", "softmax", "topk"]

@@ -1,6 +1,6 @@
 """Backend selection shared by every op in ``turbogen.ops``.
 
-Rules (DESIGN.md, "The seam"): an explicit ``backend=`` argument wins, else the ``TURBOGEN_BACKEND``
+Rules (docs/design.md, "The seam"): an explicit ``backend=`` argument wins, else the ``TURBOGEN_BACKEND``
 environment variable, else an automatic choice by device (CUDA tensors: cuda, triton, ref; CPU
 tensors: cpu, ref). An explicitly requested backend that is unavailable, or that cannot take the
 input, raises a ValueError naming the backend and the reason; the automatic choice falls back
@@ -88,7 +88,7 @@ def _is_available(name: str) -> bool:
 
 # A constant for torch.compile, so dispatch inside a compiled graph does not trace the probing.
 # This is what torch.compiler.assume_constant_result does; calling it would import torch._dynamo
-# (about 2.5 s) with turbogen. tests/ops/test_softmax.py compiles a dispatching call with fullgraph=True.
+# (about 2.5 s) with turbogen. tests/ops/test_registry.py compiles a dispatching call with fullgraph=True.
 _is_available._dynamo_marked_constant = True
 
 

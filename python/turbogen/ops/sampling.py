@@ -2,23 +2,21 @@
 min-p sampling, deterministic across backends and batch-invariant.
 
 The function computed is defined by :mod:`turbogen.ref.sampling` (transformers' warpers, then
-Gumbel-max with counter-based Philox noise; DESIGN.md, "Randomness: the determinism contract");
+Gumbel-max with counter-based Philox noise; docs/design.md, "Randomness: the determinism contract");
 docs/sampling.md describes the bit layout and the kernels' algorithm.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
 
-from ..ref import sampling as ref_sampling
 from . import _native
-from ._dispatch import resolve_backend
+from ._counters import counter_tensor
+from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
-
-_INT64_MIN = -(1 << 63)
-_UINT64_END = 1 << 64
 
 
 class _Filters:
@@ -43,29 +41,6 @@ class _Filters:
         return self.temperature, self.top_k, self.top_p, self.min_p
 
 
-def _counter(value, name: str, rows: int, device: torch.device, scalar_is_first_of_rows: bool) -> torch.Tensor:
-    """A seed or offset as an int64 tensor on ``device``: ``[rows]``, or ``[1]`` when it is shared.
-
-    For the seed, a scalar ``S`` (int or 0-d tensor) means ``S + r`` for row ``r``
-    (``scalar_is_first_of_rows``); for the offset, the same value for every row.
-    """
-    if isinstance(value, torch.Tensor):
-        if value.dtype != torch.int64:
-            raise TypeError(f"{name} must be an int or an int64 tensor, got a {value.dtype} tensor")
-        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != rows):
-            raise ValueError(f"{name} must be an int, a 0-d tensor or a tensor of shape [{rows}], "
-                             f"got shape {tuple(value.shape)}")
-    elif isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int or an int64 tensor, got {type(value).__name__}")
-    elif not _INT64_MIN <= int(value) < _UINT64_END:
-        raise ValueError(f"{name} must be in [-2**63, 2**64) (it is read as 64 bits), got {value}")
-    if scalar_is_first_of_rows:
-        return ref_sampling.row_seeds(value, rows, device).contiguous()
-    if isinstance(value, torch.Tensor):
-        return value.to(device).reshape(-1).contiguous()
-    return ref_sampling.row_offsets(value, 1, device)
-
-
 def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
            top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0, seed: int | torch.Tensor,
            offset: int | torch.Tensor = 0, return_logprobs: bool = False, backend: str | None = None):
@@ -79,8 +54,9 @@ def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top
 
     Args:
         logits: ``[batch, vocab]`` float32, float16 or bfloat16 with contiguous rows. Arithmetic is
-            float32. NaN reads as -inf. +inf logits are outside the contract (the result is still an
-            index in [-1, vocab), nothing is read out of bounds, but backends may disagree).
+            float32. NaN reads as -inf. A row with a +inf logit follows the reference: top-k still
+            applies, top-p and min-p keep every token (the probabilities are NaN, as in
+            transformers), the token is the lowest-index +inf and its logprob is NaN.
         temperature: float or ``[batch]`` tensor, >= 0 and finite. 0 means greedy: the argmax,
             lowest index on ties (rows may mix 0 and > 0).
         top_k: int or ``[batch]`` integer tensor, >= 0; 0 means off. Keeps every token whose
@@ -126,27 +102,17 @@ class Sampler:
         self.rows = int(rows)
         self.device = torch.device(device)
         self._filters = _Filters(self.rows, self.device, temperature, top_k, top_p, min_p)
-        self._seeds = _counter(seed, "seed", self.rows, self.device, scalar_is_first_of_rows=True)
-        self.backend = resolve_backend("sample", self.device, backend)
+        self._seeds = counter_tensor(seed, "seed", self.rows, self.device, scalar_is_first_of_rows=True)
+        self.backend = SAMPLE.select_backend(self.device, backend)
 
     def __call__(self, logits: torch.Tensor, offset: int | torch.Tensor = 0, *, return_logprobs: bool = False):
         check_logits(logits)
         if logits.shape[0] != self.rows or logits.device != self.device:
             raise ValueError(f"logits must have {self.rows} rows on {self.device} (as the Sampler was built), "
                              f"got shape {tuple(logits.shape)} on {logits.device}")
-        offsets = _counter(offset, "offset", self.rows, self.device, scalar_is_first_of_rows=False)
-        filters = self._filters
-        if self.backend == "ref":
-            return ref_sampling.sample(logits, temperature=filters.temperature, top_k=filters.top_k,
-                                       top_p=filters.top_p, min_p=filters.min_p, seed=self._seeds,
-                                       offset=offsets, return_logprobs=return_logprobs)
-        if torch.compiler.is_compiling():
-            tokens, logprobs = torch.ops.turbogen.sample(logits, *filters.as_tuple(), self._seeds, offsets,
-                                                         bool(return_logprobs), self.backend)
-        else:
-            tokens, logprobs = _sample_outputs(logits, return_logprobs)
-            _launch(self.backend, logits, *filters.as_tuple(), self._seeds, offsets,
-                    tokens, logprobs if return_logprobs else None, None)
+        offsets = counter_tensor(offset, "offset", self.rows, self.device, scalar_is_first_of_rows=False)
+        tokens, logprobs = SAMPLE.run(self.backend, logits, *self._filters.as_tuple(), self._seeds, offsets,
+                                      bool(return_logprobs))
         return (tokens, logprobs) if return_logprobs else tokens
 
 
@@ -161,64 +127,86 @@ def filter_logits(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1
     """
     check_logits(logits)
     filters = _Filters(logits.shape[0], logits.device, temperature, top_k, top_p, min_p)
-    chosen = resolve_backend("filter_logits", logits.device, backend)
-    if chosen == "ref":
-        return ref_sampling.filter_logits(logits, temperature=filters.temperature, top_k=filters.top_k,
-                                          top_p=filters.top_p, min_p=filters.min_p)
-    return torch.ops.turbogen.filter_logits(logits, *filters.as_tuple(), chosen)
+    return FILTER_LOGITS(logits, *filters.as_tuple(), backend=backend)
 
 
-# --- compiled backends, registered so they run inside torch.compile -------------------------------
+# --- the op declarations: the validated inputs, their outputs, the reference and the kernels -------
 
-def _launch(backend: str, logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-            top_p: torch.Tensor, min_p: torch.Tensor, seed: torch.Tensor | None, offset: torch.Tensor | None,
-            tokens: torch.Tensor | None, logprobs: torch.Tensor | None, filtered: torch.Tensor | None) -> None:
-    """Runs one compiled backend over validated inputs, writing whichever outputs are given."""
-    if logits.shape[0] == 0:
-        return
-    if backend == "triton":
-        from ..kernels import sampling as triton_sampling  # lazy: TRITON_INTERPRET must be set first on CPU
+def _allocate_sample_outputs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                             top_p: torch.Tensor, min_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor,
+                             want_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 ``[rows]`` tokens and float32 logprobs, ``[rows]`` when wanted, else empty.
 
-        triton_sampling.launch_sample(logits, temperature, top_k, top_p, min_p, seed, offset,
-                                      tokens=tokens, logprobs=logprobs, filtered=filtered)
-        return
-    if backend not in ("cpu", "cuda"):
-        raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for the compiled sampling ops, got {backend!r}")
-    _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, seed, offset, tokens, logprobs, filtered)
-
-
-@torch.library.custom_op("turbogen::sample", mutates_args=())
-def _sample_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-               min_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, want_logprobs: bool,
-               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compiled-backend sampling over validated inputs; logprobs is empty unless ``want_logprobs``."""
-    tokens, logprobs = _sample_outputs(logits, want_logprobs)
-    _launch(backend, logits, temperature, top_k, top_p, min_p, seed, offset,
-            tokens, logprobs if want_logprobs else None, None)
-    return tokens, logprobs
-
-
-def _sample_outputs(logits: torch.Tensor, want_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    The inputs are validated: ``logits`` [rows, vocab] with contiguous rows; the filters as
+    :class:`_Filters` holds them; ``seed`` int64 ``[rows]``; ``offset`` int64 ``[1]`` or ``[rows]``.
+    """
     rows = logits.shape[0]
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
     logprobs = torch.empty(rows if want_logprobs else 0, dtype=torch.float32, device=logits.device)
     return tokens, logprobs
 
 
-@_sample_op.register_fake
-def _(logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs, backend):
-    return _sample_outputs(logits, want_logprobs)
+def _sample_by_reference(reference, logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs):
+    filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    if want_logprobs:
+        return reference(logits, **filters, seed=seed, offset=offset, return_logprobs=True)
+    tokens = reference(logits, **filters, seed=seed, offset=offset)
+    return tokens, torch.empty(0, dtype=torch.float32, device=logits.device)
 
 
-@torch.library.custom_op("turbogen::filter_logits", mutates_args=())
-def _filter_logits_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                      min_p: torch.Tensor, backend: str) -> torch.Tensor:
-    """Compiled-backend filter_logits over validated inputs."""
-    filtered = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    _launch(backend, logits, temperature, top_k, top_p, min_p, None, None, None, None, filtered)
-    return filtered
+def _launch_sample_native(backend, logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs,
+                          tokens, logprobs) -> None:
+    if logits.shape[0]:
+        _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, seed, offset,
+                              tokens, logprobs if want_logprobs else None, None)
 
 
-@_filter_logits_op.register_fake
-def _(logits, temperature, top_k, top_p, min_p, backend):
+def _launch_sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs,
+                          tokens, logprobs) -> None:
+    from ..kernels import sampling as kernels  # lazy: TRITON_INTERPRET must be set first on CPU
+
+    kernels.launch_sample(logits, temperature, top_k, top_p, min_p, seed, offset,
+                          tokens=tokens, logprobs=logprobs if want_logprobs else None)
+
+
+SAMPLE = declare(OpSpec(
+    name="sample",
+    reference="sample",
+    allocate_outputs=_allocate_sample_outputs,
+    call_reference=_sample_by_reference,
+    launchers={"cpu": functools.partial(_launch_sample_native, "cpu"),
+               "triton": _launch_sample_triton,
+               "cuda": functools.partial(_launch_sample_native, "cuda")},
+))
+
+
+def _allocate_filtered(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                       min_p: torch.Tensor) -> torch.Tensor:
+    """float32 ``[rows, vocab]``, contiguous; the inputs are the sample op's, without the counters."""
     return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+
+
+def _filter_by_reference(reference, logits, temperature, top_k, top_p, min_p):
+    return reference(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+
+
+def _launch_filter_native(backend, logits, temperature, top_k, top_p, min_p, filtered) -> None:
+    if logits.shape[0]:
+        _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, None, None, None, None, filtered)
+
+
+def _launch_filter_triton(logits, temperature, top_k, top_p, min_p, filtered) -> None:
+    from ..kernels import sampling as kernels  # lazy: TRITON_INTERPRET must be set first on CPU
+
+    kernels.launch_sample(logits, temperature, top_k, top_p, min_p, None, None, filtered=filtered)
+
+
+FILTER_LOGITS = declare(OpSpec(
+    name="filter_logits",
+    reference="filter_logits",
+    allocate_outputs=_allocate_filtered,
+    call_reference=_filter_by_reference,
+    launchers={"cpu": functools.partial(_launch_filter_native, "cpu"),
+               "triton": _launch_filter_triton,
+               "cuda": functools.partial(_launch_filter_native, "cuda")},
+))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .. import ref
 from . import _native
-from ._dispatch import resolve_backend
+from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
 
 
@@ -26,30 +27,26 @@ def softmax(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, *,
     check_logits(logits)
     temperature, _ = per_row(temperature, "temperature", logits.shape[0], logits.device, torch.float32,
                              low=0.0, low_inclusive=False, high=float("inf"), high_inclusive=False)
-    chosen = resolve_backend("softmax", logits.device, backend)
-    if chosen == "ref":
-        return ref.softmax(logits, temperature)
-    if torch.compiler.is_compiling():
-        return torch.ops.turbogen.softmax(logits, temperature, chosen)
-    return _launch(logits, temperature, chosen)  # eager: skip the dispatcher's per-call cost
+    return SOFTMAX(logits, temperature, backend=backend)
 
 
-def _launch(logits: torch.Tensor, temperature: torch.Tensor, backend: str) -> torch.Tensor:
-    """Compiled-backend softmax over validated inputs."""
-    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    if backend == "triton":
-        from ..kernels import softmax as triton_softmax  # imported lazily: needs TRITON_INTERPRET set first on CPU
-
-        return triton_softmax.launch_softmax(logits, temperature, out)
-    if backend not in ("cpu", "cuda"):
-        raise ValueError(f"backend must be 'cpu', 'triton' or 'cuda' for turbogen::softmax, got {backend!r}")
-    _native.launch_softmax(backend, logits, temperature, out)
-    return out
-
-
-_softmax_op = torch.library.custom_op("turbogen::softmax", _launch, mutates_args=())
-
-
-@_softmax_op.register_fake
-def _(logits: torch.Tensor, temperature: torch.Tensor, backend: str) -> torch.Tensor:
+def _allocate_outputs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """The output for validated inputs (``logits`` with contiguous rows, a float32 ``[1]`` or
+    ``[rows]`` ``temperature``): contiguous, shaped and typed like ``logits``."""
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _launch_triton(logits: torch.Tensor, temperature: torch.Tensor, out: torch.Tensor) -> None:
+    from ..kernels import softmax as kernels  # imported lazily: needs TRITON_INTERPRET set first on CPU
+
+    kernels.launch_softmax(logits, temperature, out)
+
+
+SOFTMAX = declare(OpSpec(
+    name="softmax",
+    reference="softmax",
+    allocate_outputs=_allocate_outputs,
+    launchers={"cpu": functools.partial(_native.launch_softmax, "cpu"),
+               "triton": _launch_triton,
+               "cuda": functools.partial(_native.launch_softmax, "cuda")},
+))

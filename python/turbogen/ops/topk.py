@@ -8,16 +8,14 @@ about 10x ``torch.topk`` on a CPU for beam-search shapes, see bench/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
 
-from .. import ref
 from . import _native
-from ._dispatch import resolve_backend
+from ._registry import OpSpec, declare
 from ._validate import check_logits
-
-SUPPORTED_BACKENDS = ("ref", "cpu")
 
 
 def topk(scores: torch.Tensor, k: int, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,30 +40,20 @@ def topk(scores: torch.Tensor, k: int, *, backend: str | None = None) -> tuple[t
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 0 <= k <= scores.shape[1]:
         raise ValueError(f"k must be in [0, {scores.shape[1]}] (the row length), got {k}")
-    chosen = resolve_backend("topk", scores.device, backend, supported=SUPPORTED_BACKENDS)
-    if chosen == "ref":
-        return ref.topk(scores, int(k))
-    if torch.compiler.is_compiling():
-        return torch.ops.turbogen.topk(scores, int(k), chosen)
-    return _launch(scores, int(k), chosen)
+    return TOPK(scores, int(k), backend=backend)
 
 
-def _launch(scores: torch.Tensor, k: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compiled-backend top-k over validated inputs."""
-    if backend != "cpu":
-        raise ValueError(f"backend must be 'cpu' for turbogen::topk, got {backend!r}")
-    rows = scores.shape[0]
-    values = torch.empty(rows, k, dtype=torch.float32, device=scores.device)
-    indices = torch.empty(rows, k, dtype=torch.int64, device=scores.device)
-    _native.launch_topk(backend, scores, k, values, indices)
-    return values, indices
-
-
-_topk_op = torch.library.custom_op("turbogen::topk", _launch, mutates_args=())
-
-
-@_topk_op.register_fake
-def _(scores: torch.Tensor, k: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _allocate_outputs(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs for validated inputs (float32 ``scores`` with contiguous rows, ``0 <= k <= n``):
+    float32 values and int64 indices, contiguous ``[rows, k]``."""
     rows = scores.shape[0]
     return (torch.empty(rows, k, dtype=torch.float32, device=scores.device),
             torch.empty(rows, k, dtype=torch.int64, device=scores.device))
+
+
+TOPK = declare(OpSpec(
+    name="topk",
+    reference="topk",
+    allocate_outputs=_allocate_outputs,
+    launchers={"cpu": functools.partial(_native.launch_topk, "cpu")},
+))

@@ -2,10 +2,12 @@
 
 Each processor is a callable ``processor(input_ids, scores) -> scores`` (transformers' protocol,
 so transformers' own processors can be mixed in); the arithmetic of each is a pure tensor function
-in :mod:`turbogen.ref.logits_processors`. :func:`build_logits_processor` assembles the list
+in :mod:`turbogen.processors.functional`. :func:`build_logits_processor` assembles the list
 ``generate`` applies for a generation config, in transformers' order, and
 :func:`split_fusable_sampling_tail` separates the trailing temperature/top-k/top-p/min-p warpers
-that one fused sampling kernel can replace.
+that one fused sampling kernel can replace. :class:`LogitsStages` turns a processor list into
+stages with per-row state (``apply`` / ``accept`` / ``reset`` / ``rollback`` / ``reorder``) for the
+decode loop: the penalties keep token counts updated by ``accept`` instead of rescanning the history.
 
 turbogen adds ``PresenceFrequencyPenaltyLogitsProcessor`` (OpenAI/vLLM presence and frequency
 penalties over the generated tokens).
@@ -27,6 +29,7 @@ from .constraints import (
 )
 from .fusion import SamplingParams, split_fusable_sampling_tail
 from .guidance import UnbatchedClassifierFreeGuidanceLogitsProcessor
+from .penalty_stages import NoRepeatNGramStage, PresenceFrequencyPenaltyStage, RepetitionPenaltyStage
 from .penalties import (
     EncoderNoRepeatNGramLogitsProcessor,
     EncoderRepetitionPenaltyLogitsProcessor,
@@ -35,6 +38,7 @@ from .penalties import (
     PresenceFrequencyPenaltyLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
 )
+from .stages import LogitsStage, LogitsStages, ProcessorStage
 from .warpers import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
@@ -60,14 +64,20 @@ __all__ = [
     "LogitNormalization",
     "LogitsProcessor",
     "LogitsProcessorList",
+    "LogitsStage",
+    "LogitsStages",
     "MinLengthLogitsProcessor",
     "MinNewTokensLengthLogitsProcessor",
     "MinPLogitsWarper",
     "NoBadWordsLogitsProcessor",
     "NoRepeatNGramLogitsProcessor",
+    "NoRepeatNGramStage",
     "PrefixConstrainedLogitsProcessor",
     "PresenceFrequencyPenaltyLogitsProcessor",
+    "PresenceFrequencyPenaltyStage",
+    "ProcessorStage",
     "RepetitionPenaltyLogitsProcessor",
+    "RepetitionPenaltyStage",
     "SamplingParams",
     "SequenceBiasLogitsProcessor",
     "SuppressTokensAtBeginLogitsProcessor",

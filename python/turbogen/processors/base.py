@@ -165,29 +165,48 @@ def check_vocabulary(largest_id: int, scores: torch.Tensor, name: str) -> None:
         raise ValueError(f"`{name}` holds token id {largest_id}, but the vocabulary size is {scores.shape[-1]}")
 
 
-def check_inputs(input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+def check_inputs(input_ids: torch.Tensor, scores: torch.Tensor, any_leading_dims: bool = False) -> None:
     """The shapes and dtypes of a processor call: ``[batch, length]`` integer ids and
-    ``[batch, vocab]`` float scores."""
-    check_scores(scores)
+    ``[batch, vocab]`` float scores; with ``any_leading_dims``, ``[..., batch, vocab]`` scores."""
+    check_scores(scores, any_leading_dims)
+    if scores.dim() < 2:
+        raise ValueError(f"`scores` has to have shape [..., batch, vocab], but has shape {tuple(scores.shape)}")
     if not isinstance(input_ids, torch.Tensor):
         raise ArgumentTypeError(f"`input_ids` has to be a torch.Tensor, but is {type(input_ids).__name__}")
-    if input_ids.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
+    if input_ids.dim() != 2 or input_ids.shape[0] != scores.shape[-2]:
         raise ValueError(
-            f"`input_ids` has to have shape [batch, length] with batch = {scores.shape[0]} (the rows of `scores`), "
+            f"`input_ids` has to have shape [batch, length] with batch = {scores.shape[-2]} (the rows of `scores`), "
             f"but has shape {tuple(input_ids.shape)}"
         )
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ArgumentTypeError(f"`input_ids` has to hold integer token ids, but has dtype {input_ids.dtype}")
 
 
-def check_scores(scores: torch.Tensor) -> None:
-    """``scores`` is a ``[batch, vocab]`` floating-point tensor."""
+def check_scores(scores: torch.Tensor, any_leading_dims: bool = False) -> None:
+    """``scores`` is a ``[batch, vocab]`` floating-point tensor; with ``any_leading_dims``, any
+    ``[..., vocab]`` one (e.g. ``[vocab]`` or ``[batch, 1, vocab]``), for the processors whose
+    transformers class works on the last dimension alone."""
     if not isinstance(scores, torch.Tensor):
         raise ArgumentTypeError(f"`scores` has to be a torch.Tensor, but is {type(scores).__name__}")
-    if scores.dim() != 2:
+    if any_leading_dims:
+        if scores.dim() < 1:
+            raise ValueError("`scores` has to have shape [..., vocab], but is a scalar")
+    elif scores.dim() != 2:
         raise ValueError(f"`scores` has to have shape [batch, vocab], but has shape {tuple(scores.shape)}")
     if not scores.dtype.is_floating_point:
         raise ArgumentTypeError(f"`scores` has to be a floating-point tensor, but has dtype {scores.dtype}")
+
+
+def check_length_inputs(input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+    """The inputs of a processor that reads only the length of ``input_ids`` (its last dimension)
+    and works on the last dimension of ``scores``: integer ids of any shape, ``[..., vocab]`` scores."""
+    check_scores(scores, any_leading_dims=True)
+    if not isinstance(input_ids, torch.Tensor):
+        raise ArgumentTypeError(f"`input_ids` has to be a torch.Tensor, but is {type(input_ids).__name__}")
+    if input_ids.dim() < 1:
+        raise ValueError("`input_ids` has to have shape [batch, length], but is a scalar")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ArgumentTypeError(f"`input_ids` has to hold integer token ids, but has dtype {input_ids.dtype}")
 
 
 def check_ids_tensor(ids, name: str) -> torch.Tensor:

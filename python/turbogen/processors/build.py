@@ -1,11 +1,13 @@
 """``build_logits_processor``: the list of processors ``generate`` applies for a generation config,
 in transformers v4.57's order (``GenerationMixin._get_logits_processor``), plus turbogen's
-presence/frequency penalty."""
+presence/frequency penalty; and :func:`sampler_filter_params`, the sampling filters of a config that
+a fused sampler (``turbogen.ops.Sampler``) can apply in place of the trailing warpers."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -49,6 +51,22 @@ logger = logging.getLogger(__name__)
 # transformers' processors live here; one of them stands in for the turbogen class of the same name.
 TRANSFORMERS_PROCESSORS_MODULE = "transformers.generation.logits_process"
 _WATERMARK_OPTIONS = ("greenlist_ratio", "bias", "hashing_key", "seeding_scheme", "context_width")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The parameters of a fused temperature -> top-k -> top-p -> min-p sampling step.
+
+    The defaults switch a stage off: ``temperature=1.0``, ``top_k=0`` (keep all; a ``top_k`` at or
+    above the vocabulary size also keeps all), ``top_p=1.0``, ``min_p=0.0``. With every stage
+    applied in this order with transformers' rules and ``min_tokens_to_keep=1``, the result equals
+    the replaced warpers (``top_p=1.0`` differs only on tokens whose probability is exactly 0).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
 
 
 def _option(config, name: str, default=None):
@@ -155,6 +173,46 @@ def _sampling_min_tokens_to_keep(config, eos_token_ids: Optional[torch.Tensor]) 
     return eos_token_ids.shape[0] + 1 if eos_token_ids is not None else 2
 
 
+def _typical_p_is_active(config) -> bool:
+    typical_p = _option(config, "typical_p")
+    return typical_p is not None and typical_p < 1.0
+
+
+def _cutoff_is_active(config, name: str) -> bool:
+    cutoff = _option(config, name)
+    return cutoff is not None and 0.0 < cutoff < 1.0
+
+
+def sampler_filter_params(generation_config) -> Optional[SamplingParams]:
+    """The temperature / top-k / top-p / min-p filters of ``generation_config`` as a sampler applies them, or
+    ``None`` when a sampler cannot stand in for those warpers.
+
+    It can when the config samples without beams (so every warper keeps ``min_tokens_to_keep=1``) and nothing
+    :func:`build_logits_processor` appends must run after them (typical, epsilon or eta warpers, the
+    watermark, ``renormalize_logits``): then applying the processors built with
+    ``sampler_applies_filters=True`` and sampling with these parameters draws from exactly the distribution
+    of the full list. A filter the config leaves unset or neutral is off (its default here).
+    """
+    config = generation_config
+    if not _option(config, "do_sample") or _num_beams(config) > 1:
+        return None
+    if (_typical_p_is_active(config) or _cutoff_is_active(config, "epsilon_cutoff")
+            or _cutoff_is_active(config, "eta_cutoff") or _option(config, "watermarking_config") is not None
+            or _option(config, "renormalize_logits") is True):
+        return None
+    filters = {}
+    if _is_set_and_not(_option(config, "temperature"), 1.0):
+        filters["temperature"] = float(config.temperature)
+    if _is_set_and_not(_option(config, "top_k"), 0):
+        filters["top_k"] = int(config.top_k)
+    top_p = _option(config, "top_p")
+    if top_p is not None and top_p < 1.0:
+        filters["top_p"] = float(top_p)
+    if _option(config, "min_p") is not None:
+        filters["min_p"] = float(config.min_p)
+    return SamplingParams(**filters)
+
+
 def build_logits_processor(
     generation_config,
     input_ids_seq_length: int,
@@ -166,6 +224,7 @@ def build_logits_processor(
     negative_prompt_ids: Optional[torch.Tensor] = None,
     negative_prompt_attention_mask: Optional[torch.Tensor] = None,
     model=None,
+    sampler_applies_filters: bool = False,
 ) -> LogitsProcessorList:
     """The processors ``generate`` applies for ``generation_config``, exactly as transformers v4.57's
     ``GenerationMixin._get_logits_processor`` builds them, with turbogen's classes.
@@ -192,6 +251,10 @@ def build_logits_processor(
     4. the watermark (``watermarking_config``; vocabulary size from ``model.config``), then
        ``LogitNormalization`` (``renormalize_logits``).
 
+    With ``sampler_applies_filters=True`` the temperature, top-k, top-p and min-p warpers of step 3
+    are validated (constructed, raising as they would) but left out: the caller's sampler applies
+    :func:`sampler_filter_params` of the config instead, which must not be ``None``.
+
     ``generation_config`` is duck-typed: a transformers ``GenerationConfig`` or turbogen's, or any
     object with those attribute names; a missing attribute counts as unset. The EOS ids are the
     config's ``_eos_token_tensor`` when it has one (set by transformers' ``generate``), else its
@@ -204,6 +267,9 @@ def build_logits_processor(
     ``encoder_input_ids`` is None, as they already are for a non-2-D one.
     """
     config = generation_config
+    if sampler_applies_filters and sampler_filter_params(config) is None:
+        raise ValueError("`sampler_applies_filters=True` needs a config that samples without beams and appends "
+                         "nothing after the min-p warper (see sampler_filter_params)")
     eos_token_ids = _eos_token_ids(config, device)
     processors = LogitsProcessorList()
     logits_processor = list(logits_processor) if logits_processor is not None else []
@@ -282,25 +348,25 @@ def build_logits_processor(
 
     if _option(config, "do_sample"):
         min_tokens_to_keep = _sampling_min_tokens_to_keep(config, eos_token_ids)
+        filters = LogitsProcessorList()
         if _is_set_and_not(_option(config, "temperature"), 1.0):
-            processors.append(TemperatureLogitsWarper(config.temperature))
+            filters.append(TemperatureLogitsWarper(config.temperature))
         if _is_set_and_not(_option(config, "top_k"), 0):
-            processors.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=min_tokens_to_keep))
+            filters.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=min_tokens_to_keep))
         top_p = _option(config, "top_p")
         if top_p is not None and top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=min_tokens_to_keep))
+            filters.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=min_tokens_to_keep))
         if _option(config, "min_p") is not None:
             # After temperature, as llama.cpp applies it.
-            processors.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=min_tokens_to_keep))
-        typical_p = _option(config, "typical_p")
-        if typical_p is not None and typical_p < 1.0:
-            processors.append(TypicalLogitsWarper(mass=typical_p, min_tokens_to_keep=min_tokens_to_keep))
-        epsilon_cutoff = _option(config, "epsilon_cutoff")
-        if epsilon_cutoff is not None and 0.0 < epsilon_cutoff < 1.0:
-            processors.append(EpsilonLogitsWarper(epsilon=epsilon_cutoff, min_tokens_to_keep=min_tokens_to_keep))
-        eta_cutoff = _option(config, "eta_cutoff")
-        if eta_cutoff is not None and 0.0 < eta_cutoff < 1.0:
-            processors.append(EtaLogitsWarper(epsilon=eta_cutoff, min_tokens_to_keep=min_tokens_to_keep,
+            filters.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=min_tokens_to_keep))
+        if not sampler_applies_filters:
+            processors.extend(filters)
+        if _typical_p_is_active(config):
+            processors.append(TypicalLogitsWarper(mass=config.typical_p, min_tokens_to_keep=min_tokens_to_keep))
+        if _cutoff_is_active(config, "epsilon_cutoff"):
+            processors.append(EpsilonLogitsWarper(epsilon=config.epsilon_cutoff, min_tokens_to_keep=min_tokens_to_keep))
+        if _cutoff_is_active(config, "eta_cutoff"):
+            processors.append(EtaLogitsWarper(epsilon=config.eta_cutoff, min_tokens_to_keep=min_tokens_to_keep,
                                               device=device if device is not None else "cpu"))
 
     # The watermark sees the final distribution, so it comes after every other processor.

@@ -1,7 +1,11 @@
 """Hard and soft constraints on the next token: sequence biases and bad words, minimum lengths,
 prefix constraints, forced first/last tokens, token suppression and inf/NaN removal. Each mirrors
 the transformers v4.57 class of the same name; the arithmetic lives in
-:mod:`turbogen.ref.logits_processors`."""
+:mod:`turbogen.processors.functional`.
+
+Scores are ``[batch, vocab]``. Like transformers' classes, the minimum-length, token-suppression and
+inf/NaN processors work on the last dimension alone (reading only the length of ``input_ids``), so
+they also take ``[vocab]`` or ``[..., vocab]`` scores; the others need ``[batch, vocab]``."""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..ref import logits_processors as ref
+from . import functional
 from .base import (
     ArgumentTypeError,
     LogitsProcessor,
     TokenIds,
     check_inputs,
     check_int,
+    check_length_inputs,
     check_scores,
     check_vocabulary,
     is_integer,
@@ -74,7 +79,7 @@ class SequenceBiasLogitsProcessor(LogitsProcessor):
         return normalized
 
     def _prepare(self) -> None:
-        """Lay the sequences out as the tensors :func:`turbogen.ref.logits_processors.sequence_bias` takes."""
+        """Lay the sequences out as the tensors :func:`turbogen.processors.functional.sequence_bias` takes."""
         # Single-token sequences first: transformers applies them before the longer ones, and the
         # order fixes the float summation order where several biases land on one token.
         ordered = sorted(self.sequence_bias.items(), key=lambda item: len(item[0]) > 1)
@@ -91,7 +96,7 @@ class SequenceBiasLogitsProcessor(LogitsProcessor):
         check_vocabulary(self._largest_id, scores, self._argument_name)
         self._sequences = self._sequences.to(scores.device)
         self._biases = self._biases.to(scores.device)
-        return ref.sequence_bias(input_ids, scores, self._sequences, self._biases)
+        return functional.sequence_bias(input_ids, scores, self._sequences, self._biases)
 
 
 class NoBadWordsLogitsProcessor(SequenceBiasLogitsProcessor):
@@ -130,9 +135,9 @@ class MinLengthLogitsProcessor(LogitsProcessor):
         self.eos_token_id = token_id_tensor(eos_token_id, "eos_token_id", device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_inputs(input_ids, scores)
+        check_length_inputs(input_ids, scores)
         self.eos_token_id = self.eos_token_id.to(scores.device)
-        return ref.min_length(input_ids, scores, self.eos_token_id, self.min_length)
+        return functional.min_length(input_ids, scores, self.eos_token_id, self.min_length)
 
 
 class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
@@ -145,9 +150,9 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
         self.eos_token_id = token_id_tensor(eos_token_id, "eos_token_id", device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_inputs(input_ids, scores)
+        check_length_inputs(input_ids, scores)
         self.eos_token_id = self.eos_token_id.to(scores.device)
-        return ref.min_new_tokens(input_ids, scores, self.eos_token_id, self.prompt_length_to_skip,
+        return functional.min_new_tokens(input_ids, scores, self.eos_token_id, self.prompt_length_to_skip,
                                   self.min_new_tokens)
 
 
@@ -196,7 +201,7 @@ class PrefixConstrainedLogitsProcessor(LogitsProcessor):
             tokens.extend(allowed)
         allowed_mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         allowed_mask[torch.tensor(rows, device=scores.device), torch.tensor(tokens, device=scores.device)] = True
-        return ref.prefix_constrained(scores, allowed_mask)
+        return functional.prefix_constrained(scores, allowed_mask)
 
 
 class ForcedBOSTokenLogitsProcessor(LogitsProcessor):
@@ -209,7 +214,7 @@ class ForcedBOSTokenLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_inputs(input_ids, scores)
         check_vocabulary(self.bos_token_id, scores, "bos_token_id")
-        return ref.forced_bos(input_ids, scores, self.bos_token_id)
+        return functional.forced_bos(input_ids, scores, self.bos_token_id)
 
 
 class ForcedEOSTokenLogitsProcessor(LogitsProcessor):
@@ -224,7 +229,7 @@ class ForcedEOSTokenLogitsProcessor(LogitsProcessor):
         check_inputs(input_ids, scores)
         check_vocabulary(self._largest_id, scores, "eos_token_id")
         self.eos_token_id = self.eos_token_id.to(scores.device)
-        return ref.forced_eos(input_ids, scores, self.eos_token_id, self.max_length)
+        return functional.forced_eos(input_ids, scores, self.eos_token_id, self.max_length)
 
 
 class SuppressTokensLogitsProcessor(LogitsProcessor):
@@ -234,9 +239,9 @@ class SuppressTokensLogitsProcessor(LogitsProcessor):
         self.suppress_tokens = token_id_tensor(suppress_tokens, "suppress_tokens", device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
+        check_scores(scores, any_leading_dims=True)
         self.suppress_tokens = self.suppress_tokens.to(scores.device)
-        return ref.suppress_tokens(scores, self.suppress_tokens)
+        return functional.suppress_tokens(scores, self.suppress_tokens)
 
 
 class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
@@ -251,9 +256,9 @@ class SuppressTokensAtBeginLogitsProcessor(LogitsProcessor):
         self.begin_index = check_int(begin_index, "begin_index", minimum=0)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_inputs(input_ids, scores)
+        check_length_inputs(input_ids, scores)
         self.begin_suppress_tokens = self.begin_suppress_tokens.to(scores.device)
-        return ref.suppress_tokens_at_begin(input_ids, scores, self.begin_suppress_tokens, self.begin_index)
+        return functional.suppress_tokens_at_begin(input_ids, scores, self.begin_suppress_tokens, self.begin_index)
 
 
 class InfNanRemoveLogitsProcessor(LogitsProcessor):
@@ -261,8 +266,8 @@ class InfNanRemoveLogitsProcessor(LogitsProcessor):
     cannot fail on invalid scores (slower; use only if needed)."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
-        return ref.inf_nan_remove(scores)
+        check_scores(scores, any_leading_dims=True)
+        return functional.inf_nan_remove(scores)
 
 
 __all__ = [

@@ -4,33 +4,20 @@
 TopPLogitsWarper -> MinPLogitsWarper (each optional). Those four are exactly what
 ``turbogen.ops.sample`` computes in one pass, so :func:`split_fusable_sampling_tail` hands the
 head of the list to the processors and the tail's parameters to the kernel.
+
+``generate`` itself no longer splits its list: it builds it without those warpers and takes the
+parameters from the config (:func:`turbogen.processors.build.sampler_filter_params`). This split
+serves lists assembled elsewhere (e.g. a user's own processor list).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .base import LogitsProcessorList
-from .build import TRANSFORMERS_PROCESSORS_MODULE
+from .build import TRANSFORMERS_PROCESSORS_MODULE, SamplingParams
 from .warpers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """The parameters of a fused temperature -> top-k -> top-p -> min-p sampling step.
-
-    The defaults switch a stage off: ``temperature=1.0``, ``top_k=0`` (keep all; a ``top_k`` at or
-    above the vocabulary size also keeps all), ``top_p=1.0``, ``min_p=0.0``. With every stage
-    applied in this order with transformers' rules and ``min_tokens_to_keep=1``, the result equals
-    the replaced warpers (``top_p=1.0`` differs only on tokens whose probability is exactly 0).
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
 
 
 def _filters_to_neg_inf(warper) -> bool:

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..ref import logits_processors as ref
-from .base import ArgumentTypeError, LogitsProcessor, check_ids_tensor, check_inputs, check_real
+from . import functional
+from .base import ArgumentTypeError, LogitsProcessor, check_ids_tensor, check_inputs, check_real, check_scores
 
 
 class UnbatchedClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
@@ -29,6 +29,11 @@ class UnbatchedClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
     and must return an object with ``logits`` (``[batch, length, vocab]``) and, when caching,
     ``past_key_values`` (any transformers causal LM does). The processor is stateful: use a new one
     per ``generate`` call.
+
+    Scores are ``[batch, vocab]`` for ``batch`` rows of ``input_ids``; as in transformers, extra
+    leading dimensions are accepted when the ``[batch, vocab]`` unconditional scores broadcast to
+    the scores' shape (e.g. ``[1, 1, vocab]`` for one row), and any ``[..., vocab]`` shape with a
+    scale of 1.
     """
 
     def __init__(self, guidance_scale: float, model, unconditional_ids: Optional[torch.LongTensor] = None,
@@ -85,13 +90,22 @@ class UnbatchedClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
         return output.logits
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_inputs(input_ids, scores)
         if self.guidance_scale == 1:
-            return ref.logit_normalization(scores)
+            check_scores(scores, any_leading_dims=True)
+            return functional.logit_normalization(scores)
+        check_inputs(input_ids, scores, any_leading_dims=True)
         unconditional = self.get_unconditional_logits(input_ids)[:, -1]
-        if unconditional.shape != scores.shape:
+        if _broadcast_shape(scores.shape, unconditional.shape) != scores.shape:
             raise ValueError(
                 f"The unconditional branch gave logits of shape {tuple(unconditional.shape)} for scores of shape "
                 f"{tuple(scores.shape)}: `unconditional_ids` needs one row per row of `scores`"
             )
-        return ref.classifier_free_guidance(scores, unconditional, self.guidance_scale)
+        return functional.classifier_free_guidance(scores, unconditional, self.guidance_scale)
+
+
+def _broadcast_shape(*shapes) -> Optional[torch.Size]:
+    """The shape the given shapes broadcast to, or None when they do not broadcast."""
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        return None

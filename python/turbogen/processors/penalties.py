@@ -1,6 +1,6 @@
 """Penalties on repetition and length: the transformers v4.57 repetition, encoder-repetition,
 n-gram and exponential-decay processors, plus turbogen's presence/frequency penalty (vLLM
-semantics). The arithmetic lives in :mod:`turbogen.ref.logits_processors`."""
+semantics). The arithmetic lives in :mod:`turbogen.processors.functional`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ..ref import logits_processors as ref
+from . import functional
 from .base import (
     LogitsProcessor,
     TokenIds,
@@ -28,6 +28,9 @@ class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
     ``prompt_ignore_length`` leading tokens are skipped) has its score divided by ``penalty`` when
     positive and multiplied by it when negative, once however often it occurs. ``penalty > 1``
     discourages repetition, ``0 < penalty < 1`` encourages it.
+
+    Scores are ``[batch, vocab]``, or ``[batch, positions, vocab]`` as transformers also accepts,
+    where only the last position is penalised.
     """
 
     def __init__(self, penalty: float, prompt_ignore_length: Optional[int] = None):
@@ -37,10 +40,26 @@ class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
         self.prompt_ignore_length = prompt_ignore_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if isinstance(scores, torch.Tensor) and scores.dim() == 3:
+            return self._penalize_last_position(input_ids, scores)
         check_inputs(input_ids, scores)
         if self.prompt_ignore_length:
             input_ids = input_ids[:, self.prompt_ignore_length:]
-        return ref.repetition_penalty(input_ids, scores, self.penalty)
+        return functional.repetition_penalty(input_ids, scores, self.penalty)
+
+    def _penalize_last_position(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """transformers' form for ``[batch, positions, vocab]`` scores: only the last position is
+        penalised (transformers writes it into ``scores`` in place; here a copy is returned)."""
+        if scores.shape[1] == 0:
+            raise ValueError(f"`scores` of shape [batch, positions, vocab] needs a position, but has shape "
+                             f"{tuple(scores.shape)}")
+        last = scores[:, -1]
+        check_inputs(input_ids, last)
+        if self.prompt_ignore_length:
+            input_ids = input_ids[:, self.prompt_ignore_length:]
+        penalized = scores.clone()
+        penalized[:, -1] = functional.repetition_penalty(input_ids, last, self.penalty)
+        return penalized
 
 
 class EncoderRepetitionPenaltyLogitsProcessor(LogitsProcessor):
@@ -64,7 +83,7 @@ class EncoderRepetitionPenaltyLogitsProcessor(LogitsProcessor):
         check_vocabulary(self._largest_id, scores, "encoder_input_ids")
         check_row_groups(scores, self.encoder_input_ids.shape[0], "encoder_input_ids")
         self.encoder_input_ids = self.encoder_input_ids.to(scores.device)
-        return ref.encoder_repetition_penalty(scores, self.encoder_input_ids, 1 / self.penalty)
+        return functional.encoder_repetition_penalty(scores, self.encoder_input_ids, 1 / self.penalty)
 
 
 class PresenceFrequencyPenaltyLogitsProcessor(LogitsProcessor):
@@ -90,7 +109,7 @@ class PresenceFrequencyPenaltyLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_inputs(input_ids, scores)
-        return ref.presence_frequency_penalty(
+        return functional.presence_frequency_penalty(
             input_ids, scores, self.presence_penalty, self.frequency_penalty, self.prompt_length
         )
 
@@ -104,7 +123,7 @@ class NoRepeatNGramLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_inputs(input_ids, scores)
-        return ref.no_repeat_ngram(input_ids, scores, self.ngram_size)
+        return functional.no_repeat_ngram(input_ids, scores, self.ngram_size)
 
 
 class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
@@ -122,7 +141,7 @@ class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
         check_vocabulary(self._largest_id, scores, "encoder_input_ids")
         check_row_groups(scores, self.batch_size, "encoder_input_ids")
         self.encoder_input_ids = self.encoder_input_ids.to(scores.device)
-        return ref.encoder_no_repeat_ngram(input_ids, scores, self.encoder_input_ids, self.ngram_size)
+        return functional.encoder_no_repeat_ngram(input_ids, scores, self.encoder_input_ids, self.ngram_size)
 
 
 class ExponentialDecayLengthPenalty(LogitsProcessor):
@@ -135,7 +154,8 @@ class ExponentialDecayLengthPenalty(LogitsProcessor):
 
     def __init__(self, exponential_decay_length_penalty: "tuple[int, float]", eos_token_id: TokenIds,
                  input_ids_seq_length: int):
-        is_pair = isinstance(exponential_decay_length_penalty, (tuple, list)) and len(exponential_decay_length_penalty) == 2
+        is_pair = (isinstance(exponential_decay_length_penalty, (tuple, list))
+                   and len(exponential_decay_length_penalty) == 2)
         if not is_pair:
             raise ValueError(
                 "`exponential_decay_length_penalty` has to be a (start_index, decay_factor) pair, but is "
@@ -152,6 +172,6 @@ class ExponentialDecayLengthPenalty(LogitsProcessor):
         check_inputs(input_ids, scores)
         check_vocabulary(self._largest_id, scores, "eos_token_id")
         self.eos_token_id = self.eos_token_id.to(scores.device)
-        return ref.exponential_decay_length_penalty(
+        return functional.exponential_decay_length_penalty(
             input_ids, scores, self.eos_token_id, self.regulation_start, self.regulation_factor
         )

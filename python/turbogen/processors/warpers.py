@@ -1,12 +1,17 @@
 """Sampling warpers: temperature and the truncation filters (top-k, top-p, min-p, typical, epsilon,
 eta), plus log-softmax normalisation. Each mirrors the transformers v4.57 class of the same name
-and delegates the arithmetic to :mod:`turbogen.ref.logits_processors`."""
+and delegates the arithmetic to :mod:`turbogen.processors.functional`.
+
+Scores are ``[batch, vocab]``. Like transformers' classes, the temperature, top-k, epsilon and eta
+warpers and the normalisation work on the last dimension alone, so they also take ``[vocab]`` or
+``[..., vocab]`` scores (e.g. ``[batch, 1, vocab]``); top-p, min-p and typical need ``[batch, vocab]``
+(transformers' fail on other shapes)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..ref import logits_processors as ref
+from . import functional
 from .base import (
     LogitsProcessor,
     check_filter_value,
@@ -27,8 +32,8 @@ class TemperatureLogitsWarper(LogitsProcessor):
         self.temperature = check_real(temperature, "temperature", low=0.0, low_inclusive=False, hint=hint)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
-        return ref.temperature(scores, self.temperature)
+        check_scores(scores, any_leading_dims=True)
+        return functional.temperature(scores, self.temperature)
 
 
 class TopKLogitsWarper(LogitsProcessor):
@@ -46,8 +51,8 @@ class TopKLogitsWarper(LogitsProcessor):
         self.filter_value = check_filter_value(filter_value)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
-        return ref.top_k(scores, self.top_k, self.filter_value)
+        check_scores(scores, any_leading_dims=True)
+        return functional.top_k(scores, self.top_k, self.filter_value)
 
 
 class TopPLogitsWarper(LogitsProcessor):
@@ -61,7 +66,7 @@ class TopPLogitsWarper(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_scores(scores)
-        return ref.top_p(scores, self.top_p, self.filter_value, self.min_tokens_to_keep)
+        return functional.top_p(scores, self.top_p, self.filter_value, self.min_tokens_to_keep)
 
 
 class MinPLogitsWarper(LogitsProcessor):
@@ -75,7 +80,7 @@ class MinPLogitsWarper(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_scores(scores)
-        return ref.min_p(scores, self.min_p, self.filter_value, self.min_tokens_to_keep)
+        return functional.min_p(scores, self.min_p, self.filter_value, self.min_tokens_to_keep)
 
 
 class TypicalLogitsWarper(LogitsProcessor):
@@ -89,7 +94,7 @@ class TypicalLogitsWarper(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_scores(scores)
-        return ref.typical(scores, self.mass, self.filter_value, self.min_tokens_to_keep)
+        return functional.typical(scores, self.mass, self.filter_value, self.min_tokens_to_keep)
 
 
 class EpsilonLogitsWarper(LogitsProcessor):
@@ -103,8 +108,8 @@ class EpsilonLogitsWarper(LogitsProcessor):
         self.min_tokens_to_keep = check_min_tokens_to_keep(min_tokens_to_keep)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
-        return ref.epsilon(scores, self.epsilon, self.filter_value, self.min_tokens_to_keep)
+        check_scores(scores, any_leading_dims=True)
+        return functional.epsilon(scores, self.epsilon, self.filter_value, self.min_tokens_to_keep)
 
 
 class EtaLogitsWarper(LogitsProcessor):
@@ -123,13 +128,13 @@ class EtaLogitsWarper(LogitsProcessor):
         self.min_tokens_to_keep = check_min_tokens_to_keep(min_tokens_to_keep)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
-        return ref.eta(scores, self.epsilon, self.filter_value, self.min_tokens_to_keep)
+        check_scores(scores, any_leading_dims=True)
+        return functional.eta(scores, self.epsilon, self.filter_value, self.min_tokens_to_keep)
 
 
 class LogitNormalization(LogitsProcessor):
     """Replace the scores by their log-softmax; ``generate`` puts it last when ``renormalize_logits``."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        check_scores(scores)
-        return ref.logit_normalization(scores)
+        check_scores(scores, any_leading_dims=True)
+        return functional.logit_normalization(scores)

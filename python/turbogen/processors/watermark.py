@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from ..ref import logits_processors as ref
+from . import functional
 from .base import LogitsProcessor, check_inputs, check_int, check_real, check_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -103,4 +103,4 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             else:
                 green_ids = self._get_greenlist_ids(input_seq)
             greenlist[row, green_ids.to(scores.device)] = True
-        return ref.watermark(scores, greenlist, self.bias)
+        return functional.watermark(scores, greenlist, self.bias)

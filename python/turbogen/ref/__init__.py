@@ -1,8 +1,12 @@
 """Pure-torch reference implementations of every op: the test oracle and the universal fallback.
-Everything here is plain torch, so ``torch.compile(fullgraph=True)`` can compile it."""
+Everything here is plain torch, so ``torch.compile(fullgraph=True)`` can compile it.
 
+This package is the ``ref`` backend: the op registry (``turbogen/ops/_registry.py``) finds each op's
+reference here by name, and production code reaches it only that way."""
+
+from .philox import gumbel_noise
 from .sampling import filter_logits, sample
 from .softmax import softmax
 from .topk import topk
 
-__all__ = ["filter_logits", "sample", "softmax", "topk"]
+__all__ = ["filter_logits", "gumbel_noise", "sample", "softmax", "topk"]

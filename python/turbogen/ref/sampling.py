@@ -13,7 +13,7 @@ temperature`` with NaN read as -inf:
 - min-p removes tokens whose probability (renormalised over the survivors) is < min_p times the
   largest one.
 
-Sampling is Gumbel-max (DESIGN.md, "Randomness: the determinism contract"): the token is the
+Sampling is Gumbel-max (docs/design.md, "Randomness: the determinism contract"): the token is the
 argmax of ``z_j + g_j`` over the kept tokens, ``g`` from :func:`turbogen.ref.philox.gumbel_noise`,
 ties to the lowest index. Temperature 0 means greedy: ``argmax z`` (lowest index on ties), and the
 filtered distribution is a point mass on that token. A row without a finite logit gives -1.
@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import torch
 
+# The scalar-to-per-row counter rule is shared with the ops and generate(), so it lives with the ops;
+# row_seeds stays importable from here for callers that still do so.
+from ..ops._counters import row_offsets, row_seeds
 from .philox import gumbel_noise
 
 _NEG_INF = float("-inf")
-_UINT64_MODULUS = 1 << 64
 
 
 def _column(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -34,35 +36,6 @@ def _column(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype).reshape(-1, 1)
     return torch.full((1, 1), value, dtype=dtype, device=device)
-
-
-def _wrap_int64(value: int) -> int:
-    """An integer modulo 2**64, as the int64 with the same bits."""
-    if -(1 << 63) <= value < (1 << 63):  # the usual case; keeps symbolic ints (torch.compile) symbolic
-        return value
-    value %= _UINT64_MODULUS
-    return value - _UINT64_MODULUS if value >= (1 << 63) else value
-
-
-def row_seeds(seed: int | torch.Tensor, rows: int, device: torch.device) -> torch.Tensor:
-    """Per-row int64 seeds: a ``[rows]`` tensor as is; a scalar ``S`` (int or 0-d tensor) gives
-    ``S + r`` for row ``r``, modulo 2**64."""
-    if isinstance(seed, torch.Tensor) and seed.dim() == 1:
-        return seed.to(device=device, dtype=torch.int64)
-    if isinstance(seed, torch.Tensor):
-        # Two's-complement int64 addition wraps modulo 2**64, as the contract wants.
-        return seed.to(device=device, dtype=torch.int64) + torch.arange(rows, dtype=torch.int64, device=device)
-    first = _wrap_int64(int(seed))
-    if first + rows - 1 < (1 << 63):
-        return torch.arange(first, first + rows, dtype=torch.int64, device=device)
-    return torch.tensor([_wrap_int64(first + r) for r in range(rows)], dtype=torch.int64, device=device)
-
-
-def row_offsets(offset: int | torch.Tensor, rows: int, device: torch.device) -> torch.Tensor:
-    """Per-row int64 offsets: a ``[rows]`` tensor as is, a scalar (int or 0-d tensor) for every row."""
-    if isinstance(offset, torch.Tensor):
-        return offset.to(device=device, dtype=torch.int64).reshape(-1).expand(rows)
-    return torch.full((rows,), _wrap_int64(int(offset)), dtype=torch.int64, device=device)
 
 
 def _tempered(logits: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

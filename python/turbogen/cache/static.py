@@ -1,4 +1,4 @@
-"""``turbogen.cache``: turbogen's static KV cache (``cache_implementation="static"``).
+"""``turbogen.cache.static``: turbogen's static KV cache (``cache_implementation="static"``).
 
 :class:`StaticKVCache` preallocates one key tensor and one value tensor of shape
 ``[layers, batch, kv_heads, max_cache_len, head_dim]`` and writes new states into them in place, by
@@ -7,7 +7,7 @@ cache: what CUDA-graph capture and ``torch.compile`` need. Each layer sees ``[ba
 max_cache_len, head_dim]`` views of that storage, exposed the way transformers expects (``cache.layers[i]``
 with ``.keys``/``.values``), and the class subclasses transformers' ``Cache`` when transformers is
 installed, so its models (v4.57 and v5) take it as ``past_key_values``. ``"dynamic"`` (transformers'
-``DynamicCache``) stays the default, as in transformers; :func:`make_cache` builds either.
+``DynamicCache``) stays the default, as in transformers; :func:`~turbogen.cache.make_cache` builds either.
 
 How a transformers model uses it, and what a decode loop must pass:
 
@@ -38,7 +38,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .config import ALL_CACHE_IMPLEMENTATIONS
+from ._shape import positive_int, shape_from_config
 
 try:  # transformers is optional (the ``hf`` extra); without it the cache works on its own.
     from transformers.cache_utils import Cache as _TransformersCache
@@ -46,10 +46,7 @@ try:  # transformers is optional (the ``hf`` extra); without it the cache works 
 except ImportError:  # pragma: no cover - exercised only without transformers
     _TransformersCache = _TransformersCacheLayer = object
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "StaticKVCache", "StaticKVLayer", "make_cache"]
-
-#: The ``cache_implementation`` names turbogen builds; ``None`` means ``"dynamic"``, transformers' default.
-CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+__all__ = ["StaticKVCache", "StaticKVLayer"]
 
 
 class StaticKVLayer(_TransformersCacheLayer):
@@ -231,13 +228,13 @@ class StaticKVCache(_TransformersCache):
     def __init__(self, config: Any = None, *, batch_size: int, max_cache_len: int, num_layers: Optional[int] = None,
                  num_kv_heads: Optional[int] = None, head_dim: Optional[int] = None,
                  dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu"):
-        shape = _shape_from_config(config) if config is not None else {}
+        shape = shape_from_config(config) if config is not None else {}
         for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
             if value is not None:
                 shape[name] = value
             if shape.get(name) is None:
                 raise ValueError(f"`{name}` is required: pass it, or a `config` that defines it")
-        sizes = {name: _positive_int(value, name) for name, value in (
+        sizes = {name: positive_int(value, name) for name, value in (
             ("num_layers", shape["num_layers"]), ("batch_size", batch_size), ("num_kv_heads", shape["num_kv_heads"]),
             ("max_cache_len", max_cache_len), ("head_dim", shape["head_dim"]))}
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -437,96 +434,9 @@ class StaticKVCache(_TransformersCache):
                                   "reorder_cache to permute or duplicate rows")
 
 
-def make_cache(cache_implementation: Optional[str], model: Any, batch_size: int, max_cache_len: int,
-               dtype: Optional[torch.dtype] = None, device: Union[str, torch.device, None] = None) -> Any:
-    """A fresh KV cache for ``model``, as ``generate`` builds one for ``cache_implementation``.
-
-    Args:
-        cache_implementation: ``"dynamic"`` or ``None`` (transformers' default): a transformers
-            ``DynamicCache`` built from the model's decoder config, which sizes itself as it grows;
-            ``"static"``: a :class:`StaticKVCache` of ``batch_size`` rows and ``max_cache_len`` tokens.
-        model: a transformers causal LM (its ``config`` gives the shape).
-        batch_size: rows (``batch * num_beams`` for beam search).
-        max_cache_len: tokens per row; ``max_length - 1`` suffices for generation.
-        dtype, device: of the static storage; default to those of the model's parameters.
-
-    Raises:
-        ValueError: ``cache_implementation`` is not one of :data:`CACHE_IMPLEMENTATIONS`, or names a transformers
-            cache turbogen does not support (``"offloaded"``, ``"quantized"``, ...).
-        ImportError: ``"dynamic"`` without transformers installed.
-    """
-    name = "dynamic" if cache_implementation is None else cache_implementation
-    if name not in CACHE_IMPLEMENTATIONS:
-        if name in ALL_CACHE_IMPLEMENTATIONS:
-            raise ValueError(f"cache_implementation={name!r} is a transformers cache that turbogen does not "
-                             f"support; use one of {CACHE_IMPLEMENTATIONS}")
-        raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS} (None means 'dynamic'), "
-                         f"got {cache_implementation!r}")
-    batch_size = _positive_int(batch_size, "batch_size")
-    max_cache_len = _positive_int(max_cache_len, "max_cache_len")
-    config = getattr(model, "config", None)
-    if config is None:
-        raise TypeError(f"`model` must have a transformers `config`, got {type(model).__name__}")
-    if name == "dynamic":
-        try:
-            from transformers import DynamicCache
-        except ImportError as error:  # pragma: no cover - exercised only without transformers
-            raise ImportError("cache_implementation='dynamic' needs transformers: pip install 'turbogen[hf]'") \
-                from error
-        return DynamicCache(config=_text_config(config))
-    if dtype is None or device is None:
-        parameter = next(iter(model.parameters()), None)
-        if parameter is None:
-            raise ValueError("`model` has no parameters to take the cache's dtype and device from; pass them")
-        dtype = parameter.dtype if dtype is None else dtype
-        device = parameter.device if device is None else device
-    return StaticKVCache(config, batch_size=batch_size, max_cache_len=max_cache_len, dtype=dtype, device=device)
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Helpers
+# Row selection (beam reordering)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _text_config(config: Any) -> Any:
-    """The decoder's text config of a (possibly multimodal) transformers config."""
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-
-
-def _first_attribute(config: Any, names: tuple[str, ...]) -> Optional[int]:
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def _shape_from_config(config: Any) -> dict[str, Optional[int]]:
-    """``num_layers``, ``num_kv_heads`` and ``head_dim`` (``None`` where the config lacks them), covering
-    Llama-style names and GPT-2's ``n_layer``/``n_head``/``n_embd``."""
-    text_config = _text_config(config)
-    attention_heads = _first_attribute(text_config, ("num_attention_heads", "n_head"))
-    head_dim = _first_attribute(text_config, ("head_dim",))
-    if head_dim is None and attention_heads:
-        hidden_size = _first_attribute(text_config, ("hidden_size", "n_embd"))
-        if hidden_size is not None:
-            if hidden_size % attention_heads:
-                raise ValueError(f"the config's hidden size {hidden_size} is not divisible by its "
-                                 f"{attention_heads} attention heads; pass `head_dim`")
-            head_dim = hidden_size // attention_heads
-    return {
-        "num_layers": _first_attribute(text_config, ("num_hidden_layers", "n_layer")),
-        "num_kv_heads": _first_attribute(text_config, ("num_key_value_heads",)) or attention_heads,
-        "head_dim": head_dim,
-    }
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be positive, got {value}")
-    return value
 
 
 def _check_row_index(index: Any, rows: int, device: torch.device) -> torch.Tensor:

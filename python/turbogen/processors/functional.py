@@ -1,11 +1,18 @@
-"""Reference logits processors: one pure tensor function per processor, the test oracle.
+"""The processors' arithmetic: one pure tensor function per processor (what each processor class calls).
 
 Every function takes ``scores`` of shape ``[batch, vocab]`` (and ``input_ids`` of shape
 ``[batch, length]`` where the processor looks at the context) and returns the processed scores in
 the same dtype, never modifying its inputs (a processor that does nothing at this step may return
 ``scores`` itself, as transformers' does). Each one computes exactly what the
 transformers v4.57 processor of the same purpose computes (same operations in the same order, so
-the same float rounding and the same tie-breaking), except where a docstring says otherwise.
+the same float rounding and the same tie-breaking), except where a docstring says otherwise. The
+functions that act on the last dimension alone (``temperature`` and ``top_k`` with scalar
+parameters, ``epsilon``, ``eta``, ``logit_normalization``, ``inf_nan_remove``, ``suppress_tokens``,
+``min_length``, ``min_new_tokens``, ``suppress_tokens_at_begin``, ``classifier_free_guidance``)
+also take ``[..., vocab]`` scores, as transformers' processors do.
+
+The ``*_on_seen`` / ``*_on_counts`` / ``*_ragged`` variants take per-row state (seen tokens, token
+counts, a history with per-row lengths) instead of ``input_ids``, for the stateful logits stages.
 
 The functions contain no Python branching on tensor values and no host synchronisation: Python
 branches only look at shapes and at Python-number arguments, so ``torch.compile(fullgraph=True)``
@@ -222,6 +229,22 @@ def repetition_penalty(input_ids: Tensor, scores: Tensor, penalty: RowParam) -> 
     return scores.scatter(1, input_ids, penalized)
 
 
+def repetition_penalty_on_seen(scores: Tensor, seen: Tensor, penalty: RowParam) -> Tensor:
+    """The repetition penalty given the tokens already seen instead of the history: ``seen`` is a
+    ``[batch, vocab]`` bool mask. Elementwise the same operations as :func:`repetition_penalty`,
+    so the result is bit-identical to it for the history that ``seen`` summarises."""
+    return torch.where(seen, _scale_away_from_zero(scores, penalty), scores)
+
+
+def repetition_penalty_on_candidates(scores: Tensor, candidates: Tensor, counted: Tensor, penalty: RowParam) -> Tensor:
+    """The repetition penalty over candidate columns: ``candidates`` (``[batch, n]`` token ids, a
+    superset of the seen tokens, duplicates allowed) and ``counted`` (``[batch, n]`` bool, whether
+    each candidate was seen). Every entry for one token writes the same value, so the scatter is
+    deterministic, and the result is bit-identical to :func:`repetition_penalty` over the history."""
+    values = torch.gather(scores, 1, candidates)
+    return scores.scatter(1, candidates, torch.where(counted, _scale_away_from_zero(values, penalty), values))
+
+
 def encoder_repetition_penalty(scores: Tensor, encoder_input_ids: Tensor, penalty: float) -> Tensor:
     """Inverse repetition penalty on prompt tokens (EncoderRepetitionPenaltyLogitsProcessor):
     ``penalty > 1`` makes tokens of ``encoder_input_ids`` more likely.
@@ -252,9 +275,19 @@ def presence_frequency_penalty(input_ids: Tensor, scores: Tensor, presence: RowP
     values reward repetition.
     """
     generated = input_ids[:, prompt_length:]
+    counts = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+    counts.scatter_add_(1, generated, torch.ones(generated.shape, dtype=torch.int32, device=scores.device))
+    return presence_frequency_penalty_on_counts(scores, counts, presence, frequency)
+
+
+def presence_frequency_penalty_on_counts(scores: Tensor, counts: Tensor, presence: RowParam,
+                                         frequency: RowParam) -> Tensor:
+    """The presence and frequency penalties given the token counts instead of the history:
+    ``counts`` is ``[batch, vocab]`` (any numeric dtype; integers are exact up to 2**24), the
+    occurrences of each token among the counted tokens. Same result as
+    :func:`presence_frequency_penalty` for the history those counts summarise."""
     compute = _compute_dtype(scores)
-    counts = torch.zeros(scores.shape, dtype=compute, device=scores.device)
-    counts.scatter_add_(1, generated, torch.ones(generated.shape, dtype=compute, device=scores.device))
+    counts = counts.to(compute)
     if isinstance(presence, Tensor):
         presence = _column(presence, compute)
     if isinstance(frequency, Tensor):
@@ -284,6 +317,28 @@ def no_repeat_ngram(input_ids: Tensor, scores: Tensor, ngram_size: int) -> Tenso
     windows = input_ids.unfold(-1, ngram_size, 1)
     context = input_ids[:, length - ngram_size + 1:]
     banned = _banned_ngram_completions(windows, context, scores.shape[-1])
+    return scores.masked_fill(banned, _NEG_INF)
+
+
+def no_repeat_ngram_ragged(history: Tensor, lengths: Tensor, scores: Tensor, ngram_size: int) -> Tensor:
+    """:func:`no_repeat_ngram` for rows of different lengths: row ``b`` holds the tokens
+    ``history[b, :lengths[b]]`` (``history`` is ``[batch, capacity]``, later columns are ignored and
+    must hold valid ids). Each row's result equals ``no_repeat_ngram`` on that row's tokens alone.
+
+    The shapes depend on the capacity only, never on the lengths, so a compiled step reuses one graph.
+    """
+    capacity = history.shape[-1]
+    if capacity < ngram_size:
+        return scores.clone()
+    windows = history.unfold(-1, ngram_size, 1)
+    starts = torch.arange(windows.shape[1], device=history.device)
+    # A window counts when it ends at or before the row's last token.
+    inside = starts.unsqueeze(0) <= (lengths - ngram_size).unsqueeze(1)
+    context_offsets = torch.arange(ngram_size - 1, device=history.device)
+    context_positions = (lengths.unsqueeze(1) - (ngram_size - 1) + context_offsets).clamp(min=0)
+    context = history.gather(1, context_positions)
+    matches = (windows[..., :-1] == context.unsqueeze(1)).all(dim=-1) & inside
+    banned = _rows_token_mask(windows[..., -1], matches, scores.shape[-1])
     return scores.masked_fill(banned, _NEG_INF)
 
 
@@ -454,9 +509,12 @@ __all__ = [
     "min_new_tokens",
     "min_p",
     "no_repeat_ngram",
+    "no_repeat_ngram_ragged",
     "prefix_constrained",
     "presence_frequency_penalty",
+    "presence_frequency_penalty_on_counts",
     "repetition_penalty",
+    "repetition_penalty_on_seen",
     "sequence_bias",
     "suppress_tokens",
     "suppress_tokens_at_begin",

@@ -31,21 +31,30 @@ finished hypotheses, or every candidate of every row stopped (e.g. at ``max_leng
 Beam sampling draws the ``K`` candidates with the Gumbel-top-k trick: add independent Gumbel noise to the
 ``num_beams * vocab`` log-scores and keep the ``K`` largest; their order is the order of sequential draws
 without replacement from the softmax (Vieira 2014; Kool et al. 2019). The noise is the counter-based noise of
-turbogen's sampling contract (DESIGN.md): for batch row ``b`` its seed, for candidate ``j`` (``beam * vocab +
-token``) the counter ``j``, and the decoding step as the offset; so a run is reproducible from its seed and a
-row's draws do not depend on the other rows. transformers draws with ``torch.multinomial`` instead: the
-distribution is the same, the individual draws are not.
+turbogen's sampling contract (docs/design.md): for batch row ``b`` its seed, for candidate ``j`` (``beam * vocab +
+token``) the counter ``j``, and the decoding step as the offset (a device tensor per batch row, advanced in
+place after each step); so a run is reproducible from its seed and a row's draws do not depend on the other
+rows. transformers draws with ``torch.multinomial`` instead: the distribution is the same, the individual
+draws are not.
+
+:func:`run_beam_search` drives the state with a :class:`~turbogen.generation.runner.ModelRunner` and the
+logits stages: each step the stages process the running beams' log-probabilities, and after the beams are
+chosen they follow them (``reorder`` by parent, then ``accept`` of the new tokens), as the cache does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
-from .ops import topk
-from .ref.philox import gumbel_noise
+from ..ops import gumbel_noise, row_seeds, topk
+from ..processors.stages import LogitsStages
+from ..stopping import StoppingPlan
+from .batch_state import draw_seed, raise_non_finite_scores
+from .record import Record
+from .runner import ModelRunner
 
 # transformers' stand-in for "impossible" scores; using the same constant keeps sums (and ties) identical.
 _IMPOSSIBLE = -1.0e9
@@ -117,7 +126,8 @@ class BeamSearchState:
 
     Created from the expanded prompt ``input_ids`` (``[batch_size * num_beams, prompt_length]``, each prompt
     repeated ``num_beams`` times). ``fill_value`` fills positions past a hypothesis' end. ``seeds``
-    (``int64 [batch_size]``, one per prompt) are required for beam sampling.
+    (``int64 [batch_size]``, one per prompt) are required for beam sampling; ``offsets`` (``int64
+    [batch_size]``) is then the noise offset of the next step, 0 at first, advanced by :meth:`candidates`.
     """
 
     def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int,
@@ -128,6 +138,9 @@ class BeamSearchState:
         device = input_ids.device
         self.params = params
         self.seeds = seeds
+        self.offsets = None if seeds is None else torch.zeros_like(seeds)
+        # Beam sampling: whether every step's scores could be sampled (see `candidates`).
+        self.scores_are_finite = torch.ones((), dtype=torch.bool, device=device)
         self.running_sequences = torch.full((batch, beams, params.max_length), fill_value, dtype=torch.int64,
                                             device=device)
         self.running_sequences[:, :, : params.prompt_length] = input_ids.reshape(batch, beams, -1)
@@ -154,13 +167,14 @@ class BeamSearchState:
         """``[batch_size * num_beams, length]``: the running hypotheses as the model and processors see them."""
         return self.running_sequences[:, :, :length].reshape(-1, length)
 
-    def candidates(self, log_probs: torch.Tensor, length: int, step: int, overwrite: bool = False) -> BeamCandidates:
+    def candidates(self, log_probs: torch.Tensor, length: int, overwrite: bool = False) -> BeamCandidates:
         """Top (or sampled) ``K`` continuations of the running beams.
 
         ``log_probs`` are the processed next-token log-probabilities ``[batch_size * num_beams, vocab]``,
-        ``length`` the current sequence length, ``step`` the decoding step (the noise offset when sampling).
-        With ``overwrite`` (the caller no longer needs ``log_probs``), the beams' cumulative scores are added
-        into ``log_probs`` in place instead of into a new ``[batch_size * num_beams, vocab]`` tensor.
+        ``length`` the current sequence length. When sampling, the noise is drawn at ``offsets``, which then
+        advance by one. With ``overwrite`` (the caller no longer needs ``log_probs``), the beams' cumulative
+        scores are added into ``log_probs`` in place instead of into a new ``[batch_size * num_beams, vocab]``
+        tensor.
         """
         p = self.params
         batch, beams, vocab, k = p.batch_size, p.num_beams, p.vocab_size, p.candidates_per_row
@@ -169,8 +183,11 @@ class BeamSearchState:
         accumulated = per_beam.add_(running_scores) if overwrite else per_beam + running_scores
         accumulated = accumulated.reshape(batch, beams * vocab)
         if p.do_sample:
-            offsets = torch.full_like(self.seeds, step)
-            perturbed = accumulated + gumbel_noise(self.seeds, offsets, beams * vocab)
+            # transformers' multinomial raises on NaN, +inf or a batch row without a finite score; the flag is
+            # read with `is_done`, without a sync of its own.
+            self.scores_are_finite.logical_and_(torch.isfinite(accumulated.amax(dim=-1)).all())
+            perturbed = accumulated + gumbel_noise(self.seeds, self.offsets, accumulated.shape[0], beams * vocab)
+            self.offsets.add_(1)
             flat_indices = topk(perturbed, k)[1]
             top_log_probs = accumulated.gather(1, flat_indices)
         else:
@@ -270,37 +287,46 @@ class BeamSearchState:
         return sequences[:, : p.prompt_length + generated], scores, beam_indices[:, :generated]
 
 
-def run_beam_search(
-    *,
-    forward: Any,
-    state: BeamSearchState,
-    logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    stopping: Any,
-    first_logits: torch.Tensor,
-    record: Any,
-) -> int:
-    """Run the beam search loop from the prefill's logits until :meth:`BeamSearchState.is_done`.
+def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, processors: Any,
+                    stopping: StoppingPlan, record: Record, tokens: Any, max_length: int) -> BeamSearchState:
+    """Beam search or beam sampling (``config.do_sample``) from the expanded prompt ``input_ids``
+    (``[batch_size * num_beams, prompt_length]``) to at most ``max_length`` tokens, until
+    :meth:`BeamSearchState.is_done`. ``tokens`` are the call's special tokens (``eos``, ``pad``); ``record``
+    collects the optional per-step outputs. Returns the final state (:meth:`BeamSearchState.result`)."""
+    rows, prompt_length = input_ids.shape
+    batch_size = rows // config.num_beams
+    logits = runner.prefill(input_ids)
+    params = BeamSearchParams(
+        batch_size=batch_size,
+        num_beams=config.num_beams,
+        vocab_size=logits.shape[-1],
+        max_length=max_length,
+        prompt_length=prompt_length,
+        length_penalty=config.length_penalty,
+        early_stopping=config.early_stopping,
+        num_eos_tokens=0 if tokens.eos is None else tokens.eos.shape[0],
+        do_sample=config.do_sample,
+    )
+    # transformers' fill value for positions past a hypothesis' end (a pad id of 0 falls through to EOS).
+    if tokens.eos is None:
+        fill_value = -1
+    else:
+        fill_value = int(tokens.pad) if tokens.pad is not None and int(tokens.pad) != 0 else int(tokens.eos[0])
+    seeds = row_seeds(draw_seed(config), batch_size, input_ids.device) if config.do_sample else None
+    state = BeamSearchState(input_ids, params, fill_value, seeds)
+    stages = LogitsStages.from_processors(list(processors), input_ids) if processors else None
 
-    ``forward`` is the decode loop's model adapter (``decode(tokens, length)`` returning the next logits and
-    recording outputs, ``reorder_cache(index)``); ``stopping`` a :class:`turbogen.stopping.StoppingPlan`;
-    ``record`` collects the optional per-step outputs (``scores(...)``, ``logits(...)``, ``collected_scores`` and
-    ``wants_scores``, whether scores are kept).
-    Returns the final sequence length.
-    """
-    p = state.params
-    length = p.prompt_length
-    logits = first_logits
-    step = 0
+    length = prompt_length
     # Without processors or recorded scores, a step's log_softmax output is read only by `candidates`, which may
     # then add the beam scores into it in place.
-    log_probs_are_scratch = not logits_processor and not record.wants_scores
+    log_probs_are_scratch = stages is None and not record.wants_scores
     while True:
         log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
-        if logits_processor:
-            log_probs = logits_processor(state.flat_running_sequences(length), log_probs)
+        if stages is not None:
+            log_probs = stages.apply(state.flat_running_sequences(length), log_probs)
         record.logits(logits)
         record.scores(log_probs)
-        candidates = state.candidates(log_probs, length, step, overwrite=log_probs_are_scratch)
+        candidates = state.candidates(log_probs, length, overwrite=log_probs_are_scratch)
 
         stopped = None
         every_candidate_stops = stopping.stops_all(candidates.length)
@@ -309,13 +335,21 @@ def run_beam_search(
             tails = state.candidate_tails(candidates, stopping.tail_tokens)
             verdict = stopping.rows_done(tails, record.collected_scores)
             if verdict is not None:
-                stopped = verdict.view(p.batch_size, p.candidates_per_row)
+                stopped = verdict.view(batch_size, params.candidates_per_row)
         if every_candidate_stops:
             stopped = torch.ones_like(candidates.log_probs, dtype=torch.bool)
         parents = state.advance(candidates, stopped)
-        forward.reorder_cache(parents)
+        runner.reorder(parents)
         length += 1
-        step += 1
-        if bool(state.is_done()):
-            return length
-        logits = forward.decode(state.running_sequences[:, :, length - 1].reshape(-1), length)
+        is_done = state.is_done()
+        if params.do_sample:  # the sampling check travels with the done flag: still one host read per step
+            is_done, scores_are_finite = torch.stack((is_done, state.scores_are_finite)).tolist()
+            if not scores_are_finite:
+                raise_non_finite_scores()
+        if bool(is_done):
+            return state
+        next_tokens = state.running_sequences[:, :, length - 1].reshape(-1)
+        if stages is not None:
+            stages.reorder(parents)
+            stages.accept(next_tokens)
+        logits = runner.decode(next_tokens)

@@ -1,0 +1,447 @@
+"""Call preparation for :func:`turbogen.generate`: everything decided before the first model call.
+
+transformers v4.57's rules, reproduced exactly: the resolution of the generation config (call arguments
+over a given config over the model's defaults over global defaults, where model defaults only fill values
+the user left at the global default), special tokens, the prompt and its attention mask, the expansion of
+rows for beams and returned sequences, ``max_length``/``min_length`` and their ``*_new_tokens`` forms,
+the logits processors, the stopping criteria and the KV cache.
+
+One name per quantity: ``max_length`` is the longest sequence (prompt included) the call can produce,
+the width of every per-row buffer; the cache holds ``max_length - 1`` positions because the last
+generated token is never fed back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import re
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .. import _transformers_compat as _compat
+from ..config import GenerationConfig, GenerationMode, as_generation_config
+from ..processors.build import SamplingParams, build_logits_processor, sampler_filter_params
+from ..stopping import StoppingPlan, build_stopping_criteria
+
+logger = logging.getLogger(__name__)
+
+# Arguments of transformers' generate() that are not generation parameters nor model inputs.
+_UNSUPPORTED_GENERATE_ARGUMENTS = {
+    "assistant_model": "assisted generation",
+    "assistant_tokenizer": "assisted generation",
+    "custom_generate": "custom generation methods",
+}
+_UNSUPPORTED_MODES = {
+    GenerationMode.ASSISTED_GENERATION: "assisted generation (`assistant_model`, `prompt_lookup_num_tokens`, "
+    "`assistant_early_exit`)",
+    GenerationMode.CONTRASTIVE_SEARCH: "contrastive search (`penalty_alpha` > 0 with `top_k` > 1)",
+    GenerationMode.GROUP_BEAM_SEARCH: "group (diverse) beam search (`num_beam_groups` > 1)",
+    GenerationMode.CONSTRAINED_BEAM_SEARCH: "constrained beam search (`constraints`, `force_words_ids`)",
+    GenerationMode.DOLA_GENERATION: "DoLa decoding (`dola_layers`)",
+}
+@dataclasses.dataclass
+class SpecialTokens:
+    """The special token ids as tensors, once resolved (``eos`` is 1-D; ``pad`` defaults to ``eos[0]``)."""
+
+    bos: Optional[torch.Tensor]
+    eos: Optional[torch.Tensor]
+    pad: Optional[torch.Tensor]
+
+    def to(self, device: torch.device) -> "SpecialTokens":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return SpecialTokens(move(self.bos), move(self.eos), move(self.pad))
+
+
+@dataclasses.dataclass
+class PreparedCall:
+    """Everything :func:`prepare_call` resolved; the decode loops read it and never see the raw arguments.
+
+    Attributes:
+        config: the effective generation config (lengths resolved).
+        is_beam: beam search or beam sampling (else greedy search or multinomial sampling).
+        input_ids: the prompt, ``[rows, prompt_length]``, each row repeated ``max(num_beams,
+            num_return_sequences)`` times.
+        model_kwargs: the model inputs besides ``input_ids`` and the cache, rows expanded likewise.
+        tokens: the special tokens, on the prompt's device.
+        processors: the logits processors, without the sampling filters when ``sampler_filters`` is set.
+        sampler_filters: the temperature / top-k / top-p / min-p the sampler applies in place of the warpers,
+            or ``None`` when the processors apply them (or nothing samples).
+        stopping: the stopping criteria, split for cheap evaluation.
+        max_length: the longest sequence the call can produce, prompt included (the config's limit, or a
+            custom ``MaxLengthCriteria``'s, and at least one new token).
+        cache: the KV cache, or ``None``.
+    """
+
+    config: GenerationConfig
+    is_beam: bool
+    input_ids: torch.Tensor
+    model_kwargs: dict
+    tokens: SpecialTokens
+    processors: Any
+    sampler_filters: Optional[SamplingParams]
+    stopping: StoppingPlan
+    max_length: int
+    cache: Any
+
+    @property
+    def prompt_length(self) -> int:
+        return self.input_ids.shape[1]
+
+
+def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_processor: Optional[Sequence[Any]],
+                 stopping_criteria: Optional[Sequence[Any]],
+                 prefix_allowed_tokens_fn: Optional[Callable[[int, torch.Tensor], list[int]]], streamer: Any,
+                 tokenizer: Any, kwargs: dict) -> PreparedCall:
+    """Resolve a ``generate`` call (its arguments as :func:`turbogen.generate` documents them) in
+    transformers v4.57's order, raising ``ValueError`` for invalid, conflicting or unsupported arguments.
+    ``streamer`` only receives the prompt here."""
+    kwargs = dict(kwargs)
+    negative_prompt_ids = kwargs.pop("negative_prompt_ids", None)
+    negative_prompt_attention_mask = kwargs.pop("negative_prompt_attention_mask", None)
+    use_model_defaults = kwargs.pop("use_model_defaults", None)
+    _reject_unsupported_arguments(model, kwargs)
+
+    config, model_kwargs = resolve_generation_config(model, generation_config, use_model_defaults, kwargs)
+    _reject_unsupported_parameters(config, model_kwargs)
+    mode = config.get_generation_mode()
+    if mode in _UNSUPPORTED_MODES:
+        raise ValueError(f"turbogen.generate does not support {_UNSUPPORTED_MODES[mode]}.")
+    is_beam = mode in (GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
+    if is_beam and streamer is not None:
+        raise ValueError("`streamer` cannot be used with beam search: set `num_beams=1`.")
+    if is_beam and config.low_memory:
+        raise ValueError("`low_memory=True` (sequential beam search) is not supported.")
+    for name in ("token_healing", "prefill_chunk_size"):
+        if getattr(config, name):
+            raise ValueError(f"`{name}` is not supported by turbogen.generate.")
+    _check_model_kwargs(model, model_kwargs)
+
+    tokens = _special_tokens(config, has_attention_mask=model_kwargs.get("attention_mask") is not None)
+    input_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+    tokens = tokens.to(input_ids.device)
+    _warn_if_right_padded(input_ids, tokens.pad)
+    prompt_ids = input_ids
+    if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
+        model_kwargs["attention_mask"] = _infer_attention_mask(input_ids, tokens)
+
+    expand = max(config.num_beams, config.num_return_sequences)
+    if expand > 1:
+        input_ids = input_ids.repeat_interleave(expand, dim=0)
+        model_kwargs = {key: value.repeat_interleave(expand, dim=0) if _is_batch_tensor(key, value) else value
+                        for key, value in model_kwargs.items()}
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+
+    prompt_length = input_ids.shape[1]
+    _resolve_lengths(model, config, kwargs, prompt_length)
+
+    # The sampler applies the config's filters itself unless the filtered scores are recorded (they are the
+    # warpers' output, which `output_scores` returns) or something must run after them.
+    records_scores = bool(config.return_dict_in_generate and config.output_scores)
+    sampler_filters = None if records_scores else sampler_filter_params(config)
+    processors = build_logits_processor(
+        config,
+        prompt_length,
+        encoder_input_ids=prompt_ids,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        logits_processor=logits_processor,
+        device=prompt_ids.device,
+        model_kwargs=model_kwargs,
+        negative_prompt_ids=negative_prompt_ids,
+        negative_prompt_attention_mask=negative_prompt_attention_mask,
+        model=model,
+        sampler_applies_filters=sampler_filters is not None,
+    )
+    criteria = build_stopping_criteria(
+        config, eos_token_ids=tokens.eos, tokenizer=tokenizer,
+        max_position_embeddings=getattr(text_config(model), "max_position_embeddings", None),
+        custom=stopping_criteria)
+    stopping = StoppingPlan(criteria)
+    if stopping.max_length is None:
+        raise ValueError("`max_length` must be set: generation needs a length limit.")
+    # A custom MaxLengthCriteria may replace the config's limit; the buffers must hold whichever applies
+    # (and at least one new token, which is always generated).
+    max_length = max(stopping.max_length, prompt_length + 1)
+    cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0], max_length=max_length)
+    return PreparedCall(config=config, is_beam=is_beam, input_ids=input_ids, model_kwargs=model_kwargs,
+                        tokens=tokens, processors=processors, sampler_filters=sampler_filters, stopping=stopping,
+                        max_length=max_length, cache=cache)
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _reject_unsupported_arguments(model: Any, kwargs: dict) -> None:
+    for name, feature in _UNSUPPORTED_GENERATE_ARGUMENTS.items():
+        if kwargs.pop(name, None) is not None:
+            raise ValueError(f"`{name}` is not supported: turbogen.generate does not implement {feature}.")
+    kwargs.pop("trust_remote_code", None)
+    if kwargs.pop("synced_gpus", None):
+        raise ValueError("`synced_gpus=True` is not supported: turbogen.generate runs on a single process.")
+    if kwargs.get("inputs_embeds") is not None:
+        raise ValueError("`inputs_embeds` is not supported: pass token ids (`inputs` or `input_ids`).")
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError("turbogen.generate supports decoder-only models; this `model` is an encoder-decoder.")
+
+
+def _reject_unsupported_parameters(config: GenerationConfig, model_kwargs: dict) -> None:
+    """Generation parameters of transformers 5 that turbogen does not implement raise instead of being ignored,
+    whether set in the config (kept there as extra attributes) or passed as arguments."""
+    for name, feature in _compat.UNSUPPORTED_TRANSFORMERS_5_PARAMETERS.items():
+        if getattr(config, name, None) not in (None, False) or model_kwargs.get(name) not in (None, False):
+            raise ValueError(f"`{name}` is not supported: turbogen.generate does not implement {feature} "
+                             "(a transformers 5 parameter).")
+        model_kwargs.pop(name, None)
+
+
+def _version_tuple(version: Optional[str]) -> tuple[int, ...]:
+    """``"4.57.6"`` -> ``(4, 57, 6)``; the leading numeric components only."""
+    return tuple(int(part) for part in re.findall(r"\d+", (version or "0").split("+")[0])[:3])
+
+
+def resolve_generation_config(model: Any, generation_config: Any, use_model_defaults: Optional[bool],
+                               kwargs: dict) -> tuple[GenerationConfig, dict]:
+    """The effective config and the leftover model kwargs, with transformers v4.57's precedence:
+    call kwargs > the given config's non-default values > the model's generation config > global defaults.
+
+    Model defaults fill a given config only for models saved by transformers >= 4.50 (or with
+    ``use_model_defaults=True``); older ones only lend their special tokens, as in transformers. Its
+    deprecated fallback of reading generation parameters from the model's main config is not reproduced.
+    """
+    model_config = getattr(model, "generation_config", None)
+    model_defaults = as_generation_config(model_config) if model_config is not None else GenerationConfig()
+    if generation_config is None:
+        config = model_defaults.copy()
+        if config.cache_implementation == "hybrid":  # transformers drops this legacy model default
+            config.cache_implementation = None
+    else:
+        config = as_generation_config(generation_config).copy()
+        model_version = _version_tuple(getattr(model_config, "transformers_version", None))
+        if use_model_defaults is True or (use_model_defaults is None and model_version >= (4, 50)):
+            global_defaults = GenerationConfig()
+            for key, model_value in vars(model_defaults).items():
+                if key.startswith("_") or key == "transformers_version":
+                    continue
+                if key == "cache_implementation" and model_value == "hybrid":
+                    continue
+                global_value = getattr(global_defaults, key, None)
+                if getattr(config, key, None) == global_value and model_value != global_value:
+                    setattr(config, key, model_value)
+            if config.temperature == 0.0:
+                config.do_sample = False
+        else:
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+                if getattr(config, key) is None:
+                    setattr(config, key, getattr(model_defaults, key))
+    model_kwargs = config.update(**kwargs)
+    for flag in ("output_attentions", "output_hidden_states"):
+        if getattr(config, flag):
+            model_kwargs[flag] = True
+    return config, model_kwargs
+
+
+def text_config(model: Any) -> Any:
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def forward_parameters(model: Any) -> dict:
+    return dict(inspect.signature(model.forward).parameters)
+
+
+def accepts(model: Any, name: str) -> bool:
+    return name in forward_parameters(model)
+
+
+def _check_model_kwargs(model: Any, model_kwargs: dict) -> None:
+    """Unknown keyword arguments (typos of generation parameters included) raise, as in transformers."""
+    accepted = set(forward_parameters(model))
+    prepare = getattr(model, "prepare_inputs_for_generation", None)
+    if prepare is not None:
+        accepted |= set(inspect.signature(prepare).parameters)
+    try:
+        from transformers.utils.generic import TransformersKwargs
+
+        accepted |= set(TransformersKwargs.__optional_keys__)
+    except ImportError:  # not a transformers model: its forward signature is all there is
+        pass
+    accepted |= {"input_ids", "attention_mask", "past_key_values", "use_cache"}
+    unknown = [key for key, value in model_kwargs.items() if value is not None and key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"generate() got arguments that are neither generation parameters nor inputs of the model: {unknown} "
+            "(check for typos)"
+        )
+
+
+def _token_tensor(value: Any, name: str) -> Optional[torch.Tensor]:
+    if value is None:
+        return None
+    tensor = torch.as_tensor(value)
+    if tensor.is_floating_point() or tensor.numel() == 0:
+        raise ValueError(f"`{name}` must be an integer token id (or a list of them), got {value!r}")
+    return tensor.long()
+
+
+def _special_tokens(config: GenerationConfig, has_attention_mask: bool) -> SpecialTokens:
+    bos = _token_tensor(config.bos_token_id, "bos_token_id")
+    eos = _token_tensor(config.eos_token_id, "eos_token_id")
+    pad = _token_tensor(config.pad_token_id, "pad_token_id")
+    if eos is not None:
+        eos = eos.reshape(-1)
+    if pad is None and eos is not None:
+        if not has_attention_mask:
+            logger.warning("Neither an attention mask nor `pad_token_id` was given; results may be unreliable "
+                           "for padded inputs. Pass `attention_mask`.")
+        pad = eos[0]
+        logger.warning("Setting `pad_token_id` to `eos_token_id`:%d for open-end generation.", int(pad))
+    return SpecialTokens(bos, eos, pad)
+
+
+def _prompt_ids(model: Any, inputs: Any, tokens: SpecialTokens, model_kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """The prompt as a validated ``[batch, length]`` LongTensor (and the kwargs without ``input_ids``)."""
+    kwarg_ids = model_kwargs.pop("input_ids", None)
+    if inputs is not None and kwarg_ids is not None:
+        raise ValueError("Both `inputs` and `input_ids` were given: pass the prompt only once.")
+    ids = inputs if inputs is not None else kwarg_ids
+    name = "inputs" if inputs is not None else "input_ids"
+    if ids is None:
+        if tokens.bos is None:
+            raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided.")
+        batch = next((v.shape[0] for v in model_kwargs.values() if isinstance(v, torch.Tensor)), 1)
+        device = _model_device(model)
+        return torch.full((batch, 1), int(tokens.bos), dtype=torch.long, device=device), model_kwargs
+    if not isinstance(ids, torch.Tensor):
+        ids, mask = _pad_token_lists(ids, tokens.pad, name, _model_device(model))
+        if model_kwargs.get("attention_mask") is None:
+            model_kwargs["attention_mask"] = mask
+    if ids.dim() != 2:
+        raise ValueError(f"`{name}` must have shape [batch, length], got {tuple(ids.shape)}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"`{name}` must hold integer token ids, got dtype {ids.dtype}")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(ids.shape)}): give at least one token per row.")
+    vocab_size = getattr(text_config(model), "vocab_size", None)
+    low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both bounds
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        raise ValueError(f"`{name}` holds token ids outside [0, {vocab_size}): min {low}, max {high}")
+    mask = model_kwargs.get("attention_mask")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"`attention_mask` must be a tensor of the prompt's shape {tuple(ids.shape)}, got {shape}")
+        if mask.device != ids.device:
+            raise ValueError(f"`attention_mask` is on {mask.device} but `{name}` on {ids.device}")
+    return ids.long(), model_kwargs
+
+
+def _pad_token_lists(rows: Any, pad: Optional[torch.Tensor], name: str, device: torch.device):
+    """Left-pad a list of token-id lists into ``(input_ids, attention_mask)``."""
+    try:
+        rows = [[int(token) for token in row] for row in rows]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`{name}` must be a LongTensor or a list of token-id lists") from error
+    if not rows or not all(rows):
+        raise ValueError(f"`{name}` is empty: give at least one token per row.")
+    width = max(len(row) for row in rows)
+    if any(len(row) != width for row in rows) and pad is None:
+        raise ValueError(f"The rows of `{name}` differ in length and need padding, but no `pad_token_id` "
+                         "(nor `eos_token_id`) is set.")
+    fill = 0 if pad is None else int(pad)
+    ids = torch.tensor([[fill] * (width - len(row)) + row for row in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long,
+                        device=device)
+    return ids, mask
+
+
+def _model_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def _warn_if_right_padded(input_ids: torch.Tensor, pad: Optional[torch.Tensor]) -> None:
+    if pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
+        logger.warning("Right-padding was detected in a decoder-only batch; results will be wrong. "
+                       "Pad on the left (`padding_side='left'`).")
+
+
+def _infer_attention_mask(input_ids: torch.Tensor, tokens: SpecialTokens) -> torch.Tensor:
+    """transformers' rule: mask the pad tokens if the pad id occurs and differs from every EOS id."""
+    if tokens.pad is None:
+        return torch.ones_like(input_ids)
+    is_pad = input_ids == tokens.pad
+    pad_is_eos = tokens.eos is not None and bool(torch.isin(tokens.eos, tokens.pad).any())
+    if bool(is_pad.any()) and not pad_is_eos:
+        return (~is_pad).long()
+    return torch.ones_like(input_ids)
+
+
+def _is_batch_tensor(key: str, value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and key != "cache_position" and value.dim() > 0
+
+
+def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, prompt_length: int) -> None:
+    """Fix ``max_length``/``min_length`` as transformers v4.57 does, and check them."""
+    default_max_length = call_kwargs.get("max_length") is None and config.max_length is not None
+    default_min_length = call_kwargs.get("min_length") is None and config.min_length is not None
+    if config.max_new_tokens is not None:
+        if not default_max_length and config.max_length is not None:
+            logger.warning("Both `max_new_tokens` (=%s) and `max_length` (=%s) are set; `max_new_tokens` takes "
+                           "precedence.", config.max_new_tokens, config.max_length)
+        config.max_length = config.max_new_tokens + prompt_length
+    elif default_max_length and config.max_length == GenerationConfig().max_length:
+        config.max_length = config.max_length + prompt_length
+        max_positions = getattr(text_config(model), "max_position_embeddings", None)
+        if max_positions is not None:
+            config.max_length = min(config.max_length, max_positions)
+    if config.min_new_tokens is not None:
+        if not default_min_length:
+            logger.warning("Both `min_new_tokens` (=%s) and `min_length` (=%s) are set; `min_new_tokens` takes "
+                           "precedence.", config.min_new_tokens, config.min_length)
+        config.min_length = config.min_new_tokens + prompt_length
+
+    # As in transformers, this runs after the resolution above, so it only fires when the default 20 survived.
+    if default_max_length and config.max_new_tokens is None and config.max_length == 20:
+        warnings.warn("Using the model-agnostic default `max_length` (=20 new tokens) to control the generation "
+                      "length; set `max_new_tokens` instead.", UserWarning, stacklevel=4)
+    if prompt_length >= config.max_length:
+        raise ValueError(f"Input length of input_ids is {prompt_length}, but `max_length` is set to "
+                         f"{config.max_length}: increase `max_length` or, better, set `max_new_tokens`.")
+    if config.min_length is not None and config.min_length > config.max_length:
+        warnings.warn(f"Unfeasible length constraints: `min_length` ({config.min_length}) is larger than the "
+                      f"maximum possible length ({config.max_length}).", UserWarning, stacklevel=4)
+    if config.min_new_tokens is not None and config.min_new_tokens + prompt_length > config.max_length:
+        warnings.warn(f"Unfeasible length constraints: `min_new_tokens` ({config.min_new_tokens}) plus the prompt "
+                      f"length ({prompt_length}) is larger than the maximum possible length ({config.max_length}).",
+                      UserWarning, stacklevel=4)
+
+
+def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, rows: int, max_length: int) -> Any:
+    """The KV cache for this call: the user's ``past_key_values``, else a fresh one per ``cache_implementation``
+    (:func:`turbogen.cache.make_cache`: transformers' ``DynamicCache`` by default, turbogen's static cache for
+    ``"static"``), or ``None`` when ``use_cache=False`` or the model manages its own cache."""
+    user_cache = model_kwargs.pop("past_key_values", None)
+    if user_cache is not None:
+        if config.cache_implementation is not None:
+            raise ValueError("Both `cache_implementation` and `past_key_values` were given: pass only one.")
+        if isinstance(user_cache, tuple):
+            user_cache = _compat.dynamic_cache_from_legacy(user_cache)
+        return user_cache
+    if config.use_cache is False:
+        return None
+    supports_dynamic = getattr(type(model), "_supports_default_dynamic_cache", None)
+    if supports_dynamic is not None and not supports_dynamic():
+        return None
+    from ..cache import make_cache
+
+    # The last generated token is never fed back, hence one position less than the longest sequence.
+    return make_cache(config.cache_implementation, model, batch_size=rows, max_cache_len=max_length - 1)

@@ -1,0 +1,308 @@
+"""``ModelRunner``: the decode loops' only way to call the model.
+
+A runner wraps a transformers causal LM over a given KV cache and owns every model keyword argument
+(attention mask, positions, cache positions, token types, ``logits_to_keep``...): the loops hand it token
+ids and get float32 next-token logits back. It tracks how many positions of the sequences it has fed
+(``fed_length``: the cache's length when there is a cache), so each call only needs the new tokens.
+
+Two implementations:
+
+* :class:`DirectRunner` calls the model exactly as transformers' generic ``prepare_inputs_for_generation``
+  would, from tables built once (mask, positions, cache positions), sliced per step;
+* :class:`PreparedRunner`, for models that override ``prepare_inputs_for_generation``, goes through the
+  model's own preparation and ``_update_model_kwargs_for_generation`` at every step, as transformers does.
+
+:func:`make_runner` picks one for a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Protocol, Union, runtime_checkable
+
+import torch
+
+from .. import _transformers_compat as _compat
+from .prepare import accepts, forward_parameters
+from .record import Record
+
+__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "make_runner"]
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """What the decode loops need from a model over a cache.
+
+    ``fed_length`` is the number of sequence positions fed so far (after :meth:`prefill`, the prompt's length;
+    during decoding, the sequence length minus one, as the last chosen token is fed by the next call).
+    Logits are float32 with contiguous rows; every call records the model's optional outputs.
+    """
+
+    fed_length: int
+    #: Whether :meth:`crop` can always restore an earlier length (sliding-window caches cannot).
+    can_crop: bool
+    #: The KV cache (``None`` without one); the model may replace it on its first call.
+    past_key_values: Any
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed the prompt ``[rows, prompt_length]`` (what the cache does not hold yet); ``[rows, vocab]``
+        logits of its last position."""
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (``[rows]``) at position ``fed_length``; ``[rows, vocab]`` logits."""
+
+    def verify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``k + 1`` tokens per row (``[rows, k + 1]``) at positions ``fed_length ... fed_length + k``;
+        ``[rows, k + 1, vocab]`` logits, position ``i`` predicting the token after ``tokens[:, i]``."""
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row ``r`` what row ``index[r]`` was (beam search)."""
+
+    def crop(self, lengths: Union[int, torch.Tensor]) -> None:
+        """Forget every fed position from ``lengths`` on: an int, or ``[rows]`` int64 (per-row lengths; a
+        runner whose cache cannot hold rows of different lengths raises ``ValueError`` unless they agree)."""
+
+
+def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
+                max_length: int, record: Record) -> ModelRunner:
+    """The runner for ``model``: :class:`DirectRunner` for models using transformers' generic input
+    preparation, else :class:`PreparedRunner`. ``input_ids`` is the prompt, ``max_length`` the longest
+    sequence the runner will be fed (prompt included)."""
+    from transformers.generation.utils import GenerationMixin
+
+    own_preparation = getattr(type(model), "prepare_inputs_for_generation", None)
+    if own_preparation is not None and own_preparation is not GenerationMixin.prepare_inputs_for_generation:
+        return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
+    return DirectRunner(model, input_ids, model_kwargs, cache, use_cache, max_length, record)
+
+
+def _last_logits(outputs: Any, positions: int = 1) -> torch.Tensor:
+    """The last ``positions`` positions' logits, float32 with contiguous rows: ``[rows, vocab]`` for one
+    position, else ``[rows, positions, vocab]``.
+
+    When the model computed only that position (``logits_to_keep=1``) in float32, this is a view: it keeps
+    nothing larger alive and saves a copy of ``rows * vocab`` floats per step. Otherwise it is a copy (as in
+    transformers), so that the possibly prompt-long logits of the model output can be freed.
+    """
+    logits = outputs.logits
+    if positions != 1:
+        return logits[:, -positions:, :].to(copy=True, dtype=torch.float32)
+    last = logits[:, -1, :]
+    if logits.shape[1] == 1 and logits.dtype == torch.float32 and last.is_contiguous():
+        return last
+    return last.to(copy=True, dtype=torch.float32)
+
+
+def _common_length(lengths: Union[int, torch.Tensor], rows: int) -> int:
+    """``lengths`` as one int: an int, a 0-d tensor, or ``[rows]`` values that all agree."""
+    if not isinstance(lengths, torch.Tensor):
+        return int(lengths)
+    if lengths.dim() == 0:
+        return int(lengths)
+    if lengths.shape != (rows,):
+        raise ValueError(f"`lengths` must be an int or a tensor of shape [{rows}], got shape {tuple(lengths.shape)}")
+    low, high = torch.stack(torch.aminmax(lengths)).tolist()
+    if low != high:
+        raise ValueError(f"`lengths` differ across rows ({low} to {high}): this runner's cache keeps one length "
+                         "for every row, so per-row cropping is not supported (crop to one common length).")
+    return int(low)
+
+
+def _reorder_cache(model: Any, cache: Any, index: torch.Tensor) -> Any:
+    """``cache`` with its rows reordered by ``index`` (the model's own hook first, as transformers)."""
+    if hasattr(model, "_reorder_cache"):
+        return model._reorder_cache(cache, index)
+    cache.reorder_cache(index)
+    return cache
+
+
+def _mask_is_redundant(prompt_mask: torch.Tensor, cache: Any) -> bool:
+    """Whether the attention mask can be left out of every model call: the prompt has no padding and the cache
+    is a plain ``DynamicCache``, whose keys are exactly the sequence so far. transformers then builds the same
+    attention without a mask, and skips checking the mask for padding at every step (``mask.all()``, about
+    0.2 ms per step for a small model on a CPU). Not for other caches: a static cache's unwritten positions
+    are hidden by the mask alone."""
+    from transformers import DynamicCache
+
+    return type(cache) is DynamicCache and bool(prompt_mask.all())
+
+
+class DirectRunner:
+    """Calls the model exactly as transformers' generic ``prepare_inputs_for_generation`` would, from
+    tables built once: the attention mask is a ``[rows, max_length]`` buffer (prompt mask, then ones) sliced
+    per call, positions are ``cumsum(mask) - 1`` (1 on padding) precomputed for every position, and the cache
+    position is a slice of one ``arange``. Without a cache (``use_cache=False``) every call re-runs the whole
+    sequence, which the runner keeps."""
+
+    def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
+                 max_length: int, record: Record):
+        self.model = model
+        self.past_key_values = cache
+        self.use_cache = bool(use_cache)
+        self.record = record
+        self.max_length = max_length
+        self.fed_length = 0
+        parameters = forward_parameters(model)
+        rows, prompt_length = input_ids.shape
+        self.rows = rows
+        device = input_ids.device
+        kwargs = dict(model_kwargs)
+        prompt_mask = kwargs.pop("attention_mask", None)
+        token_type_ids = kwargs.pop("token_type_ids", None)
+        if kwargs.pop("position_ids", None) is not None:
+            raise ValueError("`position_ids` cannot be passed: generate derives them from `attention_mask`.")
+        self._constant_kwargs = {"use_cache": self.use_cache, **kwargs}
+        # Only the positions whose logits are used are computed, when the model allows choosing them.
+        self._keeps_logits = "logits_to_keep" in parameters and "logits_to_keep" not in kwargs
+        if self._keeps_logits:
+            self._constant_kwargs["logits_to_keep"] = 1
+
+        self._mask = None
+        if prompt_mask is not None:
+            self._mask = torch.ones(rows, max_length, dtype=prompt_mask.dtype, device=device)
+            self._mask[:, :prompt_length] = prompt_mask
+        self._positions = None  # [rows, max_length]
+        self._positions_by_step = None  # [max_length, rows, 1]: contiguous per-step slices
+        if "position_ids" in parameters and self._mask is not None:
+            positions = _compat.position_ids_from_attention_mask(self._mask)
+            self._positions = positions
+            self._positions_by_step = positions.t().contiguous().unsqueeze(-1)
+        if self._mask is not None and _mask_is_redundant(prompt_mask, cache):
+            self._mask = None
+        self._token_types = None
+        if token_type_ids is not None:
+            self._token_types = torch.cat(
+                [token_type_ids, token_type_ids[:, -1:].expand(rows, max_length - prompt_length)], dim=1)
+        self._cache_positions = torch.arange(max_length, device=device) if "cache_position" in parameters else None
+        # Without a cache every call re-runs the whole sequence, which this copy tracks.
+        self._all_ids = None if self.use_cache else input_ids
+
+    def _call(self, input_ids: torch.Tensor, start: int, end: int, logits_positions: int = 1) -> torch.Tensor:
+        """Run the model on positions ``[start, end)`` of the sequences, ``input_ids`` holding exactly those;
+        the logits of the last ``logits_positions`` positions."""
+        if end > self.max_length:
+            raise ValueError(f"cannot feed position {end - 1}: this runner was built for sequences of at most "
+                             f"{self.max_length} tokens")
+        kwargs = dict(self._constant_kwargs)
+        if self._keeps_logits and logits_positions != 1:
+            kwargs["logits_to_keep"] = logits_positions
+        if self._mask is not None:
+            kwargs["attention_mask"] = self._mask[:, :end]
+        if self._positions is not None:
+            kwargs["position_ids"] = (self._positions_by_step[start] if end - start == 1
+                                      else self._positions[:, start:end].contiguous())
+        if self._token_types is not None:
+            kwargs["token_type_ids"] = self._token_types[:, start:end]
+        if self._cache_positions is not None:
+            kwargs["cache_position"] = self._cache_positions[start:end]
+        if self.past_key_values is not None:
+            kwargs["past_key_values"] = self.past_key_values
+        outputs = self.model(input_ids=input_ids, return_dict=True, **kwargs)
+        if self.use_cache:  # the model may have created the cache itself
+            self.past_key_values = getattr(outputs, "past_key_values", self.past_key_values)
+        self.record.model_outputs(outputs)
+        self.fed_length = end
+        return _last_logits(outputs, logits_positions)
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        cached = 0 if self.past_key_values is None else int(self.past_key_values.get_seq_length())
+        if cached >= input_ids.shape[1]:
+            raise ValueError(f"`past_key_values` already holds {cached} positions, as many as the prompt's "
+                             f"{input_ids.shape[1]}: nothing is left to feed the model.")
+        return self._call(input_ids[:, cached:], cached, input_ids.shape[1])
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._feed(tokens[:, None])
+
+    def verify(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"`tokens` must have shape [rows, k + 1], got {tuple(tokens.shape)}")
+        logits = self._feed(tokens, logits_positions=tokens.shape[1])
+        return logits if tokens.shape[1] != 1 else logits[:, None, :]
+
+    def _feed(self, tokens: torch.Tensor, logits_positions: int = 1) -> torch.Tensor:
+        start, end = self.fed_length, self.fed_length + tokens.shape[1]
+        if self._all_ids is not None:
+            self._all_ids = torch.cat([self._all_ids, tokens], dim=1)
+            return self._call(self._all_ids, 0, end, logits_positions)
+        return self._call(tokens, start, end, logits_positions)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.past_key_values is not None:
+            self.past_key_values = _reorder_cache(self.model, self.past_key_values, index)
+        elif self._all_ids is not None:
+            self._all_ids = self._all_ids.index_select(0, index)
+
+    @property
+    def can_crop(self) -> bool:
+        return self.past_key_values is None or _compat.can_crop_cache(self.past_key_values)
+
+    def crop(self, lengths: Union[int, torch.Tensor]) -> None:
+        length = _common_length(lengths, self.rows)
+        if self.past_key_values is not None:
+            if not self.can_crop:
+                raise ValueError("this cache cannot be cropped (a sliding-window layer forgets what leaves its "
+                                 "window)")
+            _compat.crop_cache(self.past_key_values, length)
+        elif self._all_ids is not None:
+            self._all_ids = self._all_ids[:, :length]
+        self.fed_length = min(self.fed_length, length)
+
+
+class PreparedRunner:
+    """For models that override ``prepare_inputs_for_generation`` (their inputs may differ from the generic
+    ones): every call goes through the model's own ``prepare_inputs_for_generation`` and
+    ``_update_model_kwargs_for_generation``, exactly as transformers' loop does. One token per row per call:
+    :meth:`verify` and :meth:`crop` raise ``ValueError``."""
+
+    can_crop = False
+
+    def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
+                 record: Record):
+        self.model = model
+        self.record = record
+        self._ids = input_ids
+        self._kwargs = dict(model_kwargs)
+        self._kwargs["use_cache"] = bool(use_cache)
+        if cache is not None:
+            self._kwargs["past_key_values"] = cache
+        if "logits_to_keep" in forward_parameters(model) and "logits_to_keep" not in self._kwargs:
+            self._kwargs["logits_to_keep"] = 1
+        self._cached_at_prefill = 0 if cache is None else int(cache.get_seq_length())
+        self.fed_length = self._cached_at_prefill
+        _compat.start_prepared_inputs(self._kwargs, input_ids, self._cached_at_prefill,
+                                      accepts_position_ids=accepts(model, "position_ids"))
+
+    @property
+    def past_key_values(self) -> Any:
+        return self._kwargs.get("past_key_values")
+
+    @past_key_values.setter
+    def past_key_values(self, value: Any) -> None:
+        self._kwargs["past_key_values"] = value
+
+    def _step(self, prefill_cached_length: Optional[int] = None) -> torch.Tensor:
+        inputs = _compat.prepare_inputs(self.model, self._ids, self._kwargs, prefill_cached_length)
+        outputs = self.model(**inputs, return_dict=True)
+        self._kwargs = self.model._update_model_kwargs_for_generation(outputs, self._kwargs)
+        self.record.model_outputs(outputs)
+        self.fed_length = self._ids.shape[1]
+        return _last_logits(outputs)
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._step(prefill_cached_length=self._cached_at_prefill)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._ids = torch.cat([self._ids, tokens[:, None]], dim=1)
+        return self._step()
+
+    def verify(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise ValueError("verify (several tokens per row in one call) is not supported for models with their own "
+                         "`prepare_inputs_for_generation`, which prepares one new token per step")
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self._ids = self._ids.index_select(0, index)
+        if self.past_key_values is not None:
+            self.past_key_values = _reorder_cache(self.model, self.past_key_values, index)
+
+    def crop(self, lengths: Union[int, torch.Tensor]) -> None:
+        raise ValueError("this runner cannot crop: the model's own input preparation tracks the cache itself")

@@ -1,0 +1,198 @@
+"""The op registry (turbogen/ops/_registry.py): every declared op passes torch.library.opcheck on
+every backend it has, compiles with fullgraph=True through its public function, and dispatches
+inside torch.compile through its custom op; the declarations are checked; production code reaches
+turbogen.ref only through the registry."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+import torch
+
+import turbogen
+from turbogen import ops
+from turbogen.ops._registry import OpSpec, declare, registered_ops
+from turbogen.ref import sampling as ref_sampling
+
+from conftest import backend_params, device_for
+from tolerances import assert_bit_exact, assert_close_across_compilations
+
+def _logits(rows: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
+    return (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3).to(device)
+
+
+def _filters(rows: int, device) -> tuple[torch.Tensor, ...]:
+    """Validated filter inputs as ops.sampling's _Filters holds them: scalar and per-row mixed."""
+    return (torch.full((1,), 0.8, device=device), torch.tensor([5, 0, 1], device=device)[:rows],
+            torch.full((rows,), 0.9, dtype=torch.float64, device=device), torch.full((1,), 0.05, device=device))
+
+
+# Validated inputs of each declared op (what its public function passes to the registry).
+OP_INPUTS = {
+    "sample": lambda device: (_logits(3, 64, device), *_filters(3, device), torch.arange(3, device=device) + 7,
+                              torch.tensor([2 ** 33 + 1], device=device), True),
+    "filter_logits": lambda device: (_logits(3, 64, device), *_filters(3, device)),
+    "softmax": lambda device: (_logits(3, 17, device), torch.tensor([0.5, 1.0, 2.0], device=device)),
+    "topk": lambda device: (_logits(3, 50, device), 4),
+    "gumbel_noise": lambda device: (torch.arange(3, device=device) + 7, torch.tensor([2 ** 33 + 1] * 3, device=device),
+                                    40),
+}
+
+# Each op called through its public function, as a compiled decode step would call it.
+PUBLIC_CALLS = {
+    "sample": lambda logits, backend: ops.sample(logits, temperature=0.7, top_k=20, top_p=0.9, min_p=0.02,
+                                                 seed=torch.arange(logits.shape[0]) + 3, offset=5,
+                                                 return_logprobs=True, backend=backend),
+    "filter_logits": lambda logits, backend: ops.filter_logits(logits, temperature=0.7, top_k=20, top_p=0.9,
+                                                               min_p=0.02, backend=backend),
+    "softmax": lambda logits, backend: ops.softmax(logits, 0.5, backend=backend),
+    "topk": lambda logits, backend: ops.topk(logits, 4, backend=backend),
+    "gumbel_noise": lambda logits, backend: ops.gumbel_noise(torch.arange(logits.shape[0]) + 3, 5, logits.shape[0],
+                                                             logits.shape[1], backend=backend),
+}
+
+
+def _op_backend_params(backends=("ref", "cpu", "triton", "cuda")):
+    """(op, backend) for every declared op and each of its backends, skipped where the backend is unavailable."""
+    cases = []
+    for name, op in sorted(registered_ops().items()):
+        for param in backend_params(tuple(b for b in backends if b in op.backends)):
+            cases.append(pytest.param(name, *param.values, id=f"{name}-{param.id}", marks=param.marks))
+    return cases
+
+
+def test_every_declared_op_is_exercised_here():
+    assert set(registered_ops()) == set(OP_INPUTS) == set(PUBLIC_CALLS) == {"sample", "filter_logits", "softmax",
+                                                                            "topk", "gumbel_noise"}
+
+
+@pytest.mark.parametrize("name,backend", _op_backend_params())
+def test_custom_op_passes_opcheck(name, backend):
+    """Schema, fake implementation (the output allocation) and the real outputs agree."""
+    torch.library.opcheck(getattr(torch.ops.turbogen, name).default, (*OP_INPUTS[name](device_for(backend)), backend))
+
+
+def _assert_same(actual, expected, assert_same_floats):
+    """Outputs (a tensor or a tuple of them) with the same dtypes and shapes, integers equal, floats passing
+    ``assert_same_floats``."""
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple) and len(actual) == len(expected)
+        for actual_part, expected_part in zip(actual, expected):
+            _assert_same(actual_part, expected_part, assert_same_floats)
+    elif expected.is_floating_point():
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        assert_same_floats(actual, expected)
+    else:
+        assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("name,backend", _op_backend_params(("ref", "cpu")))
+def test_public_function_compiles_fullgraph(name, backend):
+    # Every case compiles the same lambda: start from empty caches so no recompilation limit is reached.
+    torch.compiler.reset()
+    logits = _logits(4, 200, "cpu", seed=1)
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    call = PUBLIC_CALLS[name]
+    recorded = torch.compile(lambda x: call(x, backend), fullgraph=True, backend=recording_backend)(logits)
+    compiled = torch.compile(lambda x: call(x, backend), fullgraph=True)(logits)
+    expected = call(logits, backend)
+    _assert_same(recorded, expected, assert_bit_exact)  # the captured graph, run as it is: the same kernels
+    # Inductor may fuse and reorder the reference's float arithmetic; a compiled backend's kernel is called as it is.
+    _assert_same(compiled, expected, assert_close_across_compilations if backend == "ref" else assert_bit_exact)
+    # A compiled backend is an opaque call to the registered custom op; the reference is traced into plain torch ops.
+    custom_op = getattr(torch.ops.turbogen, name).default
+    calls = [node for node in graphs[0].graph.nodes if node.op == "call_function" and node.target is custom_op]
+    assert len(calls) == (0 if backend == "ref" else 1)
+
+
+def test_eager_calls_launch_without_the_dispatcher(monkeypatch):
+    """Outside torch.compile a compiled backend's launcher is called directly: the custom op (about
+    30 us of dispatch per call) only serves compiled graphs."""
+    if not ops.available_backends()["cpu"]:
+        pytest.skip(ops.available_backends()["cpu"].reason)
+    softmax_op = registered_ops()["softmax"]
+    monkeypatch.setattr(softmax_op, "_compiled_entry", None)  # calling it would raise
+    x = _logits(2, 9, "cpu")
+    assert_close_across_compilations(ops.softmax(x, backend="cpu"), torch.softmax(x, -1))
+
+
+def test_reference_is_looked_up_by_name_in_turbogen_ref(monkeypatch):
+    calls = []
+    monkeypatch.setattr(turbogen.ref, "topk", lambda scores, k: calls.append(k) or torch.topk(scores, k))
+    ops.topk(_logits(2, 9, "cpu"), 3, backend="ref")
+    assert calls == [3]
+
+
+def _allocate_like(logits: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(logits)
+
+
+def test_declarations_are_checked():
+    with pytest.raises(ValueError, match="unknown backends"):
+        OpSpec(name="identity", reference="softmax", allocate_outputs=_allocate_like, launchers={"gpu": print})
+    with pytest.raises(ValueError, match="already declared"):
+        declare(OpSpec(name="softmax", reference="softmax", allocate_outputs=_allocate_like, launchers={}))
+
+
+def test_an_op_refuses_a_backend_it_has_no_kernel_for():
+    with pytest.raises(ValueError, match="turbogen.ops.topk has no triton implementation"):
+        ops.topk(_logits(2, 9, "cpu"), 3, backend="triton")
+    with pytest.raises(ValueError, match="to launch turbogen::topk"):
+        registered_ops()["topk"].launch("triton", _logits(2, 9, "cpu"), 3)
+
+
+def _absolute_imports(path: pathlib.Path, package: tuple[str, ...]) -> list[str]:
+    """The absolute names of the modules that the module at ``path``, inside ``package``, imports."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) + 1 - node.level] if node.level else ()
+            if node.module is None:  # from .. import ref
+                names += [".".join((*base, alias.name)) for alias in node.names]
+            else:
+                names.append(".".join((*base, node.module)))
+    return names
+
+
+def test_production_code_reaches_the_reference_only_through_the_registry():
+    library = pathlib.Path(turbogen.__file__).parent
+    for path in sorted(library.rglob("*.py")):
+        relative = path.relative_to(library)
+        if relative.parts[0] == "ref":
+            continue
+        package = ("turbogen", *relative.parts[:-1])  # the package a relative import starts from
+        reaching_ref = [name for name in _absolute_imports(path, package) if name.split(".")[:2] == ["turbogen", "ref"]]
+        if relative == pathlib.Path("ops", "_registry.py"):
+            assert reaching_ref == ["turbogen.ref"]
+        elif relative == pathlib.Path("__init__.py"):
+            assert reaching_ref == ["turbogen.ref"]  # re-exported as turbogen.ref for tests and users
+        else:
+            assert reaching_ref == [], f"{relative} imports {reaching_ref}"
+
+
+def test_gumbel_noise_is_the_noise_the_sampler_adds():
+    logits = _logits(4, 300, "cpu")
+    seeds, offset = torch.tensor([3, 2 ** 40, -5, 11]), 2 ** 33 + 7
+    noise = ops.gumbel_noise(seeds, offset, 4, 300)
+    assert noise.dtype == torch.float32 and noise.shape == (4, 300)
+    expected = ops.sample(logits, seed=seeds, offset=offset, backend="ref")
+    assert torch.equal((logits + noise).argmax(dim=-1), expected)
+    assert not torch.equal(noise, ops.gumbel_noise(seeds, offset + 1, 4, 300))  # the offset moves the counter
+
+
+def test_counter_helpers_are_shared_by_ops_and_reference():
+    assert ref_sampling.row_seeds is ops.row_seeds and ref_sampling.row_offsets is ops.row_offsets
+    assert ops.row_seeds(2 ** 64 - 2, 4, "cpu").tolist() == [-2, -1, 0, 1]  # S + r modulo 2**64, as int64
+    assert ops.row_seeds(torch.tensor(5), 3, "cpu").tolist() == [5, 6, 7]
+    assert ops.row_seeds(torch.tensor([9, 4]), 2, "cpu").tolist() == [9, 4]
+    assert ops.row_offsets(2 ** 63, 2, "cpu").tolist() == [-(2 ** 63)] * 2
+    assert ops.row_offsets(torch.tensor([3, 1]), 2, "cpu").tolist() == [3, 1]
