@@ -51,6 +51,24 @@ inline void raise_on_cuda_error(cudaError_t err, const char* launcher) {
 }
 #endif
 
+// Binds `name(args)`, a CPU launcher: validate(args) before any memory is touched, then `kernel`
+// without the GIL (it may run on the thread pool for a while), then a failed Status as a ValueError.
+template <typename Args>
+void def_cpu_launcher(pybind11::module_& m, const char* name, Status (*kernel)(const Args&), const char* doc) {
+  m.def(
+      name,
+      [name, kernel](const Args& args) {
+        raise_on_error(validate(args), name);
+        Status status;
+        {
+          pybind11::gil_scoped_release release;
+          status = kernel(args);
+        }
+        raise_on_error(status, name);
+      },
+      doc, pybind11::arg("args"));
+}
+
 // A pointer field exposed to Python as an integer address (0 for null).
 template <typename Args, typename Pointee>
 void def_address(pybind11::class_<Args>& cls, const char* name, Pointee* Args::*field, const char* doc) {

@@ -33,19 +33,8 @@ void bind_sampling(py::module_& m) {
       .def_readwrite("workspace_bytes", &SamplingArgs::workspace_bytes, "size of `workspace`");
   def_dtype(args);
 
-  m.def(
-      "launch_sample_cpu",
-      [](const SamplingArgs& a) {
-        raise_on_error(validate(a), "launch_sample_cpu");
-        Status status;
-        {
-          py::gil_scoped_release release;
-          status = cpu::sample(a);
-        }
-        raise_on_error(status, "launch_sample_cpu");
-      },
-      "Sampling / filtering into whichever outputs are set (use turbogen.ops.sample, filter_logits).",
-      py::arg("args"));
+  def_cpu_launcher(m, "launch_sample_cpu", &cpu::sample,
+                   "Sampling / filtering into whichever outputs are set (use turbogen.ops.sample, filter_logits).");
   m.def(
       "launch_sample_cuda",
       [](const SamplingArgs& a, uintptr_t stream) {

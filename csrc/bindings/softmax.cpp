@@ -19,18 +19,8 @@ void bind_softmax(py::module_& m) {
       .def_readwrite("temperature_per_row", &SoftmaxArgs::temperature_per_row);
   def_dtype(args);
 
-  m.def(
-      "launch_softmax_cpu",
-      [](const SoftmaxArgs& a) {
-        raise_on_error(validate(a), "launch_softmax_cpu");
-        Status status;
-        {
-          py::gil_scoped_release release;
-          status = cpu::softmax(a);
-        }
-        raise_on_error(status, "launch_softmax_cpu");
-      },
-      "softmax(logits / temperature) per row (use turbogen.ops.softmax).", py::arg("args"));
+  def_cpu_launcher(m, "launch_softmax_cpu", &cpu::softmax,
+                   "softmax(logits / temperature) per row (use turbogen.ops.softmax).");
   m.def(
       "launch_softmax_cuda",
       [](const SoftmaxArgs& a, uintptr_t stream) {

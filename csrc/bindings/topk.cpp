@@ -17,18 +17,8 @@ void bind_topk(py::module_& m) {
       .def_readwrite("row_stride", &TopKArgs::row_stride, "elements between row starts, >= cols")
       .def_readwrite("k", &TopKArgs::k, "0 <= k <= cols");
 
-  m.def(
-      "launch_topk_cpu",
-      [](const TopKArgs& a) {
-        raise_on_error(validate(a), "launch_topk_cpu");
-        Status status;
-        {
-          py::gil_scoped_release release;
-          status = cpu::topk(a);
-        }
-        raise_on_error(status, "launch_topk_cpu");
-      },
-      "Row-wise top-k, best first (use turbogen.ops.topk).", py::arg("args"));
+  def_cpu_launcher(m, "launch_topk_cpu", &cpu::topk,
+                   "Row-wise top-k, best first (use turbogen.ops.topk).");
 }
 
 }  // namespace turbogen
