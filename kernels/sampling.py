@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .penalties import _flagged, _penalize, _row_penalties, _upcast, penalty_arguments
+
 NUM_PIVOTS = 16        # thresholds evaluated per search pass: each pass narrows the range 16-fold
 INTERPRETER_PIVOTS = 128  # the interpreter pays per operation, not per element: fewer, wider passes
 SELECT_BLOCK = 1024    # elements per step in the select kernel's passes
@@ -57,9 +59,19 @@ def _exp(x, ACCURATE: tl.constexpr):
 
 
 @triton.jit
-def _load_tempered(row_ptr, offs, vocab, temperature):
-    """float32 logits / temperature (IEEE division), NaN and out-of-row positions as -inf."""
-    x = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+def _load_tempered(row_ptr, offs, vocab, temperature, pen, PEN: tl.constexpr, ACCURATE: tl.constexpr):
+    """float32 logits / temperature (IEEE division), NaN and out-of-row positions as -inf.
+
+    With penalties (PEN = (HAS_PENALTIES, HAS_SEEN, HAS_GENERATED), ``pen`` the row's
+    ``_row_penalties`` tuple) the logits are first penalised as ``apply_penalties`` writes them
+    (rounded to the logits dtype). Without, PEN[0] is False and nothing more is compiled."""
+    if PEN[0]:
+        valid = offs < vocab
+        x = _upcast(tl.load(row_ptr + offs, mask=valid, other=float("-inf")))
+        x, _ = _penalize(x, offs, _flagged(pen[0], offs, valid), pen[1], pen[2], pen[3], pen[4], pen[5],
+                         row_ptr.dtype.element_ty, PEN[1], PEN[2], ACCURATE)
+    else:
+        x = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
     z = tl.math.div_rn(x, temperature)
     return tl.where(z != z, float("-inf"), z)
 
@@ -98,8 +110,17 @@ def _effective_temperature(temperature_ptr, row, PER_ROW: tl.constexpr):
 @triton.jit
 def _chunk_stats_kernel(logits_ptr, row_stride, vocab, temperature_ptr, chunk_max_ptr, chunk_argmax_ptr,
                         chunk_sum_ptr, chunk_finite_ptr, n_chunks, chunk_size,
-                        TEMPERATURE_PER_ROW: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
+                        penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                        frequency_ptr, penalty_words,
+                        TEMPERATURE_PER_ROW: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr,
+                        HAS_PENALTIES: tl.constexpr, HAS_SEEN: tl.constexpr, HAS_GENERATED: tl.constexpr,
+                        REPETITION_PER_ROW: tl.constexpr, PRESENCE_PER_ROW: tl.constexpr,
+                        FREQUENCY_PER_ROW: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    pen = _row_penalties(penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                         frequency_ptr, row, vocab, penalty_words, HAS_PENALTIES, REPETITION_PER_ROW,
+                         PRESENCE_PER_ROW, FREQUENCY_PER_ROW)
+    PEN: tl.constexpr = (HAS_PENALTIES, HAS_SEEN, HAS_GENERATED)
     chunk = tl.program_id(1)
     row_ptr = logits_ptr + row * row_stride
     temperature = _effective_temperature(temperature_ptr, row, TEMPERATURE_PER_ROW)
@@ -111,7 +132,7 @@ def _chunk_stats_kernel(logits_ptr, row_stride, vocab, temperature_ptr, chunk_ma
     finite = tl.zeros([BLOCK], tl.int32)
     for start in range(begin, end, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        z = _load_tempered(row_ptr, offs, end, temperature)
+        z = _load_tempered(row_ptr, offs, end, temperature, pen, PEN, ACCURATE)
         improved = z > best
         # Online sum per lane: rescale when the lane max grows.
         new_best = tl.maximum(best, z)
@@ -152,15 +173,15 @@ def _row_stats(row, chunk_max_ptr, chunk_argmax_ptr, chunk_sum_ptr, chunk_finite
 # ---- 2. selection -------------------------------------------------------------------------------
 
 @triton.jit
-def _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, pivots,
-                  BLOCK: tl.constexpr, NP: tl.constexpr, ACCURATE: tl.constexpr):
+def _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, pivots, pen,
+                  BLOCK: tl.constexpr, NP: tl.constexpr, ACCURATE: tl.constexpr, PEN: tl.constexpr):
     """One pass: for every pivot key, the count and the mass (sum of exp(z - max)) of the values
     >= floor whose key is >= the pivot."""
     counts = tl.zeros([NP], tl.int64)
     masses = tl.zeros([NP], tl.float32)
     for start in range(0, vocab, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        z = _load_tempered(row_ptr, offs, vocab, temperature)
+        z = _load_tempered(row_ptr, offs, vocab, temperature, pen, PEN, ACCURATE)
         eligible = z >= floor
         at_or_above = (_key(z)[:, None] >= pivots[None, :]) & eligible[:, None]
         weight = tl.where(eligible, _exp(z - row_max, ACCURATE), 0.0)
@@ -170,14 +191,16 @@ def _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, pivots,
 
 
 @triton.jit
-def _search_key(row_ptr, vocab, temperature, row_max, floor, lo, lo_mass, hi, count_target, mass_target,
-                BY_MASS: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, ACCURATE: tl.constexpr):
+def _search_key(row_ptr, vocab, temperature, row_max, floor, lo, lo_mass, hi, count_target, mass_target, pen,
+                BY_MASS: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, ACCURATE: tl.constexpr,
+                PEN: tl.constexpr):
     """The largest key K in [lo, hi] whose count (or mass) at or above reaches the target, given
     that lo's does. Returns (K, mass at or above K)."""
     steps = tl.arange(1, NP + 1).to(tl.int64)
     while lo < hi:
         pivots = lo + ((hi - lo) * steps + NP - 1) // NP  # ceil: increasing, the last one is hi
-        counts, masses = _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, pivots, BLOCK, NP, ACCURATE)
+        counts, masses = _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, pivots, pen, BLOCK, NP,
+                                       ACCURATE, PEN)
         if BY_MASS:
             reached = masses >= mass_target
         else:
@@ -195,7 +218,8 @@ def _search_key(row_ptr, vocab, temperature, row_max, floor, lo, lo_mass, hi, co
 
 
 @triton.jit
-def _search_tie_index(row_ptr, vocab, temperature, value, keep, BLOCK: tl.constexpr, NP: tl.constexpr):
+def _search_tie_index(row_ptr, vocab, temperature, value, keep, pen, BLOCK: tl.constexpr, NP: tl.constexpr,
+                      ACCURATE: tl.constexpr, PEN: tl.constexpr):
     """The index of the keep-th token (in index order) whose value equals `value`."""
     lo = tl.zeros([], tl.int64)
     hi = tl.zeros([], tl.int64) + vocab - 1
@@ -205,7 +229,7 @@ def _search_tie_index(row_ptr, vocab, temperature, value, keep, BLOCK: tl.conste
         counts = tl.zeros([NP], tl.int64)
         for start in range(0, vocab, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            z = _load_tempered(row_ptr, offs, vocab, temperature)
+            z = _load_tempered(row_ptr, offs, vocab, temperature, pen, PEN, ACCURATE)
             tied = (z == value)[:, None] & (offs[:, None] <= pivots[None, :])
             counts += tl.sum(tied.to(tl.int64), axis=0)
         reached = counts >= keep
@@ -224,9 +248,18 @@ def _search_tie_index(row_ptr, vocab, temperature, value, keep, BLOCK: tl.conste
 def _select_kernel(logits_ptr, row_stride, vocab, temperature_ptr, top_k_ptr, top_p_ptr,
                    chunk_max_ptr, chunk_argmax_ptr, chunk_sum_ptr, chunk_finite_ptr, n_chunks,
                    cut_value_ptr, cut_index_ptr,
+                   penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                   frequency_ptr, penalty_words,
                    TEMPERATURE_PER_ROW: tl.constexpr, TOP_K_PER_ROW: tl.constexpr, TOP_P_PER_ROW: tl.constexpr,
-                   CHUNKS: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, ACCURATE: tl.constexpr):
+                   CHUNKS: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, ACCURATE: tl.constexpr,
+                   HAS_PENALTIES: tl.constexpr, HAS_SEEN: tl.constexpr, HAS_GENERATED: tl.constexpr,
+                   REPETITION_PER_ROW: tl.constexpr, PRESENCE_PER_ROW: tl.constexpr,
+                   FREQUENCY_PER_ROW: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    pen = _row_penalties(penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                         frequency_ptr, row, vocab, penalty_words, HAS_PENALTIES, REPETITION_PER_ROW,
+                         PRESENCE_PER_ROW, FREQUENCY_PER_ROW)
+    PEN: tl.constexpr = (HAS_PENALTIES, HAS_SEEN, HAS_GENERATED)
     row_ptr = logits_ptr + row * row_stride
     temperature = _effective_temperature(temperature_ptr, row, TEMPERATURE_PER_ROW)
     top_k = _row_param(top_k_ptr, row, TOP_K_PER_ROW)
@@ -242,8 +275,8 @@ def _select_kernel(logits_ptr, row_stride, vocab, temperature_ptr, top_k_ptr, to
         mass = row_sum
         # top-k: the k-th largest value (ties with it stay). Fewer than k finite values: no-op.
         if (top_k > 0) & (top_k < finite):
-            lo, mass = _search_key(row_ptr, vocab, temperature, row_max, floor, lo, mass, hi, top_k, 0.0,
-                                   False, BLOCK, NP, ACCURATE)
+            lo, mass = _search_key(row_ptr, vocab, temperature, row_max, floor, lo, mass, hi, top_k, 0.0, pen,
+                                   False, BLOCK, NP, ACCURATE, PEN)
             floor = _value(lo)
             cut_value = floor
         # top-p over the top-k survivors: the cut is the first token, in (value desc, index asc)
@@ -251,20 +284,21 @@ def _select_kernel(logits_ptr, row_stride, vocab, temperature_ptr, top_k_ptr, to
         # every probability NaN in the reference, whose top-p then removes nothing.
         if (top_p < 1.0) & (row_max < float("inf")):
             target = (top_p * mass).to(tl.float32)
-            key, _ = _search_key(row_ptr, vocab, temperature, row_max, floor, lo, mass, hi, 0, target,
-                                 True, BLOCK, NP, ACCURATE)
+            key, _ = _search_key(row_ptr, vocab, temperature, row_max, floor, lo, mass, hi, 0, target, pen,
+                                 True, BLOCK, NP, ACCURATE, PEN)
             cut_value = _value(key)
             # Ties at the cut value: keep them in index order while the mass above stays < target.
             above_pivots = tl.full([2], 0, tl.int64) + key + tl.arange(0, 2).to(tl.int64)
-            counts, masses = _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, above_pivots, BLOCK, 2,
-                                           ACCURATE)
+            counts, masses = _weigh_pivots(row_ptr, vocab, temperature, row_max, floor, above_pivots, pen,
+                                           BLOCK, 2, ACCURATE, PEN)
             tied = tl.sum(tl.where(tl.arange(0, 2) == 0, counts, -counts), axis=0)
             mass_above = tl.sum(tl.where(tl.arange(0, 2) == 1, masses, 0.0), axis=0)
             weight = _exp(cut_value - row_max, ACCURATE)
             needed = tl.ceil((target - mass_above) / weight)
             keep = tl.minimum(tl.maximum(needed, 1.0), tied.to(tl.float32)).to(tl.int64)
             if keep < tied:
-                cut_index = _search_tie_index(row_ptr, vocab, temperature, cut_value, keep, BLOCK, NP)
+                cut_index = _search_tie_index(row_ptr, vocab, temperature, cut_value, keep, pen, BLOCK, NP,
+                                              ACCURATE, PEN)
     tl.store(cut_value_ptr + row, cut_value)
     tl.store(cut_index_ptr + row, cut_index.to(tl.int32))
 
@@ -295,9 +329,18 @@ def _kept(z, offs, cut_value, cut_index, row_max, min_p, ACCURATE: tl.constexpr)
 def _draw_kernel(logits_ptr, row_stride, vocab, temperature_ptr, min_p_ptr, seed_ptr, offset_ptr,
                  chunk_max_ptr, chunk_argmax_ptr, chunk_sum_ptr, chunk_finite_ptr, n_chunks, chunk_size,
                  cut_value_ptr, cut_index_ptr, part_score_ptr, part_index_ptr, part_value_ptr, part_mass_ptr,
+                 penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                 frequency_ptr, penalty_words,
                  TEMPERATURE_PER_ROW: tl.constexpr, MIN_P_PER_ROW: tl.constexpr, OFFSET_PER_ROW: tl.constexpr,
-                 WANT_MASS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
+                 WANT_MASS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr,
+                 HAS_PENALTIES: tl.constexpr, HAS_SEEN: tl.constexpr, HAS_GENERATED: tl.constexpr,
+                 REPETITION_PER_ROW: tl.constexpr, PRESENCE_PER_ROW: tl.constexpr,
+                 FREQUENCY_PER_ROW: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    pen = _row_penalties(penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                         frequency_ptr, row, vocab, penalty_words, HAS_PENALTIES, REPETITION_PER_ROW,
+                         PRESENCE_PER_ROW, FREQUENCY_PER_ROW)
+    PEN: tl.constexpr = (HAS_PENALTIES, HAS_SEEN, HAS_GENERATED)
     chunk = tl.program_id(1)
     row_ptr = logits_ptr + row * row_stride
     temperature = _effective_temperature(temperature_ptr, row, TEMPERATURE_PER_ROW)
@@ -324,7 +367,7 @@ def _draw_kernel(logits_ptr, row_stride, vocab, temperature_ptr, min_p_ptr, seed
     safe_max = tl.where(row_max > float("-inf"), row_max, 0.0)  # a row with no kept token reads as max 0
     for start in range(begin, end, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        z = _load_tempered(row_ptr, offs, end, temperature)
+        z = _load_tempered(row_ptr, offs, end, temperature, pen, PEN, ACCURATE)
         kept = _kept(z, offs, cut_value, cut_index, safe_max, min_p, ACCURATE)
         if WANT_MASS:
             mass += tl.where(kept, _exp(z - safe_max, ACCURATE), 0.0)
@@ -349,9 +392,18 @@ def _draw_kernel(logits_ptr, row_stride, vocab, temperature_ptr, min_p_ptr, seed
 def _filter_kernel(logits_ptr, row_stride, vocab, temperature_ptr, min_p_ptr, out_ptr,
                    chunk_max_ptr, chunk_argmax_ptr, chunk_sum_ptr, chunk_finite_ptr, n_chunks, chunk_size,
                    cut_value_ptr, cut_index_ptr,
+                   penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                   frequency_ptr, penalty_words,
                    TEMPERATURE_PER_ROW: tl.constexpr, MIN_P_PER_ROW: tl.constexpr,
-                   CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr):
+                   CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACCURATE: tl.constexpr,
+                   HAS_PENALTIES: tl.constexpr, HAS_SEEN: tl.constexpr, HAS_GENERATED: tl.constexpr,
+                   REPETITION_PER_ROW: tl.constexpr, PRESENCE_PER_ROW: tl.constexpr,
+                   FREQUENCY_PER_ROW: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    pen = _row_penalties(penalty_mask_ptr, penalty_seen_ptr, penalty_generated_ptr, repetition_ptr, presence_ptr,
+                         frequency_ptr, row, vocab, penalty_words, HAS_PENALTIES, REPETITION_PER_ROW,
+                         PRESENCE_PER_ROW, FREQUENCY_PER_ROW)
+    PEN: tl.constexpr = (HAS_PENALTIES, HAS_SEEN, HAS_GENERATED)
     chunk = tl.program_id(1)
     row_ptr = logits_ptr + row * row_stride
     greedy = _row_param(temperature_ptr, row, TEMPERATURE_PER_ROW) == 0.0
@@ -366,7 +418,7 @@ def _filter_kernel(logits_ptr, row_stride, vocab, temperature_ptr, min_p_ptr, ou
     end = tl.minimum(begin + chunk_size, vocab)
     for start in range(begin, end, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        z = _load_tempered(row_ptr, offs, end, temperature)
+        z = _load_tempered(row_ptr, offs, end, temperature, pen, PEN, ACCURATE)
         kept = _kept(z, offs, cut_value, cut_index, safe_max, min_p, ACCURATE)
         kept = tl.where(greedy, offs == row_argmax, kept)  # temperature 0: a point mass
         tl.store(out_ptr + row * vocab + offs, tl.where(kept, z, float("-inf")), mask=offs < end)
@@ -433,12 +485,16 @@ def _select_block(vocab: int) -> int:
 def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, seed: torch.Tensor | None, offset: torch.Tensor | None, *,
            tokens: torch.Tensor | None = None, logprobs: torch.Tensor | None = None,
-           filtered: torch.Tensor | None = None) -> None:
+           filtered: torch.Tensor | None = None, penalties=None) -> None:
     """Launch over validated inputs (python/turbogen/ops/sampling.py): ``logits`` [rows, vocab] with
     contiguous rows; temperature (float32), top_k (int64), top_p (float64), min_p (float32) of
     shape [1] or [rows]; seed int64 [rows] and offset int64 [1] or [rows] when drawing. Writes the
     given outputs: ``tokens`` int64 [rows], ``logprobs`` float32 [rows], ``filtered`` float32
-    [rows, vocab] contiguous."""
+    [rows, vocab] contiguous.
+
+    ``penalties``: a PenaltyTensors (python/turbogen/ops/penalties.py) or None. When given, every
+    read of the logits sees them penalised as ``kernels.penalties.launch_apply_penalties`` writes
+    them, so the result is that of sampling (filtering) the penalised logits; nothing is written."""
     rows, vocab = logits.shape
     if rows == 0:
         return
@@ -457,6 +513,17 @@ def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     row_stride = logits.stride(0) if rows > 1 else vocab
     per_row = {name: value.numel() != 1 for name, value in
                (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p))}
+    # Every kernel that reads the logits takes the penalty arguments (placeholders without penalties).
+    if penalties is None or (penalties.seen is None and penalties.generated is None):
+        penalty_pointers = (temperature,) * 6
+        penalty_words = 0
+        penalty_flags = dict(HAS_PENALTIES=False, HAS_SEEN=False, HAS_GENERATED=False, REPETITION_PER_ROW=False,
+                             PRESENCE_PER_ROW=False, FREQUENCY_PER_ROW=False)
+    else:
+        penalty_pointers, penalty_flags = penalty_arguments(penalties)
+        penalty_words = penalties.mask.shape[1]
+        penalty_flags["HAS_PENALTIES"] = True
+    penalty_args = (*penalty_pointers, penalty_words)
 
     def workspace(dtype):
         return torch.empty((rows, n_chunks), dtype=dtype, device=device)
@@ -465,22 +532,22 @@ def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     chunk_sum, chunk_finite = workspace(torch.float32), workspace(torch.int32)
     stats = (chunk_max, chunk_argmax, chunk_sum, chunk_finite, n_chunks)
     _chunk_stats_kernel[(rows, n_chunks)](
-        logits, row_stride, vocab, temperature, *stats[:4], n_chunks, chunk_size,
-        TEMPERATURE_PER_ROW=per_row["temperature"], BLOCK=block, ACCURATE=accurate)
+        logits, row_stride, vocab, temperature, *stats[:4], n_chunks, chunk_size, *penalty_args,
+        TEMPERATURE_PER_ROW=per_row["temperature"], BLOCK=block, ACCURATE=accurate, **penalty_flags)
 
     cut_value = torch.full((rows,), -3.4028234663852886e38, dtype=torch.float32, device=device)
     cut_index = torch.full((rows,), vocab, dtype=torch.int32, device=device)
     _select_kernel[(rows,)](
-        logits, row_stride, vocab, temperature, top_k, top_p, *stats, cut_value, cut_index,
+        logits, row_stride, vocab, temperature, top_k, top_p, *stats, cut_value, cut_index, *penalty_args,
         TEMPERATURE_PER_ROW=per_row["temperature"], TOP_K_PER_ROW=per_row["top_k"],
         TOP_P_PER_ROW=per_row["top_p"], CHUNKS=chunks_block, BLOCK=_select_block(vocab),
-        NP=INTERPRETER_PIVOTS if _interpreting() else NUM_PIVOTS, ACCURATE=accurate)
+        NP=INTERPRETER_PIVOTS if _interpreting() else NUM_PIVOTS, ACCURATE=accurate, **penalty_flags)
 
     if filtered is not None:
         _filter_kernel[(rows, n_chunks)](
             logits, row_stride, vocab, temperature, min_p, filtered, *stats, chunk_size, cut_value, cut_index,
-            TEMPERATURE_PER_ROW=per_row["temperature"], MIN_P_PER_ROW=per_row["min_p"],
-            CHUNKS=chunks_block, BLOCK=block, ACCURATE=accurate)
+            *penalty_args, TEMPERATURE_PER_ROW=per_row["temperature"], MIN_P_PER_ROW=per_row["min_p"],
+            CHUNKS=chunks_block, BLOCK=block, ACCURATE=accurate, **penalty_flags)
     if tokens is None:
         return
     part_score, part_index = workspace(torch.float32), workspace(torch.int32)
@@ -488,10 +555,10 @@ def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     want_logprobs = logprobs is not None
     _draw_kernel[(rows, n_chunks)](
         logits, row_stride, vocab, temperature, min_p, seed, offset, *stats, chunk_size, cut_value, cut_index,
-        part_score, part_index, part_value, part_mass,
+        part_score, part_index, part_value, part_mass, *penalty_args,
         TEMPERATURE_PER_ROW=per_row["temperature"], MIN_P_PER_ROW=per_row["min_p"],
         OFFSET_PER_ROW=offset.numel() != 1, WANT_MASS=want_logprobs, CHUNKS=chunks_block, BLOCK=block,
-        ACCURATE=accurate)
+        ACCURATE=accurate, **penalty_flags)
     _finish_kernel[(rows,)](
         temperature, *stats, part_score, part_index, part_value, part_mass, tokens,
         logprobs if want_logprobs else part_mass,

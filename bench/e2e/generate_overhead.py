@@ -2,6 +2,7 @@
 
     python bench/e2e/generate_overhead.py                 # every mode x batch of the end-to-end plan
     python bench/e2e/generate_overhead.py greedy:1 beam:8
+    python bench/e2e/generate_overhead.py --threads=2 sampling:8 sampling_without_penalty:8
 
 The runners and settings are those of ``turbogen bench`` (turbogen.cli.benchmark.runner_calls). Forward hooks
 on the model accumulate the process CPU time spent inside its forward calls; the rest of each call's
@@ -9,7 +10,7 @@ process CPU time, divided by the number of new tokens, is the per-step cost of e
 model: processors, sampling, stopping checks, cache reordering, bookkeeping. The forward loop's share is
 the floor (an argmax and a mask concatenation per step). On a shared machine this number is far steadier
 than tokens/s, whose swings are dominated by the model's own time. Median of 5 interleaved rounds, one
-torch thread.
+torch thread unless ``--threads=N`` (process CPU time then adds up every thread's).
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ class ModelClock:
 
 
 def main(argv: list[str]) -> int:
-    torch.set_num_threads(1)
+    threads = [arg for arg in argv if arg.startswith("--threads=")]
+    argv = [arg for arg in argv if arg not in threads]
+    torch.set_num_threads(int(threads[-1].split("=", 1)[1]) if threads else 1)
     plan = e2e.EndToEndPlan()
     cases = [(mode, int(batch)) for mode, batch in (arg.split(":") for arg in argv)] if argv else \
         [(mode, batch) for mode in plan.modes for batch in plan.batches]
     model = plan.model.build()
     clock = ModelClock(model)
-    print(f"ms per step outside the model (inside it), median of {ROUNDS}; {plan.new_tokens} new tokens")
+    print(f"ms per step outside the model (inside it), median of {ROUNDS}; {plan.new_tokens} new tokens, "
+          f"{torch.get_num_threads()} torch thread(s)")
     for mode, batch in cases:
         input_ids, attention_mask = e2e.bench_prompt(batch, plan.prompt_length, plan.model.vocab_size)
         calls = e2e.runner_calls(model, input_ids, attention_mask, mode, plan.new_tokens)

@@ -47,4 +47,7 @@ PYBIND11_MODULE(_C, m) {
   turbogen::bind_softmax(m);
   turbogen::bind_sampling(m);
   turbogen::bind_topk(m);
+  turbogen::bind_beam_step(m);
+  turbogen::bind_penalties(m);
+  turbogen::bind_noise(m);
 }

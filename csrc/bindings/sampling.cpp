@@ -6,6 +6,37 @@
 namespace py = pybind11;
 
 namespace turbogen {
+namespace {
+
+// The penalty inputs (SamplingArgs::penalties) as flat fields: addresses and per-row flags.
+template <typename Pointee>
+void def_penalty_address(py::class_<SamplingArgs>& cls, const char* name, Pointee* PenaltyInputs::*field,
+                         const char* doc) {
+  cls.def_property(
+      name, [field](const SamplingArgs& a) { return reinterpret_cast<uintptr_t>(a.penalties.*field); },
+      [field](SamplingArgs& a, uintptr_t address) { a.penalties.*field = reinterpret_cast<Pointee*>(address); }, doc);
+}
+
+void def_penalty_flag(py::class_<SamplingArgs>& cls, const char* name, bool PenaltyInputs::*field) {
+  cls.def_property(
+      name, [field](const SamplingArgs& a) { return a.penalties.*field; },
+      [field](SamplingArgs& a, bool value) { a.penalties.*field = value; }, "one value per row (else one shared)");
+}
+
+void def_penalty_fields(py::class_<SamplingArgs>& args) {
+  def_penalty_address(args, "penalty_mask", &PenaltyInputs::mask,
+                      "int32 [rows, (vocab + 31) // 32]: tokens to penalise, or 0 for no penalties");
+  def_penalty_address(args, "penalty_seen", &PenaltyInputs::seen, "int32 [rows, vocab] counts, or 0");
+  def_penalty_address(args, "penalty_generated", &PenaltyInputs::generated, "int32 [rows, vocab] counts, or 0");
+  def_penalty_address(args, "repetition_penalty", &PenaltyInputs::repetition, "float32 [rows] or [1], > 0");
+  def_penalty_address(args, "presence_penalty", &PenaltyInputs::presence, "float32 [rows] or [1], finite");
+  def_penalty_address(args, "frequency_penalty", &PenaltyInputs::frequency, "float32 [rows] or [1], finite");
+  def_penalty_flag(args, "repetition_penalty_per_row", &PenaltyInputs::repetition_per_row);
+  def_penalty_flag(args, "presence_penalty_per_row", &PenaltyInputs::presence_per_row);
+  def_penalty_flag(args, "frequency_penalty_per_row", &PenaltyInputs::frequency_per_row);
+}
+
+}  // namespace
 
 void bind_sampling(py::module_& m) {
   py::class_<SamplingArgs> args(m, "SamplingArgs",
@@ -32,6 +63,7 @@ void bind_sampling(py::module_& m) {
       .def_readwrite("offset_per_row", &SamplingArgs::offset_per_row)
       .def_readwrite("workspace_bytes", &SamplingArgs::workspace_bytes, "size of `workspace`");
   def_dtype(args);
+  def_penalty_fields(args);
 
   def_cpu_launcher(m, "launch_sample_cpu", &cpu::sample,
                    "Sampling / filtering into whichever outputs are set (use turbogen.ops.sample, filter_logits).");

@@ -18,6 +18,10 @@
 // token j is kept iff (z_j, -j) >= (cut_value, -cut_index), and, on the full-row path, min-p's
 // exp(z_j - max) >= min_p. A row holding +inf keeps top-k's set alone (drop_probability_filters_if_infinite).
 //
+// Penalties (SamplingArgs::penalties): penalised_row copies the row once, as float32, with apply_penalties'
+// values for its marked tokens, and every pass reads that copy (from the core's cache: it is at most
+// 4 bytes per token) instead of the logits.
+//
 // The files: sampling_row.h lists them and what each holds.
 
 #include "turbogen/sampling.h"
@@ -32,6 +36,23 @@
 namespace turbogen {
 namespace cpu {
 namespace sampling {
+
+RowReader penalised_row(const RowReader& row, const PenaltyRow& penalty, int64_t vocab, Scratch& s) {
+  s.penalised.resize(static_cast<size_t>(vocab));
+  float* out = s.penalised.data();
+  if (row.dtype == DType::kFloat32) {
+    std::copy_n(static_cast<const float*>(row.data), vocab, out);
+  } else {
+    convert_row_to_float(row.data, row.dtype, vocab, out);
+  }
+  collect_marked(penalty, vocab, s.marked);
+  for (size_t i = 0; i < s.marked.tokens.size(); ++i) {
+    float& x = out[s.marked.tokens[i]];
+    x = penalize(x, row.dtype, s.marked.seen[i], s.marked.generated[i], penalty.repetition, penalty.presence,
+                 penalty.frequency);
+  }
+  return RowReader{out, DType::kFloat32};
+}
 
 void write_filtered(const RowReader& row, int64_t vocab, float temperature, const Cut& cut,
                     const std::vector<float>& block_max, float* out) {
@@ -67,7 +88,7 @@ Status check_parameter_values(const SamplingArgs& a) {
     const float min_p = param(a.min_p, a.min_p_per_row, r);
     if (!(min_p >= 0.0f && min_p <= 1.0f)) return bad_value("min_p must be in [0, 1]");
   }
-  return ok_status();
+  return check_penalty_values(a.penalties, a.rows);
 }
 
 // Temperature 0: the argmax, a point mass.
@@ -164,7 +185,9 @@ inline bool small_top_k(int64_t k, int64_t vocab) { return k > 0 && k * 4 <= blo
 void sample_row(const SamplingArgs& a, int64_t r, Scratch& s) {
   const int64_t vocab = a.vocab;
   RowParams p = row_params(a, r);
-  const RowReader row{static_cast<const char*>(a.logits) + r * a.row_stride * dtype_size(a.dtype), a.dtype};
+  RowReader row{static_cast<const char*>(a.logits) + r * a.row_stride * dtype_size(a.dtype), a.dtype};
+  const PenaltyRow penalty = penalty_row(a.penalties, r, vocab);
+  if (penalty.mask != nullptr && vocab > 0) row = penalised_row(row, penalty, vocab, s);
   float* filtered = a.filtered ? a.filtered + r * vocab : nullptr;
   const bool want_token = a.tokens != nullptr;
   const bool want_logprob = a.logprobs != nullptr;

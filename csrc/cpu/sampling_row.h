@@ -16,6 +16,7 @@
 
 #include "turbogen/dtype.h"
 #include "turbogen/fastmath.h"
+#include "turbogen/penalties.h"
 #include "turbogen/philox.h"
 #include "turbogen/sampling.h"
 
@@ -178,7 +179,15 @@ struct Scratch {
   std::vector<float> weights;
   std::vector<float> values;
   std::vector<double> bin_mass;
+  std::vector<float> penalised;  // penalised_row: the row, and its marked tokens with their counts
+  MarkedTokens marked;
 };
+
+// sampling.cpp: the row after its penalties (SamplingArgs::penalties), as float32 values of the logits'
+// dtype in s.penalised, read by every later pass instead of the logits. One sequential pass over the
+// row (converting blocks without marked tokens, penalising the marked ones); the scattered reads of the
+// counts happen once, and the passes that follow read the copy from the core's cache.
+RowReader penalised_row(const RowReader& row, const PenaltyRow& penalty, int64_t vocab, Scratch& s);
 
 // ---- the passes, by file -----------------------------------------------------------------------
 

@@ -11,7 +11,8 @@
 //   3. draw_kernel (rows x chunks): Philox Gumbel noise for kept tokens, the chunk's best score with
 //      its lowest index, and its kept mass (logprobs); or filter_kernel, which writes filtered logits.
 //   4. finish_kernel (one warp per row): the best chunk, in index order.
-// Every reduction has a fixed order, so results are identical run to run.
+// Every reduction has a fixed order, so results are identical run to run. With penalties
+// (SamplingArgs::penalties), every load applies them (penalties.h's penalize, as apply_penalties).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -20,6 +21,7 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "turbogen/penalties.h"
 #include "turbogen/philox.h"
 #include "turbogen/sampling.h"
 
@@ -114,9 +116,23 @@ __device__ __forceinline__ float load_raw(const void* row, DType dtype, int64_t 
   }
 }
 
-// logits / temperature with IEEE division; NaN reads as -inf.
-__device__ __forceinline__ float load_tempered(const void* row, DType dtype, int64_t i, float temperature) {
-  const float z = __fdiv_rn(load_raw(row, dtype, i), temperature);
+// A row of logits and its penalties (penalty.mask == nullptr: none).
+struct RowView {
+  const void* data;  // [vocab] of dtype
+  DType dtype;
+  PenaltyRow penalty;
+};
+
+// The logit as apply_penalties leaves it: the mask word is read for every element, the counts only
+// for marked tokens.
+__device__ __forceinline__ float load_penalized(const RowView& row, int64_t i) {
+  const float x = load_raw(row.data, row.dtype, i);
+  return row.penalty.mask != nullptr && row.penalty.marked(i) ? row.penalty.apply(x, i, row.dtype) : x;
+}
+
+// (penalised) logits / temperature with IEEE division; NaN reads as -inf.
+__device__ __forceinline__ float load_tempered(const RowView& row, int64_t i, float temperature) {
+  const float z = __fdiv_rn(load_penalized(row, i), temperature);
   return z != z ? -INFINITY : z;
 }
 
@@ -152,9 +168,10 @@ __device__ __forceinline__ float effective_temperature(const SamplingArgs& a, in
   return t == 0.0f ? 1.0f : t;
 }
 
-__device__ __forceinline__ const void* row_pointer(const SamplingArgs& a, int64_t r) {
+__device__ __forceinline__ RowView row_view(const SamplingArgs& a, int64_t r) {
   const int64_t element = a.dtype == DType::kFloat32 ? 4 : 2;
-  return static_cast<const char*>(a.logits) + r * a.row_stride * element;
+  return RowView{static_cast<const char*>(a.logits) + r * a.row_stride * element, a.dtype,
+                 penalty_row(a.penalties, r, a.vocab)};
 }
 
 // ---- 1. chunk statistics ------------------------------------------------------------------------
@@ -183,13 +200,13 @@ __global__ void chunk_stats_kernel(SamplingArgs a, Workspace w) {
   __shared__ typename BlockReduce::TempStorage temp;
   const int64_t r = blockIdx.x / w.n_chunks;
   const int64_t chunk = blockIdx.x % w.n_chunks;
-  const void* row = row_pointer(a, r);
+  const RowView row = row_view(a, r);
   const float temperature = effective_temperature(a, r);
   const int64_t begin = chunk * w.chunk_size;
   const int64_t end = chunk_end(begin, w.chunk_size, a.vocab);
   ChunkStats local{-INFINITY, kNoIndex, 0.0f, 0};
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const float z = load_tempered(row, a.dtype, i, temperature);
+    const float z = load_tempered(row, i, temperature);
     const bool finite = z > -INFINITY;
     local = MergeStats()(local, ChunkStats{z, finite ? static_cast<int>(i) : kNoIndex, finite ? 1.0f : 0.0f,
                                            finite ? 1 : 0});
@@ -250,7 +267,7 @@ __device__ void block_sum_pivots(PivotTotals& local, PivotTotals* shared_totals)
 
 // One pass: for each pivot key, the count and mass (sum exp(z - max)) of the values >= floor whose
 // key is >= the pivot.
-__device__ void weigh_pivots(const SamplingArgs& a, const void* row, float temperature, float row_max, float floor,
+__device__ void weigh_pivots(const SamplingArgs& a, const RowView& row, float temperature, float row_max, float floor,
                              const int64_t* pivots, PivotTotals* totals) {
   PivotTotals local;
   for (int p = 0; p < kPivots; ++p) {
@@ -258,7 +275,7 @@ __device__ void weigh_pivots(const SamplingArgs& a, const void* row, float tempe
     local.mass[p] = 0.0f;
   }
   for (int64_t i = threadIdx.x; i < a.vocab; i += kSelectThreads) {
-    const float z = load_tempered(row, a.dtype, i, temperature);
+    const float z = load_tempered(row, i, temperature);
     if (!(z >= floor)) continue;
     const int64_t key = key_of(z);
     const float weight = expf(z - row_max);
@@ -275,7 +292,7 @@ __device__ void weigh_pivots(const SamplingArgs& a, const void* row, float tempe
 
 // The largest key K in [lo, hi] whose count (or mass) at or above reaches the target, given that
 // lo's does; *lo_mass becomes the mass at or above K.
-__device__ int64_t search_key(const SamplingArgs& a, const void* row, float temperature, float row_max, float floor,
+__device__ int64_t search_key(const SamplingArgs& a, const RowView& row, float temperature, float row_max, float floor,
                               int64_t lo, int64_t hi, float* lo_mass, bool by_mass, long long count_target,
                               float mass_target) {
   __shared__ int64_t pivots[kPivots];
@@ -304,7 +321,7 @@ __device__ int64_t search_key(const SamplingArgs& a, const void* row, float temp
 }
 
 // The index of the keep-th token (in index order) whose value is `value`.
-__device__ int64_t search_tie_index(const SamplingArgs& a, const void* row, float temperature, float value,
+__device__ int64_t search_tie_index(const SamplingArgs& a, const RowView& row, float temperature, float value,
                                     long long keep) {
   using CountReduce = cub::BlockReduce<long long, kSelectThreads>;
   __shared__ typename CountReduce::TempStorage temp;
@@ -318,7 +335,7 @@ __device__ int64_t search_tie_index(const SamplingArgs& a, const void* row, floa
       local[p] = 0;
     }
     for (int64_t i = threadIdx.x; i < a.vocab; i += kSelectThreads) {
-      if (load_tempered(row, a.dtype, i, temperature) != value) continue;
+      if (load_tempered(row, i, temperature) != value) continue;
       for (int p = 0; p < kPivots; ++p) local[p] += i <= pivots[p] ? 1 : 0;
     }
     for (int p = 0; p < kPivots; ++p) {
@@ -343,7 +360,7 @@ __device__ int64_t search_tie_index(const SamplingArgs& a, const void* row, floa
 
 __global__ void select_kernel(SamplingArgs a, Workspace w) {
   const int64_t r = blockIdx.x;
-  const void* row = row_pointer(a, r);
+  const RowView row = row_view(a, r);
   const float temperature = effective_temperature(a, r);
   const int64_t top_k = param(a.top_k, a.top_k_per_row, r);
   const double top_p = param(a.top_p, a.top_p_per_row, r);
@@ -421,7 +438,7 @@ __global__ void draw_kernel(SamplingArgs a, Workspace w, bool want_mass) {
   __shared__ typename BlockReduce::TempStorage temp;
   const int64_t r = blockIdx.x / w.n_chunks;
   const int64_t chunk = blockIdx.x % w.n_chunks;
-  const void* row = row_pointer(a, r);
+  const RowView row = row_view(a, r);
   const float temperature = effective_temperature(a, r);
   const float min_p = param(a.min_p, a.min_p_per_row, r);
   const uint64_t seed = static_cast<uint64_t>(a.seed[r]);
@@ -437,7 +454,7 @@ __global__ void draw_kernel(SamplingArgs a, Workspace w, bool want_mass) {
       stats.max > -INFINITY ? stats.max + gumbel(seed, offset, static_cast<uint64_t>(stats.argmax)) : -INFINITY;
   Draw local{-INFINITY, kNoIndex, -INFINITY, 0.0f};
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const float z = load_tempered(row, a.dtype, i, temperature);
+    const float z = load_tempered(row, i, temperature);
     if (!kept(z, i, cut_value, cut_index, stats.max, min_p)) continue;
     if (want_mass) local.mass += expf(z - stats.max);
     if (z + philox::kGumbelBound < first_score) continue;
@@ -460,7 +477,7 @@ __global__ void draw_kernel(SamplingArgs a, Workspace w, bool want_mass) {
 __global__ void filter_kernel(SamplingArgs a, Workspace w) {
   const int64_t r = blockIdx.x / w.n_chunks;
   const int64_t chunk = blockIdx.x % w.n_chunks;
-  const void* row = row_pointer(a, r);
+  const RowView row = row_view(a, r);
   const bool greedy = raw_temperature(a, r) == 0.0f;
   const float temperature = effective_temperature(a, r);
   const float min_p = param(a.min_p, a.min_p_per_row, r);
@@ -471,7 +488,7 @@ __global__ void filter_kernel(SamplingArgs a, Workspace w) {
   const int64_t end = chunk_end(begin, w.chunk_size, a.vocab);
   float* out = a.filtered + r * a.vocab;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const float z = load_tempered(row, a.dtype, i, temperature);
+    const float z = load_tempered(row, i, temperature);
     const bool keep = greedy ? i == stats.argmax : kept(z, i, cut_value, cut_index, stats.max, min_p);
     out[i] = keep ? z : -INFINITY;
   }

@@ -34,6 +34,16 @@ class SamplingArgs:
     filtered: int
     workspace: int
     workspace_bytes: int
+    # Penalties applied before sampling (as turbogen.ops.apply_penalties would): penalty_mask = 0 for none.
+    penalty_mask: int  # int32 [rows, (vocab + 31) // 32]: bit t % 32 of word t // 32 marks token t
+    penalty_seen: int  # int32 [rows, vocab] counts for the repetition penalty, or 0
+    penalty_generated: int  # int32 [rows, vocab] counts for the presence / frequency penalties, or 0
+    repetition_penalty: int  # float32 [rows] or [1], > 0; needed with penalty_seen
+    repetition_penalty_per_row: bool
+    presence_penalty: int  # float32 [rows] or [1], finite; needed with penalty_generated
+    presence_penalty_per_row: bool
+    frequency_penalty: int  # float32 [rows] or [1], finite; needed with penalty_generated
+    frequency_penalty_per_row: bool
     def __init__(self) -> None: ...
 
 class SoftmaxArgs:
@@ -47,6 +57,42 @@ class SoftmaxArgs:
     temperature_per_row: bool
     def __init__(self) -> None: ...
 
+class PenaltyArgs:
+    """Arguments of launch_apply_penalties_cpu / _cuda; the penalty fields as in SamplingArgs (mask required)."""
+    logits: int  # [rows, vocab] of dtype, row r at logits + r * row_stride elements
+    out: int  # [rows, vocab] of dtype, contiguous; == logits: in place (only penalised entries written)
+    rows: int
+    vocab: int
+    row_stride: int
+    dtype: int
+    penalty_mask: int
+    penalty_seen: int
+    penalty_generated: int
+    repetition_penalty: int
+    repetition_penalty_per_row: bool
+    presence_penalty: int
+    presence_penalty_per_row: bool
+    frequency_penalty: int
+    frequency_penalty_per_row: bool
+    def __init__(self) -> None: ...
+
+class PenaltyAcceptArgs:
+    """Arguments of launch_accept_penalty_tokens_cpu (a CPU PenaltyState; every array contiguous)."""
+    mask: int  # int32 [rows, (vocab + 31) // 32], updated
+    seen: int  # int32 [rows, vocab], updated, or 0
+    generated: int  # int32 [rows, vocab], updated, or 0
+    seen_from: int  # int64 [rows]; needed with seen
+    generated_from: int  # int64 [rows]; needed with generated
+    lengths: int  # int64 [rows], >= 0, updated
+    recent: int  # int64 [rows, window] ring, updated
+    retained: int  # int64 [rows], updated
+    tokens: int  # int64 [rows, n], ids in [0, vocab)
+    rows: int
+    vocab: int
+    window: int
+    n: int
+    def __init__(self) -> None: ...
+
 class TopKArgs:
     scores: int
     values: int
@@ -57,12 +103,61 @@ class TopKArgs:
     k: int
     def __init__(self) -> None: ...
 
+class GumbelNoiseArgs:
+    seed: int
+    offset: int
+    out: int
+    rows: int
+    columns: int
+    def __init__(self) -> None: ...
+
+class BeamStepArgs:
+    logits: int
+    running_scores: int
+    finished_scores: int
+    is_finished: int
+    may_improve: int
+    eos: int
+    seeds: int
+    offsets: int
+    candidate_scores: int
+    candidate_flat: int
+    next_scores: int
+    next_source: int
+    next_finished_scores: int
+    finished_source: int
+    next_is_finished: int
+    next_may_improve: int
+    row_is_finite: int
+    batch: int
+    beams: int
+    vocab: int
+    rows: int
+    row_stride: int
+    num_eos: int
+    k: int
+    normalized: bool
+    generated_length: int
+    max_generated_length: int
+    length_penalty: float
+    early_stopping: int
+    all_stop: bool
+    dtype: int
+    def __init__(self) -> None: ...
+
 def launch_sample_cpu(args: SamplingArgs) -> None: ...
 def launch_sample_cuda(args: SamplingArgs, stream: int) -> None: ...
 def sampling_workspace_bytes(rows: int, vocab: int) -> int: ...
 def launch_softmax_cpu(args: SoftmaxArgs) -> None: ...
 def launch_softmax_cuda(args: SoftmaxArgs, stream: int) -> None: ...
 def launch_topk_cpu(args: TopKArgs) -> None: ...
+def launch_beam_step_cpu(args: BeamStepArgs) -> None: ...
+def launch_beam_step_cuda(args: BeamStepArgs, stream: int) -> None: ...
+def launch_apply_penalties_cpu(args: PenaltyArgs) -> None: ...
+def launch_apply_penalties_cuda(args: PenaltyArgs, stream: int) -> None: ...
+def launch_accept_penalty_tokens_cpu(args: PenaltyAcceptArgs) -> None: ...
+def launch_gumbel_noise_cpu(args: GumbelNoiseArgs) -> None: ...
+def launch_gumbel_noise_cuda(args: GumbelNoiseArgs, stream: int) -> None: ...
 def philox4x32(c0: int, c1: int, c2: int, c3: int, k0: int, k1: int, rounds: int = 10) -> tuple[int, int, int, int]: ...
 def cuda_device_count() -> tuple[int, str]: ...
 def num_threads() -> int: ...

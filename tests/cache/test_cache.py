@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Cache, DynamicCache
 
 from tiny_models import encode_batch, tiny_model
 from tolerances import assert_close_across_compilations
 from turbogen.cache import CACHE_IMPLEMENTATIONS, StaticKVCache, make_cache
+from turbogen.generation.runner import _reorder_cache
 
 PROMPTS = {
     "batch1": ["the quick brown fox"],
@@ -307,6 +309,107 @@ def test_reorder_cache_matches_dynamic_cache():
         static.reorder_cache(torch.tensor([0, 1, 3]))
     with pytest.raises(TypeError, match="beam_idx"):
         static.reorder_cache(torch.tensor([0.0, 1.0, 2.0]))
+
+
+class _RecordedOps(TorchDispatchMode):
+    """The aten ops run on floating tensors (the cached states, not the index) while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [arg for arg in (*args, *(kwargs or {}).values()) if isinstance(arg, torch.Tensor)]
+        if any(tensor.is_floating_point() for tensor in tensors):
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+_COPYING_OPS = {"index_select", "index_copy", "index_copy_", "copy_", "gather", "index", "index_put_"}
+
+
+def _filled_caches(rows: int = 4):
+    """A static cache and a DynamicCache holding the same random states (5 tokens per layer)."""
+    static, dynamic = _small_cache(batch_size=rows), DynamicCache()
+    for layer in range(LAYERS):
+        keys, values = _states(5, seed=10 + layer, rows=rows)
+        static.update(keys, values, layer, {"cache_position": torch.arange(5)})
+        dynamic.update(keys, values, layer)
+    return static, dynamic
+
+
+def _reorder_both(static, dynamic, index):
+    """Reorder through the runner's path (the in-place one for both caches); the caches stay the same objects."""
+    assert _reorder_cache(None, static, index) is static
+    assert _reorder_cache(None, dynamic, index) is dynamic
+
+
+def test_a_reorder_by_the_identity_copies_nothing():
+    static, dynamic = _filled_caches()
+    before = static.key_cache.clone(), [layer.keys.clone() for layer in dynamic.layers]
+    with _RecordedOps() as recorded:
+        _reorder_both(static, dynamic, torch.arange(4))
+        static.layers[0].reorder_cache(torch.arange(4))
+    assert not _COPYING_OPS & set(recorded.ops), recorded.ops
+    assert torch.equal(static.key_cache, before[0])
+    assert all(torch.equal(layer.keys, keys) for layer, keys in zip(dynamic.layers, before[1]))
+
+
+@pytest.mark.parametrize("index", [[1, 0, 2, 3], [0, 3, 2, 1], [1, 0, 0, 1], [3, 3, 3, 3], [2, 3, 0, 1], [1, 2, 3, 0]],
+                         ids=str)
+def test_in_place_reorders_equal_a_gather_swaps_included(index):
+    """Swaps and cycles are the trap for in-place copies: a row must be read before it is overwritten."""
+    static, dynamic = _filled_caches()
+    index = torch.tensor(index)
+    expected_static = (static.key_cache.index_select(1, index), static.value_cache.index_select(1, index))
+    expected_dynamic = [(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                        for layer in dynamic.layers]
+    addresses = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in dynamic.layers]
+    storage = (static.key_cache.data_ptr(), static.value_cache.data_ptr())
+    with _RecordedOps() as recorded:
+        _reorder_both(static, dynamic, index)
+    moved = int((index != torch.arange(4)).sum())
+    if 2 * moved <= 4:  # few rows move: one gather of their sources, then one copy per moved row and tensor
+        tensors = 2 + 2 * LAYERS  # the static storage's keys and values, each dynamic layer's
+        assert recorded.ops.count("copy_") == moved * tensors and recorded.ops.count("index_select") == tensors
+    assert torch.equal(static.key_cache, expected_static[0]) and torch.equal(static.value_cache, expected_static[1])
+    for layer, (keys, values) in zip(dynamic.layers, expected_dynamic):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+    # In place: no new tensors.
+    assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in dynamic.layers] == addresses
+    assert (static.key_cache.data_ptr(), static.value_cache.data_ptr()) == storage
+    # One layer alone, in its own view, does the same.
+    single, _ = _filled_caches()
+    single.layers[1].reorder_cache(index)
+    assert torch.equal(single.layers[1].keys, static.layers[1].keys)
+    assert torch.equal(single.layers[0].keys, _filled_caches()[0].layers[0].keys)
+
+
+def test_a_device_side_index_gathers_every_row_without_a_host_read(monkeypatch):
+    """Off the host (here: while compiling, where reading the index is not allowed either) every row is
+    gathered; the result is the same."""
+    static, dynamic = _filled_caches()
+    index = torch.tensor([1, 0, 3, 3])
+    expected = static.key_cache.index_select(1, index)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    _reorder_both(static, dynamic, index)
+    assert torch.equal(static.key_cache, expected)
+    assert torch.equal(dynamic.layers[0].keys, expected[0][:, :, :5])
+
+
+def test_caches_that_are_not_plain_keep_their_own_reorder():
+    class OwnCache(DynamicCache):
+        calls = 0
+
+        def reorder_cache(self, beam_idx):
+            OwnCache.calls += 1
+            super().reorder_cache(beam_idx)
+
+    cache = OwnCache()
+    cache.update(*_states(3, seed=0), 0)
+    keys = cache.layers[0].keys
+    assert _reorder_cache(None, cache, torch.tensor([2, 1, 0])) is cache
+    assert OwnCache.calls == 1 and torch.equal(cache.layers[0].keys, keys.index_select(0, torch.tensor([2, 1, 0])))
 
 
 @pytest.mark.parametrize("with_positions", [True, False], ids=["cache_position", "append"])

@@ -263,7 +263,7 @@ def test_demo_on_a_model_directory(model_dir, capsys):
     beams = _expected_text([beam_showcase.prompt], **beam_showcase.settings, max_new_tokens=DEMO_TOKENS)
     for rank, text in enumerate(beams, start=1):
         assert f"\nbeam {rank}: {text}\n" in out
-    _assert_speed_table(out, modes=tuple(benchmark.SETTINGS), batches=(1,))
+    _assert_speed_table(out, modes=benchmark.DEFAULT_MODES, batches=(1,))
     assert "loading " in err and "measuring speed" in err
 
 

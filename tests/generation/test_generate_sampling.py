@@ -169,6 +169,38 @@ def test_trailing_warpers_are_fused_into_the_sampler_unless_scores_are_requested
     assert torch.equal(fused, unfused.sequences)
 
 
+@pytest.mark.parametrize("penalties", [dict(repetition_penalty=1.8),
+                                       dict(repetition_penalty=1.3, presence_penalty=0.8, frequency_penalty=0.4)],
+                         ids=["repetition", "repetition-presence-frequency"])
+def test_penalties_are_applied_by_the_sampler_unless_scores_are_requested(monkeypatch, penalties):
+    """The penalty stage that ends the processor list runs inside the sampler's pass over the logits (the
+    sampler gets the penalty state) unless the processed scores are recorded; the draws are the same."""
+    import turbogen.ops
+
+    sampler_class = turbogen.ops.Sampler
+    fused_calls = []
+
+    class RecordingSampler(sampler_class):
+        def __call__(self, logits, offset=0, **kwargs):
+            fused_calls.append(kwargs.get("penalties") is not None)
+            return super().__call__(logits, offset, **kwargs)
+
+    monkeypatch.setattr(turbogen.ops, "Sampler", RecordingSampler)
+    model = tiny_model("llama")
+    input_ids, attention_mask = _padded_prompt()
+    options = dict(do_sample=True, max_new_tokens=12, temperature=0.8, seed=21, eos_token_id=None, **penalties)
+    fused = generate(model, input_ids, attention_mask=attention_mask, **options)
+    assert fused_calls == [True] * 12
+    fused_calls.clear()
+    unfused = generate(model, input_ids, attention_mask=attention_mask, return_dict_in_generate=True,
+                       output_scores=True, **options)
+    assert fused_calls == [False] * 12
+    assert torch.equal(fused, unfused.sequences)
+    without = generate(model, input_ids, attention_mask=attention_mask,
+                       **{**options, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0})
+    assert not torch.equal(fused, without), "the penalties never changed a draw: the test would not see them dropped"
+
+
 def test_sampling_scores_are_transformers_processed_scores():
     model = tiny_model("gpt2")
     input_ids, attention_mask = _padded_prompt()

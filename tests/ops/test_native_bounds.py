@@ -336,3 +336,388 @@ def test_portable_variants_compute_what_the_avx2_variants_compute(tmp_path):
             assert all(torch.equal(a, e) for a, e in zip(actual, expected)), key
         else:
             assert torch.equal(actual, expected), key
+
+
+# ---- launch_gumbel_noise_cpu ----------------------------------------------------------------------
+
+class NoiseBuffers:
+    """A valid GumbelNoiseArgs (3 rows, 100 columns) and the tensors behind its addresses."""
+
+    def __init__(self, rows: int = 3, columns: int = 100):
+        self.seed = torch.arange(rows, dtype=torch.int64)
+        self.offset = torch.full((rows,), 1 << 33, dtype=torch.int64)
+        self.out = torch.full((rows, columns), float("nan"))
+        self.args = _ext.extension().GumbelNoiseArgs()
+        for name, value in dict(seed=self.seed.data_ptr(), offset=self.offset.data_ptr(), out=self.out.data_ptr(),
+                                rows=rows, columns=columns).items():
+            setattr(self.args, name, value)
+
+
+GUMBEL_NOISE_CASES = [
+    (dict(seed=0), "null.*seed"),
+    (dict(offset=0), "null.*offset"),
+    (dict(out=0), "null.*out"),
+    (dict(rows=-1), "sizes.*rows"),
+    (dict(columns=-1), "sizes.*columns"),
+    (dict(rows=1 << 40, columns=1 << 40), "sizes.*out"),
+    (dict(rows=2, columns=(1 << 61) + 1), "sizes.*out"),
+]
+
+
+def test_gumbel_noise_valid_arguments_run():
+    from turbogen.ref import philox
+
+    buffers = NoiseBuffers()
+    _ext.extension().launch_gumbel_noise_cpu(buffers.args)
+    torch.testing.assert_close(buffers.out, philox.gumbel_noise(buffers.seed, buffers.offset, 100))
+
+
+@pytest.mark.parametrize("overrides,match", GUMBEL_NOISE_CASES, ids=str)
+def test_gumbel_noise_refuses_bad_arguments(overrides, match):
+    buffers = NoiseBuffers()
+    with pytest.raises(ValueError, match=f"launch_gumbel_noise_cpu: .*{match}"):
+        _ext.extension().launch_gumbel_noise_cpu(_apply(buffers.args, overrides))
+    assert buffers.out.isnan().all()
+
+
+def test_gumbel_noise_empty_touches_nothing():
+    extension, buffers = _ext.extension(), NoiseBuffers()
+    extension.launch_gumbel_noise_cpu(_apply(buffers.args, dict(rows=0, seed=0, offset=0, out=0)))
+    extension.launch_gumbel_noise_cpu(_apply(NoiseBuffers().args, dict(columns=0, seed=0, offset=0, out=0)))
+    with pytest.raises((TypeError, ValueError)):
+        buffers.args.rows = INT64_MAX + 1
+    with pytest.raises(TypeError):
+        buffers.args.out = -8
+
+
+def test_gumbel_noise_cuda_validates_on_the_host_or_says_cuda_is_missing():
+    extension, buffers = _ext.extension(), NoiseBuffers()
+    bad = _apply(buffers.args, dict(out=0))
+    if extension.cuda_compiled:
+        with pytest.raises(ValueError, match="launch_gumbel_noise_cuda: .*out"):
+            extension.launch_gumbel_noise_cuda(bad, 0)
+    else:
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.launch_gumbel_noise_cuda(bad, 0)
+
+
+# ---- the penalty entry points (csrc/include/turbogen/penalties.h) ----------------------------------
+
+class PenaltyBuffers:
+    """A valid penalty state (rows x vocab) and the apply / sample / accept structs over it."""
+
+    def __init__(self, rows: int = 3, vocab: int = 100, window: int = 4):
+        self.rows, self.vocab, self.window = rows, vocab, window
+        words = (vocab + 31) // 32
+        self.logits = torch.randn(rows, vocab)
+        self.out = torch.empty(rows, vocab)
+        self.mask = torch.full((rows, words), -1, dtype=torch.int32)  # every bit, past the vocabulary too
+        self.seen = torch.randint(0, 3, (rows, vocab), dtype=torch.int32)
+        self.generated = torch.randint(0, 3, (rows, vocab), dtype=torch.int32)
+        self.repetition = torch.tensor([1.3])
+        self.presence = torch.full((rows,), 0.5)
+        self.frequency = torch.tensor([0.25])
+        self.seen_from = torch.zeros(rows, dtype=torch.int64)
+        self.generated_from = torch.full((rows,), 2, dtype=torch.int64)
+        self.lengths = torch.full((rows,), 3, dtype=torch.int64)
+        self.recent = torch.zeros(rows, window, dtype=torch.int64)
+        self.retained = torch.zeros(rows, dtype=torch.int64)
+        self.tokens = torch.randint(0, vocab, (rows, 2))
+
+    def penalty_fields(self) -> dict:
+        return dict(penalty_mask=self.mask.data_ptr(), penalty_seen=self.seen.data_ptr(),
+                    penalty_generated=self.generated.data_ptr(), repetition_penalty=self.repetition.data_ptr(),
+                    presence_penalty=self.presence.data_ptr(), presence_penalty_per_row=True,
+                    frequency_penalty=self.frequency.data_ptr())
+
+    def apply(self):
+        return _apply(_ext.extension().PenaltyArgs(),
+                      dict(logits=self.logits.data_ptr(), out=self.out.data_ptr(), rows=self.rows, vocab=self.vocab,
+                           row_stride=self.vocab, dtype=0, **self.penalty_fields()))
+
+    def sampling(self):
+        buffers = Buffers(self.rows, self.vocab)
+        self.keep = buffers  # the sampling buffers must outlive the struct
+        return _apply(buffers.sampling(), self.penalty_fields())
+
+    def accept(self):
+        return _apply(_ext.extension().PenaltyAcceptArgs(),
+                      dict(mask=self.mask.data_ptr(), seen=self.seen.data_ptr(), generated=self.generated.data_ptr(),
+                           seen_from=self.seen_from.data_ptr(), generated_from=self.generated_from.data_ptr(),
+                           lengths=self.lengths.data_ptr(), recent=self.recent.data_ptr(),
+                           retained=self.retained.data_ptr(), tokens=self.tokens.data_ptr(), rows=self.rows,
+                           vocab=self.vocab, window=self.window, n=self.tokens.shape[1]))
+
+    def state(self) -> list[torch.Tensor]:
+        return [t.clone() for t in (self.mask, self.seen, self.generated, self.lengths, self.recent, self.retained)]
+
+
+def test_penalty_entry_points_run():
+    """The baselines below are valid: every marked token with a count is penalised, nothing else moves."""
+    extension, buffers = _ext.extension(), PenaltyBuffers()
+    extension.launch_apply_penalties_cpu(buffers.apply())
+    x, seen, generated = buffers.logits, buffers.seen, buffers.generated
+    expected = torch.where(seen > 0, torch.where(x < 0, x * 1.3, x / 1.3), x)
+    expected = torch.where(generated > 0, expected - 0.25 * generated - 0.5, expected)
+    assert torch.equal(buffers.out, expected)
+    sampling = buffers.sampling()
+    extension.launch_sample_cpu(sampling)
+    assert ((buffers.keep.tokens >= 0) & (buffers.keep.tokens < buffers.vocab)).all()
+    before = buffers.state()
+    extension.launch_accept_penalty_tokens_cpu(buffers.accept())
+    assert buffers.lengths.tolist() == [5] * buffers.rows and buffers.retained.tolist() == [2] * buffers.rows
+    assert torch.equal(buffers.seen.sum(), before[1].sum() + buffers.tokens.numel())
+
+
+PENALTY_CASES = [
+    (dict(logits=0), "null.*logits"),
+    (dict(out=0), "null.*out"),
+    (dict(penalty_mask=0), "null.*penalty_mask"),
+    (dict(repetition_penalty=0), "null.*repetition_penalty"),
+    (dict(presence_penalty=0), "null.*presence_penalty"),
+    (dict(frequency_penalty=0), "null.*frequency_penalty"),
+    (dict(rows=-1), "sizes.*rows"),
+    (dict(vocab=-1), "sizes.*vocab"),
+    (dict(vocab=1 << 31), "sizes.*vocab"),
+    (dict(row_stride=99), "stride"),
+    (dict(rows=1 << 40, row_stride=1 << 40), "sizes"),
+    (dict(dtype=3), "dtype"),
+]
+
+# A penalty mask set without counts is fine; counts without a mask are not.
+SAMPLING_PENALTY_CASES = [
+    (dict(penalty_mask=0), "null.*penalty_mask"),
+    (dict(repetition_penalty=0), "null.*repetition_penalty"),
+    (dict(presence_penalty=0), "null.*presence_penalty"),
+    (dict(frequency_penalty=0), "null.*frequency_penalty"),
+]
+
+PENALTY_VALUE_CASES = [
+    ("repetition_penalty", 0.0, "repetition_penalty"),
+    ("repetition_penalty", -1.0, "repetition_penalty"),
+    ("repetition_penalty", float("nan"), "repetition_penalty"),
+    ("presence_penalty", float("inf"), "presence_penalty"),
+    ("presence_penalty", float("nan"), "presence_penalty"),
+    ("frequency_penalty", float("-inf"), "frequency_penalty"),
+]
+
+ACCEPT_CASES = [
+    (dict(tokens=0), "null.*tokens"),
+    (dict(mask=0), "null.*mask"),
+    (dict(lengths=0), "null.*lengths"),
+    (dict(retained=0), "null.*retained"),
+    (dict(recent=0), "null.*recent"),
+    (dict(seen_from=0), "null.*seen_from"),
+    (dict(generated_from=0), "null.*generated_from"),
+    (dict(rows=-1), "sizes.*rows"),
+    (dict(vocab=-1), "sizes.*vocab"),
+    (dict(vocab=0), "out of range.*tokens"),
+    (dict(window=-1), "sizes.*window"),
+    (dict(n=-1), "sizes.*n must be"),
+    (dict(rows=1 << 62), "sizes"),
+    (dict(vocab=1 << 31), "sizes.*vocab"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", PENALTY_CASES, ids=str)
+def test_apply_penalties_refuses_bad_arguments(overrides, match):
+    buffers = PenaltyBuffers()
+    with pytest.raises(ValueError, match=f"launch_apply_penalties_cpu: .*{match}"):
+        _ext.extension().launch_apply_penalties_cpu(_apply(buffers.apply(), overrides))
+
+
+def test_apply_penalties_in_place_needs_contiguous_rows():
+    buffers = PenaltyBuffers()
+    wide = torch.randn(buffers.rows, 2 * buffers.vocab)
+    args = _apply(buffers.apply(), dict(logits=wide.data_ptr(), out=wide.data_ptr(), row_stride=2 * buffers.vocab))
+    with pytest.raises(ValueError, match="stride.*out == logits"):
+        _ext.extension().launch_apply_penalties_cpu(args)
+
+
+@pytest.mark.parametrize("overrides,match", SAMPLING_PENALTY_CASES, ids=str)
+def test_sampling_refuses_bad_penalty_arguments(overrides, match):
+    buffers = PenaltyBuffers()
+    with pytest.raises(ValueError, match=f"launch_sample_cpu: .*{match}"):
+        _ext.extension().launch_sample_cpu(_apply(buffers.sampling(), overrides))
+
+
+@pytest.mark.parametrize("name,value,match", PENALTY_VALUE_CASES, ids=str)
+@pytest.mark.parametrize("launcher", ["launch_apply_penalties_cpu", "launch_sample_cpu"])
+def test_penalty_values_are_checked(launcher, name, value, match):
+    buffers = PenaltyBuffers()
+    bad = torch.full((buffers.rows,), 1.0)
+    bad[-1] = value  # only the last row's value is wrong
+    args = buffers.apply() if launcher == "launch_apply_penalties_cpu" else buffers.sampling()
+    _apply(args, {name: bad.data_ptr(), f"{name}_per_row": True})
+    out = buffers.out.clone()
+    with pytest.raises(ValueError, match=f"{launcher}: .*out of range: {match}"):
+        getattr(_ext.extension(), launcher)(args)
+    assert torch.equal(buffers.out, out)  # refused before any row ran
+
+
+@pytest.mark.parametrize("overrides,match", ACCEPT_CASES, ids=str)
+def test_accept_refuses_bad_arguments(overrides, match):
+    buffers = PenaltyBuffers()
+    before = buffers.state()
+    with pytest.raises(ValueError, match=f"launch_accept_penalty_tokens_cpu: .*{match}"):
+        _ext.extension().launch_accept_penalty_tokens_cpu(_apply(buffers.accept(), overrides))
+    assert all(torch.equal(a, b) for a, b in zip(buffers.state(), before))
+
+
+@pytest.mark.parametrize("bad_id", [100, -1, 1 << 40, -(1 << 62)])
+def test_accept_refuses_out_of_range_tokens_before_writing(bad_id):
+    buffers = PenaltyBuffers()
+    buffers.tokens[-1, -1] = bad_id  # the last token: every other one would be counted first
+    before = buffers.state()
+    with pytest.raises(ValueError, match="launch_accept_penalty_tokens_cpu: .*tokens"):
+        _ext.extension().launch_accept_penalty_tokens_cpu(buffers.accept())
+    assert all(torch.equal(a, b) for a, b in zip(buffers.state(), before))
+
+
+@pytest.mark.parametrize("length", [-1, INT64_MAX])
+def test_accept_refuses_lengths_that_would_index_out_of_the_ring(length):
+    buffers = PenaltyBuffers()
+    buffers.lengths[1] = length
+    before = buffers.state()
+    with pytest.raises(ValueError, match="launch_accept_penalty_tokens_cpu: .*lengths"):
+        _ext.extension().launch_accept_penalty_tokens_cpu(buffers.accept())
+    assert all(torch.equal(a, b) for a, b in zip(buffers.state(), before))
+
+
+def test_penalty_empty_inputs_touch_nothing():
+    extension, buffers = _ext.extension(), PenaltyBuffers()
+    extension.launch_apply_penalties_cpu(_apply(buffers.apply(), dict(rows=0, logits=0, out=0, penalty_mask=0)))
+    extension.launch_apply_penalties_cpu(_apply(buffers.apply(), dict(vocab=0, logits=0, out=0, penalty_mask=0)))
+    extension.launch_accept_penalty_tokens_cpu(_apply(buffers.accept(), dict(n=0, tokens=0, mask=0)))
+    extension.launch_accept_penalty_tokens_cpu(_apply(buffers.accept(), dict(window=0, recent=0)))
+    assert buffers.lengths.tolist() == [5] * buffers.rows  # window 0: counted, no ring to write
+
+
+def test_penalty_cuda_launcher_validates_on_the_host_or_says_cuda_is_missing():
+    extension, buffers = _ext.extension(), PenaltyBuffers()
+    bad = _apply(buffers.apply(), dict(penalty_mask=0))
+    if extension.cuda_compiled:
+        with pytest.raises(ValueError, match="launch_apply_penalties_cuda: .*penalty_mask"):
+            extension.launch_apply_penalties_cuda(bad, 0)
+    else:
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.launch_apply_penalties_cuda(bad, 0)
+
+
+# ---- beam_step (launch_beam_step_cpu / _cuda) ---------------------------------------------------------
+
+class BeamBuffers:
+    """Inputs and outputs of one valid beam step: 2 batch rows, 3 beams, 50 tokens, 1 EOS id (K = 6), sampling."""
+
+    def __init__(self, batch: int = 2, beams: int = 3, vocab: int = 50):
+        self.batch, self.beams, self.vocab, self.k = batch, beams, vocab, 2 * beams
+        self.logits = torch.randn(batch * beams, vocab)
+        self.running = -torch.rand(batch, beams)
+        self.finished = torch.full((batch, beams), -1e9)
+        self.is_finished = torch.zeros(batch, beams, dtype=torch.bool)
+        self.may_improve = torch.ones(batch, dtype=torch.bool)
+        self.eos = torch.tensor([7])
+        self.seeds = torch.arange(batch, dtype=torch.int64)
+        self.offsets = torch.zeros(batch, dtype=torch.int64)
+        self.outputs = dict(
+            candidate_scores=torch.empty(batch, self.k), candidate_flat=torch.empty(batch, self.k, dtype=torch.int64),
+            next_scores=torch.empty(batch, beams), next_source=torch.empty(batch, beams, dtype=torch.int64),
+            next_finished_scores=torch.empty(batch, beams),
+            finished_source=torch.empty(batch, beams, dtype=torch.int64),
+            next_is_finished=torch.empty(batch, beams, dtype=torch.bool),
+            next_may_improve=torch.empty(batch, dtype=torch.bool), row_is_finite=torch.empty(batch, dtype=torch.bool))
+
+    def beam_step(self):
+        return _apply(_ext.extension().BeamStepArgs(), dict(
+            logits=self.logits.data_ptr(), rows=self.batch * self.beams, vocab=self.vocab, row_stride=self.vocab,
+            dtype=0, running_scores=self.running.data_ptr(), finished_scores=self.finished.data_ptr(),
+            is_finished=self.is_finished.data_ptr(), may_improve=self.may_improve.data_ptr(),
+            eos=self.eos.data_ptr(), num_eos=1, seeds=self.seeds.data_ptr(), offsets=self.offsets.data_ptr(),
+            batch=self.batch, beams=self.beams, k=self.k, normalized=False, generated_length=1,
+            max_generated_length=5, length_penalty=1.0, early_stopping=0, all_stop=False,
+            **{name: tensor.data_ptr() for name, tensor in self.outputs.items()}))
+
+
+BEAM_STEP_CASES = [
+    (dict(logits=0), "null.*logits"),
+    (dict(running_scores=0), "null.*running_scores"),
+    (dict(finished_scores=0), "null.*finished_scores"),
+    (dict(is_finished=0), "null.*is_finished"),
+    (dict(may_improve=0), "null.*may_improve"),
+    (dict(eos=0), "null.*eos"),
+    (dict(seeds=0), "null.*seeds and offsets"),
+    (dict(offsets=0), "null.*seeds and offsets"),
+    (dict(candidate_scores=0), "null.*candidate_scores"),
+    (dict(candidate_flat=0), "null.*candidate_flat"),
+    (dict(next_scores=0), "null.*next_scores"),
+    (dict(next_source=0), "null.*next_source"),
+    (dict(next_finished_scores=0), "null.*next_finished_scores"),
+    (dict(finished_source=0), "null.*finished_source"),
+    (dict(next_is_finished=0), "null.*next_is_finished"),
+    (dict(next_may_improve=0), "null.*next_may_improve"),
+    (dict(row_is_finite=0), "null.*row_is_finite"),
+    (dict(batch=-1), "sizes.*batch"),
+    (dict(beams=0), "sizes.*beams"),
+    (dict(vocab=0), "sizes.*vocab"),
+    (dict(vocab=INT64_MAX), "sizes.*vocab"),
+    (dict(rows=5), "sizes.*rows must equal"),
+    (dict(batch=3), "sizes.*rows must equal"),
+    (dict(num_eos=-1), "sizes.*num_eos"),
+    (dict(num_eos=2), "sizes.*k must be max"),
+    (dict(k=5), "sizes.*k must be max"),
+    (dict(vocab=1, row_stride=1), "sizes.*k must be <= beams"),
+    (dict(batch=1 << 61, rows=3 << 61), "sizes"),
+    (dict(row_stride=49), "stride"),
+    (dict(row_stride=INT64_MAX), "sizes"),
+    (dict(generated_length=0), "out of range.*generated_length"),
+    (dict(max_generated_length=0), "out of range.*max_generated_length"),
+    (dict(early_stopping=3), "out of range.*early_stopping"),
+    (dict(early_stopping=-1), "out of range.*early_stopping"),
+    (dict(dtype=3), "dtype"),
+]
+
+
+def test_beam_step_valid_arguments_run():
+    buffers = BeamBuffers()
+    _ext.extension().launch_beam_step_cpu(buffers.beam_step())
+    flat = buffers.outputs["candidate_flat"]
+    assert ((flat >= 0) & (flat < buffers.beams * buffers.vocab)).all()
+    assert ((buffers.outputs["next_source"] >= 0) & (buffers.outputs["next_source"] < buffers.k)).all()
+
+
+@pytest.mark.parametrize("overrides,match", BEAM_STEP_CASES, ids=str)
+def test_beam_step_refuses_bad_arguments(overrides, match):
+    buffers = BeamBuffers()
+    with pytest.raises(ValueError, match=f"launch_beam_step_cpu: .*{match}"):
+        _ext.extension().launch_beam_step_cpu(_apply(buffers.beam_step(), overrides))
+
+
+@pytest.mark.parametrize("eos", [-1, 50, 149, INT64_MAX, -INT64_MAX - 1])
+def test_beam_step_eos_ids_outside_the_vocabulary_never_match(eos):
+    buffers = BeamBuffers()
+    buffers.eos[0] = eos
+    _ext.extension().launch_beam_step_cpu(_apply(buffers.beam_step(), dict(seeds=0, offsets=0)))
+    assert buffers.outputs["finished_source"].tolist() == [[0, 1, 2]] * 2, "no candidate stopped"
+
+
+def test_beam_step_empty_batch_touches_nothing():
+    buffers = BeamBuffers()
+    fields = dict(batch=0, rows=0, logits=0, running_scores=0, finished_scores=0, is_finished=0, may_improve=0,
+                  candidate_scores=0, candidate_flat=0, next_scores=0, next_source=0, next_finished_scores=0,
+                  finished_source=0, next_is_finished=0, next_may_improve=0, row_is_finite=0, eos=0, seeds=0,
+                  offsets=0, num_eos=0, k=6)
+    _ext.extension().launch_beam_step_cpu(_apply(buffers.beam_step(), fields))
+
+
+def test_beam_step_cuda_launcher_validates_on_the_host_or_says_cuda_is_missing():
+    extension, buffers = _ext.extension(), BeamBuffers()
+    bad = _apply(buffers.beam_step(), dict(k=5))
+    if extension.cuda_compiled:
+        with pytest.raises(ValueError, match="launch_beam_step_cuda: .*k must be"):
+            extension.launch_beam_step_cuda(bad, 0)
+        with pytest.raises(ValueError, match="launch_beam_step_cuda: .*beams must be <= 1024"):
+            extension.launch_beam_step_cuda(_apply(buffers.beam_step(), dict(beams=1025, batch=1, rows=1025,
+                                                                             k=2050)), 0)
+    else:
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.launch_beam_step_cuda(bad, 0)

@@ -29,16 +29,50 @@ def _filters(rows: int, device) -> tuple[torch.Tensor, ...]:
             torch.full((rows,), 0.9, dtype=torch.float64, device=device), torch.full((1,), 0.05, device=device))
 
 
+def _penalty_state(rows: int, vocab: int, device) -> ops.PenaltyState:
+    history = torch.randint(0, vocab, (rows, 12), generator=torch.Generator().manual_seed(3)).to(device)
+    return ops.PenaltyState(history, vocab, seen_from=0, generated_from=6)
+
+
+def _penalty_inputs(rows: int, vocab: int, device) -> tuple:
+    """apply_penalties' validated inputs after the logits (PenaltyTensors), per-row and scalar mixed."""
+    return tuple(_penalty_state(rows, vocab, device).tensors(
+        repetition_penalty=torch.linspace(0.8, 1.6, rows, device=device), presence_penalty=0.5,
+        frequency_penalty=0.25))
+
+
+def _beam_state(batch: int, beams: int, device) -> tuple:
+    """A beam-search step's running and finished state: running scores, finished scores (one row with a full
+    finished set), is_finished, may_improve."""
+    running = -torch.arange(batch * beams, dtype=torch.float32, device=device).view(batch, beams) * 0.5
+    finished = torch.full((batch, beams), -1e9, device=device)
+    finished[0] = -torch.arange(1, beams + 1, dtype=torch.float32, device=device)
+    is_finished = finished > -1e8
+    return running, finished, is_finished, torch.ones(batch, dtype=torch.bool, device=device)
+
+
+def _beam_inputs(device) -> tuple:
+    """beam_step's validated inputs: 2 batch rows of 2 beams, one EOS id, beam sampling, the fused log-softmax."""
+    seeds = torch.tensor([1, 2], device=device)
+    return (_logits(4, 40, device), *_beam_state(2, 2, device), torch.tensor([3], device=device), seeds, seeds + 3,
+            False, 2, 6, 1.0, 0, False)
+
+
 # Validated inputs of each declared op (what its public function passes to the registry).
 OP_INPUTS = {
     "sample": lambda device: (_logits(3, 64, device), *_filters(3, device), torch.arange(3, device=device) + 7,
-                              torch.tensor([2 ** 33 + 1], device=device), True),
-    "filter_logits": lambda device: (_logits(3, 64, device), *_filters(3, device)),
+                              torch.tensor([2 ** 33 + 1], device=device), True, *_penalty_inputs(3, 64, device)),
+    "filter_logits": lambda device: (_logits(3, 64, device), *_filters(3, device), *(None,) * 6),
+    "apply_penalties": lambda device: (_logits(3, 64, device), *_penalty_inputs(3, 64, device)),
+    "beam_step": _beam_inputs,
     "softmax": lambda device: (_logits(3, 17, device), torch.tensor([0.5, 1.0, 2.0], device=device)),
     "topk": lambda device: (_logits(3, 50, device), 4),
     "gumbel_noise": lambda device: (torch.arange(3, device=device) + 7, torch.tensor([2 ** 33 + 1] * 3, device=device),
                                     40),
 }
+
+PENALTY_STATE = _penalty_state(4, 200, "cpu")
+
 
 # Each op called through its public function, as a compiled decode step would call it.
 PUBLIC_CALLS = {
@@ -47,6 +81,13 @@ PUBLIC_CALLS = {
                                                  return_logprobs=True, backend=backend),
     "filter_logits": lambda logits, backend: ops.filter_logits(logits, temperature=0.7, top_k=20, top_p=0.9,
                                                                min_p=0.02, backend=backend),
+    # The state is made before compiling (a decode step receives it built), for the logits of the compile test.
+    "apply_penalties": lambda logits, backend: ops.apply_penalties(logits, PENALTY_STATE, repetition_penalty=1.3,
+                                                                   frequency_penalty=0.5, backend=backend),
+    "beam_step": lambda logits, backend: ops.beam_step(logits, *_beam_state(2, 2, logits.device),
+                                                       torch.tensor([7], device=logits.device), generated_length=3,
+                                                       max_generated_length=9, early_stopping="never",
+                                                       backend=backend),
     "softmax": lambda logits, backend: ops.softmax(logits, 0.5, backend=backend),
     "topk": lambda logits, backend: ops.topk(logits, 4, backend=backend),
     "gumbel_noise": lambda logits, backend: ops.gumbel_noise(torch.arange(logits.shape[0]) + 3, 5, logits.shape[0],
@@ -65,7 +106,8 @@ def _op_backend_params(backends=("ref", "cpu", "triton", "cuda")):
 
 def test_every_declared_op_is_exercised_here():
     assert set(registered_ops()) == set(OP_INPUTS) == set(PUBLIC_CALLS) == {"sample", "filter_logits", "softmax",
-                                                                            "topk", "gumbel_noise"}
+                                                                            "topk", "gumbel_noise",
+                                                                            "apply_penalties", "beam_step"}
 
 
 @pytest.mark.parametrize("name,backend", _op_backend_params())

@@ -17,7 +17,8 @@ import torch
 import transformers.generation.logits_process as hf
 
 import turbogen.processors as tp
-from turbogen.processors.penalty_stages import NoRepeatNGramStage, PresenceFrequencyPenaltyStage, RepetitionPenaltyStage
+from turbogen.processors.ngram_stages import NoRepeatNGramStage
+from turbogen.processors.penalty_stages import PenaltyStage
 from turbogen.processors.stages import ProcessorStage
 
 from test_processors import assert_identical
@@ -207,9 +208,11 @@ def test_from_processors_makes_the_penalties_stateful_and_wraps_the_rest():
     ]
     stages = tp.LogitsStages.from_processors(tp.LogitsProcessorList(processors), torch.tensor([[1, 2]]))
     kinds = [type(stage) for stage in stages]
-    assert kinds == [RepetitionPenaltyStage, RepetitionPenaltyStage, PresenceFrequencyPenaltyStage,
-                     NoRepeatNGramStage, NoRepeatNGramStage, ProcessorStage, ProcessorStage]
-    assert len(stages) == len(processors)
+    # A repetition penalty followed by the presence/frequency penalty share one stage (one pass, one state).
+    assert kinds == [PenaltyStage, PenaltyStage, NoRepeatNGramStage, NoRepeatNGramStage, ProcessorStage,
+                     ProcessorStage]
+    assert stages[1].processors == (processors[1], processors[2])
+    assert len(stages.processors) == len(processors)
     assert all(ours is theirs for ours, theirs in zip(stages.processors, processors))
     assert isinstance(stages, tp.LogitsStage) and all(isinstance(stage, tp.LogitsStage) for stage in stages)
 

@@ -10,6 +10,7 @@
 
 #include "turbogen/checks.h"
 #include "turbogen/dtype.h"
+#include "turbogen/penalties.h"
 #include "turbogen/status.h"
 
 namespace turbogen {
@@ -36,6 +37,9 @@ struct SamplingArgs {
   float* filtered = nullptr;          // [rows, vocab] float32 contiguous or null: tempered logits, removed at -inf
   void* workspace = nullptr;          // CUDA only: device memory for the per-chunk partial results
   int64_t workspace_bytes = 0;        // its size, >= cuda::sampling_workspace_bytes(rows, vocab)
+  // Penalties applied to the logits before everything else (penalties.h), as if the sampler read
+  // apply_penalties' output; penalties.mask == nullptr: none. Nothing is written back.
+  PenaltyInputs penalties;
 };
 
 // The checks every launcher (cpu and cuda) makes before touching memory: sizes, strides, dtype,
@@ -58,7 +62,7 @@ inline Status validate(const SamplingArgs& a) {
   if (a.tokens && !a.seed) return null_pointer("seed (tokens need it)");
   if (a.tokens && !a.offset) return null_pointer("offset (tokens need it)");
   if (a.vocab > 0 && !a.logits) return null_pointer("logits");
-  return ok_status();
+  return validate(a.penalties, a.rows, a.vocab, false);
 }
 
 namespace cpu {

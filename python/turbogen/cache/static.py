@@ -193,11 +193,9 @@ class StaticKVLayer(_TransformersCacheLayer):
         self._length.fill_(keep)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Row ``i`` becomes old row ``beam_idx[i]``, in place (``StaticKVCache.reorder_cache`` does all layers
-        with one ``index_select`` per tensor)."""
-        beam_idx = _check_row_index(beam_idx, self.batch_size, self.device)
-        for tensor in (self.keys, self.values):
-            _select_rows_(tensor, 0, beam_idx)
+        """Row ``i`` becomes old row ``beam_idx[i]``, in place; only the rows that move are copied when
+        ``beam_idx`` is on the host (see :func:`reorder_rows_`; ``StaticKVCache.reorder_cache`` does all layers at once)."""
+        reorder_rows_((self.keys, self.values), 0, _check_row_index(beam_idx, self.batch_size))
 
 
 class StaticKVCache(_TransformersCache):
@@ -406,12 +404,12 @@ class StaticKVCache(_TransformersCache):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search's reorder: row ``i`` of every layer becomes old row ``beam_idx[i]``.
 
-        One ``index_select`` per storage tensor, copied back into the same storage, so addresses do not change.
+        In place, so addresses do not change: with ``beam_idx`` on the host only the rows that move are copied
+        (nothing for the identity), one gather and one index copy per storage tensor for all layers; on an
+        accelerator every row is gathered, with no host synchronisation (see :func:`reorder_rows_`).
         ``beam_idx`` is a 1-D integer tensor of ``batch_size`` indices in ``[0, batch_size)``.
         """
-        beam_idx = _check_row_index(beam_idx, self.batch_size, self.device)
-        for tensor in (self._keys, self._values):
-            _select_rows_(tensor, 1, beam_idx)
+        reorder_rows_((self._keys, self._values), 1, _check_row_index(beam_idx, self.batch_size))
 
     #: In-place spelling of :meth:`reorder_cache`.
     reorder_ = reorder_cache
@@ -439,8 +437,9 @@ class StaticKVCache(_TransformersCache):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_row_index(index: Any, rows: int, device: torch.device) -> torch.Tensor:
-    """``index`` (a permutation or selection of ``rows`` rows) on ``device``, checked where that is free."""
+def _check_row_index(index: Any, rows: int) -> torch.Tensor:
+    """``index`` (a permutation or selection of ``rows`` rows), checked where that is free; left where it is, so
+    that the moved rows of a host index can be found without a synchronisation."""
     if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32):
         raise TypeError("`beam_idx` must be an int64 or int32 tensor, got "
                         f"{getattr(index, 'dtype', type(index).__name__)}")
@@ -451,10 +450,45 @@ def _check_row_index(index: Any, rows: int, device: torch.device) -> torch.Tenso
         low, high = (int(bound) for bound in torch.aminmax(index))
         if low < 0 or high >= rows:
             raise ValueError(f"`beam_idx` values must be in [0, {rows}), got {low}..{high}")
-    return index.to(device, non_blocking=True)
+    return index
 
 
-def _select_rows_(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
-    """``tensor[..., i, ...] = old tensor[..., index[i], ...]`` along ``dim``, written back into ``tensor``'s
-    own storage (the gather needs one temporary: rows may be read after being overwritten)."""
-    tensor.copy_(tensor.index_select(dim, index))
+def moved_rows(index: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """For a row reorder ``index`` (new row ``i`` is old row ``index[i]``): ``(rows, sources)``, the rows whose
+    source is another row and those sources, found on the host when ``index`` is there (free); None when
+    ``index`` lives on an accelerator or is being compiled, where finding them would synchronise (the caller
+    then gathers every row)."""
+    if index.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    rows = torch.nonzero(index != torch.arange(index.shape[0], dtype=index.dtype)).squeeze(1)
+    return rows, index.index_select(0, rows).long()
+
+
+def reorder_rows_(tensors: Any, dim: int, index: torch.Tensor) -> None:
+    """``tensor[..., i, ...] = old tensor[..., index[i], ...]`` along ``dim`` for each of ``tensors``, written back
+    into each tensor's own storage (addresses do not change).
+
+    With ``index`` on the host only the rows that move are copied (none for the identity): their sources are
+    gathered into a temporary first, so swaps and duplications read the old rows, then copied row by row (CPU
+    ``index_copy_`` is several times slower than plain copies); when most rows move, every row is gathered.
+    Otherwise (an accelerator, or compiling) every row is gathered into a temporary and copied back in one go,
+    with no host synchronisation.
+    """
+    moved = moved_rows(index)
+    for tensor in tensors:
+        if moved is None:
+            tensor.copy_(tensor.index_select(dim, index.to(tensor.device, non_blocking=True)))
+            continue
+        rows, sources = moved
+        if rows.numel() == 0:
+            continue
+        if 2 * rows.numel() > index.shape[0]:
+            # Most rows move: gather them all, one leading slice at a time (a gather along a later dimension
+            # takes a slow path on the CPU).
+            full = index.to(tensor.device).long()
+            for part in (tensor.unbind(0) if dim > 0 else (tensor,)):
+                part.copy_(part.index_select(dim - 1 if dim > 0 else 0, full))
+            continue
+        gathered = tensor.index_select(dim, sources.to(tensor.device))
+        for position, row in enumerate(rows.tolist()):
+            tensor.select(dim, row).copy_(gathered.select(dim, position))

@@ -49,9 +49,9 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..ops import gumbel_noise, row_seeds, topk
+from ..ops import beam_step, gumbel_noise, row_seeds, topk
 from ..processors.stages import LogitsStages
-from ..stopping import StoppingPlan
+from ..stopping import EosTokenCriteria, StoppingPlan
 from .batch_state import draw_seed, raise_non_finite_scores
 from .record import Record
 from .runner import ModelRunner
@@ -156,6 +156,7 @@ class BeamSearchState:
         self.is_finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
         self.may_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)
         self._no_candidate_stopped = torch.zeros((), dtype=torch.bool, device=device)
+        self._every_candidate_stopped = torch.ones((), dtype=torch.bool, device=device)
         self.all_candidates_stopped = self._no_candidate_stopped
         self._batch_offsets = torch.arange(batch, device=device).view(-1, 1) * beams
         # The first `num_beams` candidates are the only ones that may enter the finished set.
@@ -267,6 +268,45 @@ class BeamSearchState:
                                      _IMPOSSIBLE)
         self.may_improve = self.may_improve & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
 
+    # -- the fused step ------------------------------------------------------------------------------
+
+    def fused_step(self, scores: torch.Tensor, normalized: bool, length: int, eos: torch.Tensor,
+                   every_candidate_stops: bool) -> torch.Tensor:
+        """Steps 1 and 3-5 in one :func:`turbogen.ops.beam_step` when the only stopping criteria are the ``eos``
+        ids (``int64 [num_eos_tokens]``) and the length limit (``every_candidate_stops``): the same state as
+        :meth:`candidates` then :meth:`advance`. ``scores`` are the raw logits (``normalized=False``: the op applies
+        the log-softmax) or the processed log-probabilities. Returns the flat parent of every new running beam."""
+        p = self.params
+        batch, vocab = p.batch_size, p.vocab_size
+        out = beam_step(scores, self.running_scores, self.scores, self.is_finished, self.may_improve.view(-1), eos,
+                        generated_length=length + 1 - p.prompt_length,
+                        max_generated_length=p.max_length - p.prompt_length, length_penalty=float(p.length_penalty),
+                        early_stopping=p.early_stopping, all_stop=every_candidate_stops, normalized=normalized,
+                        seeds=self.seeds, offsets=self.offsets)
+        if p.do_sample:
+            self.scores_are_finite.logical_and_(out.row_is_finite.all())
+            self.offsets.add_(1)
+        parent = torch.div(out.candidate_flat, vocab, rounding_mode="floor")
+        sequences = _gather_beams(self.running_sequences, parent)
+        sequences[:, :, length] = out.candidate_flat - parent * vocab
+        beam_indices = _gather_beams(self.running_beam_indices, parent)
+        beam_indices[:, :, length - p.prompt_length] = (parent + self._batch_offsets).to(beam_indices.dtype)
+        self.running_sequences = _gather_beams(sequences, out.next_source)
+        self.running_scores = out.next_scores
+        self.running_beam_indices = _gather_beams(beam_indices, out.next_source)
+        if eos.shape[0] or every_candidate_stops:  # otherwise nothing can finish: finished_source is arange(nb)
+            self.sequences = _gather_beams(torch.cat((self.sequences, sequences), dim=1), out.finished_source)
+            self.beam_indices = _gather_beams(torch.cat((self.beam_indices, beam_indices), dim=1),
+                                              out.finished_source)
+            self.scores = out.next_finished_scores
+            self.is_finished = out.next_is_finished
+        self.may_improve = out.next_may_improve.view(batch, 1)
+        # At most num_eos * num_beams of the K > num_eos * num_beams distinct candidates end with an EOS id, so
+        # all of them stop only at the length limit.
+        self.all_candidates_stopped = (self._every_candidate_stopped if every_candidate_stops
+                                       else self._no_candidate_stopped)
+        return self.running_beam_indices[:, :, length - p.prompt_length].reshape(-1).long()
+
     def is_done(self) -> torch.Tensor:
         """0-d bool tensor: no row can improve, or every row is full under ``early_stopping=True``, or every
         candidate of the last step stopped."""
@@ -285,6 +325,40 @@ class BeamSearchState:
         beam_indices = self.beam_indices[:, :num_return_sequences].reshape(-1, self.beam_indices.shape[-1])
         generated = int((beam_indices >= 0).sum(dim=1).max())
         return sequences[:, : p.prompt_length + generated], scores, beam_indices[:, :generated]
+
+
+def _fused_eos_ids(stopping: StoppingPlan, num_eos_tokens: int, device: torch.device) -> Optional[torch.Tensor]:
+    """The EOS ids for :meth:`BeamSearchState.fused_step` (``int64 [num_eos_tokens]``, padded with -1, an id that
+    never matches), or None when a row criterion other than turbogen's :class:`EosTokenCriteria` (a user criterion,
+    stop strings) must judge the candidates; the length and time limits are host-side (``stops_all``)."""
+    ids = []
+    for criterion in stopping.row_criteria:
+        if type(criterion) is not EosTokenCriteria:
+            return None
+        ids.append(criterion.eos_token_id.reshape(-1).to(device=device, dtype=torch.int64))
+    eos = torch.cat(ids) if ids else torch.empty(0, dtype=torch.int64, device=device)
+    if eos.shape[0] > num_eos_tokens:  # K is sized by the call's EOS ids; more ids here would need more candidates
+        return None
+    padding = torch.full((num_eos_tokens - eos.shape[0],), -1, dtype=torch.int64, device=device)
+    return torch.cat((eos, padding))
+
+
+def _torch_step(state: BeamSearchState, log_probs: torch.Tensor, length: int, stopping: StoppingPlan,
+                record: Record, every_candidate_stops: bool, overwrite: bool) -> torch.Tensor:
+    """One step with torch ops and any stopping criteria (:meth:`BeamSearchState.candidates`, the criteria on
+    every candidate, :meth:`BeamSearchState.advance`); returns the parents."""
+    params = state.params
+    candidates = state.candidates(log_probs, length, overwrite=overwrite)
+    stopped = None
+    if stopping.row_criteria and not (every_candidate_stops and stopping.rows_are_pure):
+        # (user criteria are called at every step, as in transformers, even when the length ends it)
+        tails = state.candidate_tails(candidates, stopping.tail_tokens)
+        verdict = stopping.rows_done(tails, record.collected_scores)
+        if verdict is not None:
+            stopped = verdict.view(params.batch_size, params.candidates_per_row)
+    if every_candidate_stops:
+        stopped = torch.ones_like(candidates.log_probs, dtype=torch.bool)
+    return state.advance(candidates, stopped)
 
 
 def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, processors: Any,
@@ -318,27 +392,28 @@ def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, p
 
     length = prompt_length
     # Without processors or recorded scores, a step's log_softmax output is read only by `candidates`, which may
-    # then add the beam scores into it in place.
+    # then add the beam scores into it in place; and the fused step can take the raw logits.
     log_probs_are_scratch = stages is None and not record.wants_scores
+    fused_eos = _fused_eos_ids(stopping, params.num_eos_tokens, input_ids.device)
     while True:
-        log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
-        if stages is not None:
-            log_probs = stages.apply(state.flat_running_sequences(length), log_probs)
-        record.logits(logits)
-        record.scores(log_probs)
-        candidates = state.candidates(log_probs, length, overwrite=log_probs_are_scratch)
-
-        stopped = None
-        every_candidate_stops = stopping.stops_all(candidates.length)
-        if stopping.row_criteria and not (every_candidate_stops and stopping.rows_are_pure):
-            # (user criteria are called at every step, as in transformers, even when the length ends it)
-            tails = state.candidate_tails(candidates, stopping.tail_tokens)
-            verdict = stopping.rows_done(tails, record.collected_scores)
-            if verdict is not None:
-                stopped = verdict.view(batch_size, params.candidates_per_row)
-        if every_candidate_stops:
-            stopped = torch.ones_like(candidates.log_probs, dtype=torch.bool)
-        parents = state.advance(candidates, stopped)
+        if fused_eos is not None and log_probs_are_scratch:
+            # The fused step applies the log-softmax itself (its sum is reduced in another order than torch's, so
+            # the scores agree with transformers' to float32 rounding; tokens and beams are the same).
+            record.logits(logits)
+            every_candidate_stops = stopping.stops_all(length + 1)
+            parents = state.fused_step(logits, False, length, fused_eos, every_candidate_stops)
+        else:
+            log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
+            if stages is not None:
+                log_probs = stages.apply(state.flat_running_sequences(length), log_probs)
+            record.logits(logits)
+            record.scores(log_probs)
+            every_candidate_stops = stopping.stops_all(length + 1)
+            if fused_eos is not None:
+                parents = state.fused_step(log_probs, True, length, fused_eos, every_candidate_stops)
+            else:
+                parents = _torch_step(state, log_probs, length, stopping, record, every_candidate_stops,
+                                      overwrite=log_probs_are_scratch)
         runner.reorder(parents)
         length += 1
         is_done = state.is_done()

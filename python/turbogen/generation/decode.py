@@ -9,7 +9,10 @@ and at most one host read of the "all rows finished" flag.
 A step: the logits stages (the processors, with per-row state) turn the logits into scores, the token is
 the argmax (greedy) or a draw by :class:`turbogen.ops.Sampler` from the per-row
 :class:`~turbogen.generation.batch_state.BatchState` at each row's offset, finished rows get the pad token,
-the stages accept the appended token, the per-row stopping criteria update the unfinished flags.
+the stages accept the appended token, the per-row stopping criteria update the unfinished flags. When the
+last stage is the penalties on repeated tokens and nothing records the processed scores, the sampler applies
+them while it reads the logits (:meth:`~turbogen.processors.stages.LogitsStages.split_penalties`): the same
+tokens, one pass fewer.
 
 Where the model runs on an accelerator and nothing user-supplied could observe it, the finish flag is read
 ``FINISH_CHECK_LAG`` steps late, so the host never waits on the device while it could queue work; the steps
@@ -31,6 +34,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..processors.penalty_stages import PenaltyStage
 from ..processors.stages import LogitsStages
 from ..stopping import StoppingPlan
 from .batch_state import BatchState, raise_non_finite_scores
@@ -108,7 +112,8 @@ class DecodeState:
 
 @dataclasses.dataclass
 class DecodeSetup:
-    """What the decode verbs need besides the state."""
+    """What the decode verbs need besides the state. ``stages`` receives the state verbs; ``scoring`` and
+    ``fused_penalties`` split it for ``apply`` when the sampler applies the last stage's penalties."""
 
     runner: ModelRunner
     stages: Optional[LogitsStages]
@@ -119,19 +124,28 @@ class DecodeSetup:
     streamer: Any
     watcher: FinishWatcher
     prompt_length: int
+    scoring: Optional[LogitsStages] = None
+    fused_penalties: Optional[PenaltyStage] = None
+
+    def __post_init__(self):
+        self.scoring = self.stages
+        if self.stages is not None and self.sampler is not None and not self.record.wants_scores:
+            self.scoring, self.fused_penalties = self.stages.split_penalties()
 
 
 def _choose(setup: DecodeSetup, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
     """The next token of every row (before padding), recording the logits and scores."""
     setup.record.logits(logits)
     input_ids = state.sequences[:, : state.length]
-    scores = setup.stages.apply(input_ids, logits) if setup.stages is not None else logits
+    scores = setup.scoring.apply(input_ids, logits) if setup.scoring else logits
     setup.record.scores(scores)
     if setup.sampler is None:
         return torch.argmax(scores, dim=-1)
     batch = state.batch
+    # Checked before the fused penalties, which keep finite scores finite short of overflowing float32.
     batch.check_scores(scores)
-    tokens = setup.sampler(scores, batch.offsets)
+    penalties = setup.fused_penalties.penalty_tensors(scores) if setup.fused_penalties is not None else None
+    tokens = setup.sampler(scores, batch.offsets, penalties=penalties)
     batch.advance()
     # A row without a finite score draws -1; the error is raised when the flag is read, and the model must
     # not see an invalid id before that.

@@ -22,6 +22,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import torch
 
 from .. import _transformers_compat as _compat
+from ..cache.static import reorder_rows_
 from .prepare import accepts, forward_parameters
 from .record import Record
 
@@ -107,11 +108,59 @@ def _common_length(lengths: Union[int, torch.Tensor], rows: int) -> int:
     return int(low)
 
 
+#: transformers' cache classes whose layers hold plain ``keys`` / ``values`` tensors ``[rows, heads, length,
+#: head_dim]`` that may be reordered in place, and the layer classes that do so.
+_IN_PLACE_CACHES = ("DynamicCache", "StaticCache")
+_IN_PLACE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer", "StaticLayer", "StaticSlidingWindowLayer")
+_TRANSFORMERS_CACHE_MODULE = "transformers.cache_utils"
+
+
+def _is_transformers(instance: Any, names: tuple) -> bool:
+    """``instance`` is exactly one of transformers' cache classes ``names`` (a subclass may store rows differently)."""
+    kind = type(instance)
+    return kind.__module__ == _TRANSFORMERS_CACHE_MODULE and kind.__name__ in names
+
+
+def _layer_tensors(cache: Any) -> Optional[list]:
+    """The key and value tensors of every layer of ``cache`` to reorder in place (uninitialised layers hold
+    none), or None when ``cache`` is not a cache this runner reorders itself."""
+    if _is_transformers(cache, ("EncoderDecoderCache",)):
+        parts = [_layer_tensors(cache.self_attention_cache), _layer_tensors(cache.cross_attention_cache)]
+        return None if None in parts else parts[0] + parts[1]
+    layers = getattr(cache, "layers", None)
+    if not _is_transformers(cache, _IN_PLACE_CACHES) or layers is None:
+        return None
+    if not all(_is_transformers(layer, _IN_PLACE_LAYERS) for layer in layers):
+        return None
+    tensors = []
+    for layer in layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1 and tensor.numel():
+                tensors.append(tensor)
+    # In-place writes need tensors that own their rows: no expanded (stride 0) dimension, no storage shared
+    # between two tensors (layers sharing their keys would be reordered twice). Else the cache's own reorder.
+    storages = [tensor.untyped_storage().data_ptr() for tensor in tensors]
+    expanded = any(stride == 0 and size > 1 for tensor in tensors for stride, size in zip(tensor.stride(), tensor.shape))
+    return None if expanded or len(set(storages)) != len(storages) else tensors
+
+
 def _reorder_cache(model: Any, cache: Any, index: torch.Tensor) -> Any:
-    """``cache`` with its rows reordered by ``index`` (the model's own hook first, as transformers)."""
+    """``cache`` with its rows reordered by ``index`` (the model's own hook first, as transformers).
+
+    In place, keeping the cache object: turbogen's static cache reorders itself in place; for transformers'
+    ``DynamicCache`` / ``StaticCache`` (and an ``EncoderDecoderCache`` of them) each layer's keys and values
+    are gathered in place, and with ``index`` on the host only the rows that move are copied (none for the
+    identity). Any other cache uses its own ``reorder_cache``.
+    """
     if hasattr(model, "_reorder_cache"):
         return model._reorder_cache(cache, index)
-    cache.reorder_cache(index)
+    tensors = _layer_tensors(cache)
+    if tensors is None:
+        cache.reorder_cache(index)
+        return cache
+    if index.dim() != 1 or any(tensor.shape[0] != index.shape[0] for tensor in tensors):
+        raise ValueError(f"`index` must hold one source row per cache row, got shape {tuple(index.shape)}")
+    reorder_rows_(tensors, 0, index)
     return cache
 
 

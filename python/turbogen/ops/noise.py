@@ -3,16 +3,21 @@
 Beam sampling perturbs ``num_beams * vocab`` accumulated scores per batch row with this noise and
 keeps the best ``2 * num_beams`` (Gumbel-top-k), which draws candidates without replacement from
 the softmax of the scores. The fused sampler computes the same noise inside its kernels, for the
-surviving candidates only; this op materialises all of it. Backend: ``ref`` (pure torch), on every
-device.
+surviving candidates only; this op materialises all of it. Backends: ``ref`` (pure torch, every
+device), ``cpu``, ``triton`` and ``cuda``. The raw bits and the uniform are exact everywhere; the two
+float32 logs are each backend's (csrc/include/turbogen/noise.h, kernels/noise.py): on a GPU they are
+torch's, so cuda and triton equal the reference bit for bit; on a CPU the C++ takes the correctly
+rounded log and the Triton interpreter numpy's, each within an ulp of torch's SLEEF log.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
 
+from . import _native
 from ._counters import counter_tensor
 from ._registry import OpSpec, declare
 
@@ -27,7 +32,7 @@ def gumbel_noise(seed: int | torch.Tensor, offset: int | torch.Tensor, rows: int
         offset: int, 0-d or ``[rows]`` int64 tensor: the Philox counter's high half.
         rows, columns: the shape of the result; ``columns`` is the token-index range ``[0, columns)``.
         device: where a scalar seed or offset is placed (a tensor seed's device wins).
-        backend: ``"ref"`` or None.
+        backend: ``"ref"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or None (the dispatch rules).
 
     Returns:
         float32 ``[rows, columns]``: exactly the noise ``turbogen.ops.sample`` adds to token ``j``.
@@ -48,9 +53,17 @@ def _allocate_outputs(seed: torch.Tensor, offset: torch.Tensor, columns: int) ->
     return torch.empty(seed.shape[0], columns, dtype=torch.float32, device=seed.device)
 
 
+def _launch_triton(seed: torch.Tensor, offset: torch.Tensor, columns: int, out: torch.Tensor) -> None:
+    from ..kernels import noise as kernels  # imported lazily: needs TRITON_INTERPRET set first on CPU
+
+    kernels.launch_gumbel_noise(seed, offset, columns, out)
+
+
 GUMBEL_NOISE = declare(OpSpec(
     name="gumbel_noise",
     reference="gumbel_noise",
     allocate_outputs=_allocate_outputs,
-    launchers={},
+    launchers={"cpu": functools.partial(_native.launch_gumbel_noise, "cpu"),
+               "triton": _launch_triton,
+               "cuda": functools.partial(_native.launch_gumbel_noise, "cuda")},
 ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from typing import Optional
 
 import torch
 
@@ -17,6 +18,10 @@ from . import _native
 from ._counters import counter_tensor
 from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
+from .penalties import APPLY_PENALTIES, PenaltyState, PenaltyTensors
+
+#: The sample / filter_logits inputs that carry the penalties: ``PenaltyTensors``' fields, or all None.
+_NO_PENALTIES = (None,) * len(PenaltyTensors._fields)
 
 
 class _Filters:
@@ -43,7 +48,9 @@ class _Filters:
 
 def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
            top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0, seed: int | torch.Tensor,
-           offset: int | torch.Tensor = 0, return_logprobs: bool = False, backend: str | None = None):
+           offset: int | torch.Tensor = 0, return_logprobs: bool = False, penalty_state: PenaltyState | None = None,
+           repetition_penalty: float | torch.Tensor = 1.0, presence_penalty: float | torch.Tensor = 0.0,
+           frequency_penalty: float | torch.Tensor = 0.0, backend: str | None = None):
     """Draw one token per row from the filtered, tempered distribution of ``logits``.
 
     Filtering is exactly transformers' TemperatureLogitsWarper -> TopKLogitsWarper ->
@@ -70,6 +77,10 @@ def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top
             CUDA graph can advance them between replays.
         return_logprobs: also return the float32 log-probability of each drawn token under the
             filtered, tempered distribution (0 for greedy rows).
+        penalty_state, repetition_penalty, presence_penalty, frequency_penalty: with a
+            :class:`turbogen.ops.PenaltyState`, the draw is from
+            ``turbogen.ops.apply_penalties(logits, penalty_state, ...)``, token for token and logprob for
+            logprob, computed while the kernel reads the logits (one pass, nothing written).
         backend: ``"ref"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or None (``TURBOGEN_BACKEND``,
             else by device).
 
@@ -80,7 +91,20 @@ def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top
     check_logits(logits)
     sampler = Sampler(logits.shape[0], logits.device, temperature=temperature, top_k=top_k, top_p=top_p,
                       min_p=min_p, seed=seed, backend=backend)
-    return sampler(logits, offset, return_logprobs=return_logprobs)
+    penalties = _penalty_tensors(logits, penalty_state, repetition_penalty, presence_penalty, frequency_penalty)
+    return sampler(logits, offset, return_logprobs=return_logprobs, penalties=penalties)
+
+
+def _penalty_tensors(logits, state, repetition_penalty, presence_penalty, frequency_penalty):
+    """The validated penalty inputs for ``logits``, or None without a state."""
+    if state is None:
+        if not (repetition_penalty == 1.0 and presence_penalty == 0.0 and frequency_penalty == 0.0) or any(
+                isinstance(p, torch.Tensor) for p in (repetition_penalty, presence_penalty, frequency_penalty)):
+            raise ValueError("repetition_penalty, presence_penalty and frequency_penalty need a penalty_state")
+        return None
+    from .penalties import _checked_tensors
+
+    return _checked_tensors(logits, state, repetition_penalty, presence_penalty, frequency_penalty)
 
 
 class Sampler:
@@ -105,40 +129,52 @@ class Sampler:
         self._seeds = counter_tensor(seed, "seed", self.rows, self.device, scalar_is_first_of_rows=True)
         self.backend = SAMPLE.select_backend(self.device, backend)
 
-    def __call__(self, logits: torch.Tensor, offset: int | torch.Tensor = 0, *, return_logprobs: bool = False):
+    def __call__(self, logits: torch.Tensor, offset: int | torch.Tensor = 0, *, return_logprobs: bool = False,
+                 penalties: PenaltyTensors | None = None):
+        """``penalties``: :meth:`turbogen.ops.PenaltyState.tensors` of the logits' rows, applied while drawing."""
         check_logits(logits)
         if logits.shape[0] != self.rows or logits.device != self.device:
             raise ValueError(f"logits must have {self.rows} rows on {self.device} (as the Sampler was built), "
                              f"got shape {tuple(logits.shape)} on {logits.device}")
         offsets = counter_tensor(offset, "offset", self.rows, self.device, scalar_is_first_of_rows=False)
+        if penalties is not None and not isinstance(penalties, PenaltyTensors):
+            raise TypeError(f"penalties must be turbogen.ops.PenaltyTensors (PenaltyState.tensors()), got "
+                            f"{type(penalties).__name__}")
         tokens, logprobs = SAMPLE.run(self.backend, logits, *self._filters.as_tuple(), self._seeds, offsets,
-                                      bool(return_logprobs))
+                                      bool(return_logprobs), *(penalties or _NO_PENALTIES))
         return (tokens, logprobs) if return_logprobs else tokens
 
 
 def filter_logits(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
                   top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0,
+                  penalty_state: PenaltyState | None = None, repetition_penalty: float | torch.Tensor = 1.0,
+                  presence_penalty: float | torch.Tensor = 0.0, frequency_penalty: float | torch.Tensor = 0.0,
                   backend: str | None = None) -> torch.Tensor:
     """The float32 tempered logits with the tokens that :func:`sample` would never draw at -inf.
 
-    Same arguments and filter semantics as :func:`sample` (what ``output_scores`` returns in
+    Same arguments and filter and penalty semantics as :func:`sample` (what ``output_scores`` returns in
     sampling mode). A temperature-0 row is a point mass: only the greedy token keeps its logit.
     Returns a new contiguous float32 ``[batch, vocab]`` tensor.
     """
     check_logits(logits)
     filters = _Filters(logits.shape[0], logits.device, temperature, top_k, top_p, min_p)
-    return FILTER_LOGITS(logits, *filters.as_tuple(), backend=backend)
+    penalties = _penalty_tensors(logits, penalty_state, repetition_penalty, presence_penalty, frequency_penalty)
+    return FILTER_LOGITS(logits, *filters.as_tuple(), *(penalties or _NO_PENALTIES), backend=backend)
 
 
 # --- the op declarations: the validated inputs, their outputs, the reference and the kernels -------
 
 def _allocate_sample_outputs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                              top_p: torch.Tensor, min_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor,
-                             want_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                             want_logprobs: bool, penalty_mask: Optional[torch.Tensor],
+                             penalty_seen: Optional[torch.Tensor], penalty_generated: Optional[torch.Tensor],
+                             repetition: Optional[torch.Tensor], presence: Optional[torch.Tensor],
+                             frequency: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """int64 ``[rows]`` tokens and float32 logprobs, ``[rows]`` when wanted, else empty.
 
     The inputs are validated: ``logits`` [rows, vocab] with contiguous rows; the filters as
-    :class:`_Filters` holds them; ``seed`` int64 ``[rows]``; ``offset`` int64 ``[1]`` or ``[rows]``.
+    :class:`_Filters` holds them; ``seed`` int64 ``[rows]``; ``offset`` int64 ``[1]`` or ``[rows]``; the
+    penalties as :class:`PenaltyTensors` holds them, or all None.
     """
     rows = logits.shape[0]
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
@@ -146,7 +182,14 @@ def _allocate_sample_outputs(logits: torch.Tensor, temperature: torch.Tensor, to
     return tokens, logprobs
 
 
-def _sample_by_reference(reference, logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs):
+def _penalised_by_reference(logits, penalties):
+    """The reference of sample / filter_logits with penalties: apply_penalties' reference first."""
+    return logits if penalties[0] is None else APPLY_PENALTIES.reference(logits, *penalties)
+
+
+def _sample_by_reference(reference, logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs,
+                         *penalties):
+    logits = _penalised_by_reference(logits, penalties)
     filters = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     if want_logprobs:
         return reference(logits, **filters, seed=seed, offset=offset, return_logprobs=True)
@@ -154,19 +197,26 @@ def _sample_by_reference(reference, logits, temperature, top_k, top_p, min_p, se
     return tokens, torch.empty(0, dtype=torch.float32, device=logits.device)
 
 
+def _penalty_argument(penalties) -> PenaltyTensors | None:
+    return None if penalties[0] is None else PenaltyTensors(*penalties)
+
+
 def _launch_sample_native(backend, logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs,
-                          tokens, logprobs) -> None:
+                          *penalties_and_outputs) -> None:
+    *penalties, tokens, logprobs = penalties_and_outputs
     if logits.shape[0]:
         _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, seed, offset,
-                              tokens, logprobs if want_logprobs else None, None)
+                              tokens, logprobs if want_logprobs else None, None, penalties=_penalty_argument(penalties))
 
 
 def _launch_sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset, want_logprobs,
-                          tokens, logprobs) -> None:
+                          *penalties_and_outputs) -> None:
     from ..kernels import sampling as kernels  # lazy: TRITON_INTERPRET must be set first on CPU
 
+    *penalties, tokens, logprobs = penalties_and_outputs
     kernels.launch_sample(logits, temperature, top_k, top_p, min_p, seed, offset,
-                          tokens=tokens, logprobs=logprobs if want_logprobs else None)
+                          tokens=tokens, logprobs=logprobs if want_logprobs else None,
+                          penalties=_penalty_argument(penalties))
 
 
 SAMPLE = declare(OpSpec(
@@ -181,24 +231,31 @@ SAMPLE = declare(OpSpec(
 
 
 def _allocate_filtered(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                       min_p: torch.Tensor) -> torch.Tensor:
+                       min_p: torch.Tensor, penalty_mask: Optional[torch.Tensor], penalty_seen: Optional[torch.Tensor],
+                       penalty_generated: Optional[torch.Tensor], repetition: Optional[torch.Tensor],
+                       presence: Optional[torch.Tensor], frequency: Optional[torch.Tensor]) -> torch.Tensor:
     """float32 ``[rows, vocab]``, contiguous; the inputs are the sample op's, without the counters."""
     return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
 
 
-def _filter_by_reference(reference, logits, temperature, top_k, top_p, min_p):
+def _filter_by_reference(reference, logits, temperature, top_k, top_p, min_p, *penalties):
+    logits = _penalised_by_reference(logits, penalties)
     return reference(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
 
 
-def _launch_filter_native(backend, logits, temperature, top_k, top_p, min_p, filtered) -> None:
+def _launch_filter_native(backend, logits, temperature, top_k, top_p, min_p, *penalties_and_output) -> None:
+    *penalties, filtered = penalties_and_output
     if logits.shape[0]:
-        _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, None, None, None, None, filtered)
+        _native.launch_sample(backend, logits, temperature, top_k, top_p, min_p, None, None, None, None, filtered,
+                              penalties=_penalty_argument(penalties))
 
 
-def _launch_filter_triton(logits, temperature, top_k, top_p, min_p, filtered) -> None:
+def _launch_filter_triton(logits, temperature, top_k, top_p, min_p, *penalties_and_output) -> None:
     from ..kernels import sampling as kernels  # lazy: TRITON_INTERPRET must be set first on CPU
 
-    kernels.launch_sample(logits, temperature, top_k, top_p, min_p, None, None, filtered=filtered)
+    *penalties, filtered = penalties_and_output
+    kernels.launch_sample(logits, temperature, top_k, top_p, min_p, None, None, filtered=filtered,
+                          penalties=_penalty_argument(penalties))
 
 
 FILTER_LOGITS = declare(OpSpec(

@@ -29,7 +29,8 @@ from .constraints import (
 )
 from .fusion import SamplingParams, split_fusable_sampling_tail
 from .guidance import UnbatchedClassifierFreeGuidanceLogitsProcessor
-from .penalty_stages import NoRepeatNGramStage, PresenceFrequencyPenaltyStage, RepetitionPenaltyStage
+from .ngram_stages import EncoderNoRepeatNGramStage, NoRepeatNGramStage
+from .penalty_stages import PenaltyStage
 from .penalties import (
     EncoderNoRepeatNGramLogitsProcessor,
     EncoderRepetitionPenaltyLogitsProcessor,
@@ -71,13 +72,13 @@ __all__ = [
     "MinPLogitsWarper",
     "NoBadWordsLogitsProcessor",
     "NoRepeatNGramLogitsProcessor",
+    "EncoderNoRepeatNGramStage",
     "NoRepeatNGramStage",
+    "PenaltyStage",
     "PrefixConstrainedLogitsProcessor",
     "PresenceFrequencyPenaltyLogitsProcessor",
-    "PresenceFrequencyPenaltyStage",
     "ProcessorStage",
     "RepetitionPenaltyLogitsProcessor",
-    "RepetitionPenaltyStage",
     "SamplingParams",
     "SequenceBiasLogitsProcessor",
     "SuppressTokensAtBeginLogitsProcessor",

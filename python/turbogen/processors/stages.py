@@ -36,7 +36,13 @@ from typing import Iterable, Iterator, Optional, Protocol, runtime_checkable
 import torch
 
 from .base import ArgumentTypeError, _extra_call_parameters, check_ids_tensor, check_int
-from .penalty_stages import DEFAULT_ROLLBACK_WINDOW, stateful_stage_for
+from .penalty_stages import (
+    DEFAULT_ROLLBACK_WINDOW,
+    PenaltyStage,
+    is_presence_frequency_penalty,
+    is_repetition_penalty,
+    stateful_stage_for,
+)
 
 
 @runtime_checkable
@@ -137,7 +143,8 @@ class LogitsStages:
         ``processors`` is any iterable of ``(input_ids, scores)`` callables (turbogen's,
         transformers', the user's, or a ``LogitsProcessorList``). The repetition penalty and the
         n-gram ban (turbogen's or transformers' exact classes) and turbogen's presence/frequency
-        penalty become stateful stages (:mod:`turbogen.processors.penalty_stages`) whose per-row
+        penalty become stateful stages (:mod:`turbogen.processors.penalty_stages`; a repetition
+        penalty followed by a presence/frequency penalty share one :class:`PenaltyStage`) whose per-row
         state starts from ``prompt_ids`` (``[rows, prompt_length]``, rows already expanded for
         beams or ``num_return_sequences``, padding included exactly as in ``input_ids``);
         everything else is wrapped by :class:`ProcessorStage`, except stages, which are used as they are.
@@ -160,10 +167,21 @@ class LogitsStages:
             if size is not None:
                 check_int(size, name, minimum=1)
         stages = []
-        for processor in processors:
+        processors = list(processors)
+        position = 0
+        while position < len(processors):
+            processor = processors[position]
+            position += 1
             if isinstance(processor, LogitsStage):
                 # Already a stage (e.g. a pipeline built earlier): it keeps its own state.
                 stages.append(processor)
+                continue
+            if (is_repetition_penalty(processor) and position < len(processors)
+                    and is_presence_frequency_penalty(processors[position])):
+                # One state and one pass over the logits for both penalties.
+                stages.append(PenaltyStage(prompt_ids, repetition=processor, presence_frequency=processors[position],
+                                           vocab_size=vocab_size, rollback_window=rollback_window))
+                position += 1
                 continue
             stage = stateful_stage_for(processor, prompt_ids, vocab_size=vocab_size, rollback_window=rollback_window,
                                        max_length=max_length)
@@ -179,8 +197,20 @@ class LogitsStages:
 
     @property
     def processors(self) -> list:
-        """The processor objects the stages stand for, in order (a stage with no processor stands for itself)."""
-        return [getattr(stage, "processor", stage) for stage in self._stages]
+        """The processor objects the stages stand for, in order (a stage with no processor stands for itself;
+        a stage with ``processors`` stands for each of them)."""
+        flat = []
+        for stage in self._stages:
+            flat += getattr(stage, "processors", None) or [getattr(stage, "processor", stage)]
+        return flat
+
+    def split_penalties(self) -> "tuple[LogitsStages, Optional[PenaltyStage]]":
+        """``(head, penalties)``: when the last stage is a :class:`PenaltyStage`, the stages before it and
+        that stage, so that a sampler can apply the penalties while it draws (the result is that of
+        ``apply``); else ``(self, None)``."""
+        if self._stages and isinstance(self._stages[-1], PenaltyStage):
+            return LogitsStages(self._stages[:-1]), self._stages[-1]
+        return self, None
 
     def apply(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.FloatTensor:
         for stage in self._stages:

@@ -4,9 +4,11 @@ Everything here is plain torch, so ``torch.compile(fullgraph=True)`` can compile
 This package is the ``ref`` backend: the op registry (``turbogen/ops/_registry.py``) finds each op's
 reference here by name, and production code reaches it only that way."""
 
+from .beam import beam_step
+from .penalties import apply_penalties
 from .philox import gumbel_noise
 from .sampling import filter_logits, sample
 from .softmax import softmax
 from .topk import topk
 
-__all__ = ["filter_logits", "gumbel_noise", "sample", "softmax", "topk"]
+__all__ = ["apply_penalties", "beam_step", "filter_logits", "gumbel_noise", "sample", "softmax", "topk"]
