@@ -23,7 +23,7 @@ from . import _native
 from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
 
-__all__ = ["PenaltyState", "PenaltyTensors", "apply_penalties"]
+__all__ = ["PenaltyState", "PenaltyTensors", "apply_penalties", "apply_penalty_tensors"]
 
 #: Tokens per mask word.
 _WORD_BITS = 32
@@ -358,6 +358,17 @@ def apply_penalties(logits: torch.Tensor, state: PenaltyState, *, repetition_pen
     elif logits.shape[0]:
         APPLY_PENALTIES.spec.launchers[chosen](logits, *penalties, out)
     return out
+
+
+def apply_penalty_tensors(logits: torch.Tensor, penalties: PenaltyTensors, backend: Optional[str] = None) -> torch.Tensor:
+    """:func:`apply_penalties` with kernel inputs already validated by :meth:`PenaltyState.tensors` for these
+    logits' rows and vocabulary (a decode loop reuses them from step to step); only the logits are checked."""
+    check_logits(logits)
+    if logits.shape[0] != penalties.mask.shape[0] or -(-logits.shape[1] // _WORD_BITS) != penalties.mask.shape[1] \
+            or logits.device != penalties.mask.device:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} on {logits.device} do not match the penalty state "
+                         f"(mask of shape {tuple(penalties.mask.shape)} on {penalties.mask.device})")
+    return APPLY_PENALTIES(logits, *penalties, backend=backend)
 
 
 def _checked_tensors(logits, state, repetition_penalty, presence_penalty, frequency_penalty) -> PenaltyTensors:

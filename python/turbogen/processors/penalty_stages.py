@@ -18,6 +18,7 @@ import torch
 
 from .. import ops
 from ..ops import PenaltyState, PenaltyTensors
+from ..ops.penalties import apply_penalty_tensors
 from ._stage_args import accepted_tokens, is_exactly, largest_id, reorder_index, reset_arguments, rollback_arguments
 from .base import check_ids_tensor, check_int, check_scores
 from .ngram_stages import EncoderNoRepeatNGramStage, NoRepeatNGramStage, ngram_stage_for
@@ -120,10 +121,16 @@ class PenaltyStage:
         return self._tensors[1]
 
     def apply(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self._fit(scores)
-        repetition, presence, frequency = self._parameters()
-        return ops.apply_penalties(scores, self.state, repetition_penalty=repetition, presence_penalty=presence,
-                                   frequency_penalty=frequency)
+        if torch.compiler.is_compiling():
+            # No cached kernel inputs here: an attribute that changes between calls would recompile the graph.
+            self._fit(scores)
+            repetition, presence, frequency = self._parameters()
+            return ops.apply_penalties(scores, self.state, repetition_penalty=repetition, presence_penalty=presence,
+                                       frequency_penalty=frequency)
+        # Eagerly, the validated kernel inputs are reused from step to step (validating them costs more than
+        # the kernel at small batch sizes).
+        tensors = self.penalty_tensors(scores)
+        return apply_penalty_tensors(scores, tensors)
 
     def accept(self, tokens: torch.LongTensor) -> None:
         tokens = accepted_tokens(tokens, self.rows, self.state.device)
