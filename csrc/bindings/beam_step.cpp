@@ -44,20 +44,8 @@ void bind_beam_step(py::module_& m) {
 
   def_cpu_launcher(m, "launch_beam_step_cpu", &cpu::beam_step,
                    "One fused beam-search step (use turbogen.ops.beam_step).");
-  m.def(
-      "launch_beam_step_cuda",
-      [](const BeamStepArgs& a, uintptr_t stream) {
-#if defined(TURBOGEN_WITH_CUDA)
-        raise_on_error(cuda::validate_launch(a), "launch_beam_step_cuda");
-        raise_on_cuda_error(cuda::beam_step(a, reinterpret_cast<cudaStream_t>(stream)), "launch_beam_step_cuda");
-#else
-        (void)a;
-        (void)stream;
-        raise_built_without_cuda("launch_beam_step_cuda");
-#endif
-      },
-      "The CUDA beam step over device addresses, enqueued on `stream` (a cudaStream_t as an int).", py::arg("args"),
-      py::arg("stream"));
+  def_cuda_launcher<BeamStepArgs>(m, "launch_beam_step_cuda", TURBOGEN_CUDA_OP(beam_step),
+                    "The CUDA beam step over device addresses, enqueued on `stream` (a cudaStream_t as an int).");
 }
 
 }  // namespace turbogen

@@ -12,6 +12,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -70,6 +71,42 @@ void def_cpu_launcher(pybind11::module_& m, const char* name, Status (*kernel)(c
         raise_on_error(status, name);
       },
       doc, pybind11::arg("args"));
+}
+
+// The CUDA half of a launcher pair: cuda::validate_launch and the op's cuda:: kernel, or nothing in a build
+// without CUDA kernels (TURBOGEN_CUDA_OP(softmax) names cuda::softmax).
+#if defined(TURBOGEN_WITH_CUDA)
+template <typename Args>
+using CudaKernel = cudaError_t (*)(const Args&, cudaStream_t);
+#define TURBOGEN_CUDA_OP(kernel) &cuda::validate_launch, &cuda::kernel
+#else
+template <typename Args>
+using CudaKernel = std::nullptr_t;
+#define TURBOGEN_CUDA_OP(kernel) nullptr, nullptr
+#endif
+
+// Binds `name(args, stream)`, a CUDA launcher: `check(args)` on the host (a ValueError naming the argument),
+// then `kernel` enqueued on `stream` (a cudaStream_t as an int; a CUDA error raises RuntimeError). In a build
+// without CUDA kernels the same name exists and raises RuntimeError, so the module's names (and _C.pyi) do
+// not depend on the build. Call as def_cuda_launcher<SoftmaxArgs>(m, name, TURBOGEN_CUDA_OP(softmax), doc).
+template <typename Args>
+void def_cuda_launcher(pybind11::module_& m, const char* name, Status (*check)(const Args&), CudaKernel<Args> kernel,
+                       const char* doc) {
+  m.def(
+      name,
+      [name, check, kernel](const Args& args, uintptr_t stream) {
+#if defined(TURBOGEN_WITH_CUDA)
+        raise_on_error(check(args), name);
+        raise_on_cuda_error(kernel(args, reinterpret_cast<cudaStream_t>(stream)), name);
+#else
+        (void)args;
+        (void)stream;
+        (void)check;
+        (void)kernel;
+        raise_built_without_cuda(name);
+#endif
+      },
+      doc, pybind11::arg("args"), pybind11::arg("stream"));
 }
 
 // A pointer field exposed to Python as an integer address (0 for null).

@@ -16,22 +16,9 @@ void bind_noise(py::module_& m) {
   args.def_readwrite("rows", &GumbelNoiseArgs::rows).def_readwrite("columns", &GumbelNoiseArgs::columns);
 
   def_cpu_launcher(m, "launch_gumbel_noise_cpu", &cpu::gumbel_noise,
-                   "The sampling contract's Gumbel noise for every token of every row (use turbogen.ops.gumbel_noise).");
-  m.def(
-      "launch_gumbel_noise_cuda",
-      [](const GumbelNoiseArgs& a, uintptr_t stream) {
-#if defined(TURBOGEN_WITH_CUDA)
-        raise_on_error(cuda::validate_launch(a), "launch_gumbel_noise_cuda");
-        raise_on_cuda_error(cuda::gumbel_noise(a, reinterpret_cast<cudaStream_t>(stream)),
-                            "launch_gumbel_noise_cuda");
-#else
-        (void)a;
-        (void)stream;
-        raise_built_without_cuda("launch_gumbel_noise_cuda");
-#endif
-      },
-      "The CUDA Gumbel noise over device addresses, enqueued on `stream` (a cudaStream_t as an int).",
-      py::arg("args"), py::arg("stream"));
+                   "The sampling contract's Gumbel noise for every token (use turbogen.ops.gumbel_noise).");
+  def_cuda_launcher<GumbelNoiseArgs>(m, "launch_gumbel_noise_cuda", TURBOGEN_CUDA_OP(gumbel_noise),
+                    "The CUDA Gumbel noise over device addresses, enqueued on `stream` (a cudaStream_t as an int).");
 }
 
 }  // namespace turbogen

@@ -1,28 +1,11 @@
 #include "turbogen/penalties.h"
 
 #include "bindings.h"
+#include "penalty_fields.h"
 
 namespace py = pybind11;
 
 namespace turbogen {
-namespace {
-
-// A pointer field of the nested PenaltyInputs, as an integer address (0 for null).
-template <typename Pointee>
-void def_penalty_address(py::class_<PenaltyArgs>& cls, const char* name, Pointee* PenaltyInputs::*field,
-                         const char* doc) {
-  cls.def_property(
-      name, [field](const PenaltyArgs& a) { return reinterpret_cast<uintptr_t>(a.penalties.*field); },
-      [field](PenaltyArgs& a, uintptr_t address) { a.penalties.*field = reinterpret_cast<Pointee*>(address); }, doc);
-}
-
-void def_penalty_flag(py::class_<PenaltyArgs>& cls, const char* name, bool PenaltyInputs::*field) {
-  cls.def_property(
-      name, [field](const PenaltyArgs& a) { return a.penalties.*field; },
-      [field](PenaltyArgs& a, bool value) { a.penalties.*field = value; }, "one value per row (else one shared)");
-}
-
-}  // namespace
 
 void bind_penalties(py::module_& m) {
   py::class_<PenaltyArgs> args(m, "PenaltyArgs",
@@ -34,33 +17,12 @@ void bind_penalties(py::module_& m) {
       .def_readwrite("vocab", &PenaltyArgs::vocab)
       .def_readwrite("row_stride", &PenaltyArgs::row_stride, "elements between row starts, >= vocab");
   def_dtype(args);
-  def_penalty_address(args, "penalty_mask", &PenaltyInputs::mask, "int32 [rows, (vocab + 31) // 32]: marked tokens");
-  def_penalty_address(args, "penalty_seen", &PenaltyInputs::seen, "int32 [rows, vocab] counts, or 0");
-  def_penalty_address(args, "penalty_generated", &PenaltyInputs::generated, "int32 [rows, vocab] counts, or 0");
-  def_penalty_address(args, "repetition_penalty", &PenaltyInputs::repetition, "float32 [rows] or [1], > 0");
-  def_penalty_address(args, "presence_penalty", &PenaltyInputs::presence, "float32 [rows] or [1], finite");
-  def_penalty_address(args, "frequency_penalty", &PenaltyInputs::frequency, "float32 [rows] or [1], finite");
-  def_penalty_flag(args, "repetition_penalty_per_row", &PenaltyInputs::repetition_per_row);
-  def_penalty_flag(args, "presence_penalty_per_row", &PenaltyInputs::presence_per_row);
-  def_penalty_flag(args, "frequency_penalty_per_row", &PenaltyInputs::frequency_per_row);
+  def_penalty_fields(args);
 
   def_cpu_launcher(m, "launch_apply_penalties_cpu", &cpu::apply_penalties,
                    "Repetition / presence / frequency penalties into out (use turbogen.ops.apply_penalties).");
-  m.def(
-      "launch_apply_penalties_cuda",
-      [](const PenaltyArgs& a, uintptr_t stream) {
-#if defined(TURBOGEN_WITH_CUDA)
-        raise_on_error(cuda::validate_launch(a), "launch_apply_penalties_cuda");
-        raise_on_cuda_error(cuda::apply_penalties(a, reinterpret_cast<cudaStream_t>(stream)),
-                            "launch_apply_penalties_cuda");
-#else
-        (void)a;
-        (void)stream;
-        raise_built_without_cuda("launch_apply_penalties_cuda");
-#endif
-      },
-      "The CUDA penalties over device addresses, enqueued on `stream` (a cudaStream_t as an int).", py::arg("args"),
-      py::arg("stream"));
+  def_cuda_launcher<PenaltyArgs>(m, "launch_apply_penalties_cuda", TURBOGEN_CUDA_OP(apply_penalties),
+                    "The CUDA penalties over device addresses, enqueued on `stream` (a cudaStream_t as an int).");
 
   py::class_<PenaltyAcceptArgs> accept(
       m, "PenaltyAcceptArgs", "Arguments of launch_accept_penalty_tokens_cpu (csrc/include/turbogen/penalties.h).");

@@ -1,42 +1,12 @@
 #include "turbogen/sampling.h"
 
 #include "bindings.h"
+#include "penalty_fields.h"
 #include "turbogen/philox.h"
 
 namespace py = pybind11;
 
 namespace turbogen {
-namespace {
-
-// The penalty inputs (SamplingArgs::penalties) as flat fields: addresses and per-row flags.
-template <typename Pointee>
-void def_penalty_address(py::class_<SamplingArgs>& cls, const char* name, Pointee* PenaltyInputs::*field,
-                         const char* doc) {
-  cls.def_property(
-      name, [field](const SamplingArgs& a) { return reinterpret_cast<uintptr_t>(a.penalties.*field); },
-      [field](SamplingArgs& a, uintptr_t address) { a.penalties.*field = reinterpret_cast<Pointee*>(address); }, doc);
-}
-
-void def_penalty_flag(py::class_<SamplingArgs>& cls, const char* name, bool PenaltyInputs::*field) {
-  cls.def_property(
-      name, [field](const SamplingArgs& a) { return a.penalties.*field; },
-      [field](SamplingArgs& a, bool value) { a.penalties.*field = value; }, "one value per row (else one shared)");
-}
-
-void def_penalty_fields(py::class_<SamplingArgs>& args) {
-  def_penalty_address(args, "penalty_mask", &PenaltyInputs::mask,
-                      "int32 [rows, (vocab + 31) // 32]: tokens to penalise, or 0 for no penalties");
-  def_penalty_address(args, "penalty_seen", &PenaltyInputs::seen, "int32 [rows, vocab] counts, or 0");
-  def_penalty_address(args, "penalty_generated", &PenaltyInputs::generated, "int32 [rows, vocab] counts, or 0");
-  def_penalty_address(args, "repetition_penalty", &PenaltyInputs::repetition, "float32 [rows] or [1], > 0");
-  def_penalty_address(args, "presence_penalty", &PenaltyInputs::presence, "float32 [rows] or [1], finite");
-  def_penalty_address(args, "frequency_penalty", &PenaltyInputs::frequency, "float32 [rows] or [1], finite");
-  def_penalty_flag(args, "repetition_penalty_per_row", &PenaltyInputs::repetition_per_row);
-  def_penalty_flag(args, "presence_penalty_per_row", &PenaltyInputs::presence_per_row);
-  def_penalty_flag(args, "frequency_penalty_per_row", &PenaltyInputs::frequency_per_row);
-}
-
-}  // namespace
 
 void bind_sampling(py::module_& m) {
   py::class_<SamplingArgs> args(m, "SamplingArgs",
@@ -67,20 +37,8 @@ void bind_sampling(py::module_& m) {
 
   def_cpu_launcher(m, "launch_sample_cpu", &cpu::sample,
                    "Sampling / filtering into whichever outputs are set (use turbogen.ops.sample, filter_logits).");
-  m.def(
-      "launch_sample_cuda",
-      [](const SamplingArgs& a, uintptr_t stream) {
-#if defined(TURBOGEN_WITH_CUDA)
-        raise_on_error(cuda::validate_launch(a), "launch_sample_cuda");
-        raise_on_cuda_error(cuda::sample(a, reinterpret_cast<cudaStream_t>(stream)), "launch_sample_cuda");
-#else
-        (void)a;
-        (void)stream;
-        raise_built_without_cuda("launch_sample_cuda");
-#endif
-      },
-      "CUDA sampling / filtering over device addresses, enqueued on `stream` (a cudaStream_t as an int).",
-      py::arg("args"), py::arg("stream"));
+  def_cuda_launcher<SamplingArgs>(m, "launch_sample_cuda", TURBOGEN_CUDA_OP(sample),
+                    "CUDA sampling / filtering over device addresses, enqueued on `stream` (cudaStream_t as an int).");
   m.def(
       "sampling_workspace_bytes",
       [](int64_t rows, int64_t vocab) -> int64_t {

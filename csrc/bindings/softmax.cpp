@@ -21,20 +21,8 @@ void bind_softmax(py::module_& m) {
 
   def_cpu_launcher(m, "launch_softmax_cpu", &cpu::softmax,
                    "softmax(logits / temperature) per row (use turbogen.ops.softmax).");
-  m.def(
-      "launch_softmax_cuda",
-      [](const SoftmaxArgs& a, uintptr_t stream) {
-#if defined(TURBOGEN_WITH_CUDA)
-        raise_on_error(cuda::validate_launch(a), "launch_softmax_cuda");
-        raise_on_cuda_error(cuda::softmax(a, reinterpret_cast<cudaStream_t>(stream)), "launch_softmax_cuda");
-#else
-        (void)a;
-        (void)stream;
-        raise_built_without_cuda("launch_softmax_cuda");
-#endif
-      },
-      "The CUDA softmax over device addresses, enqueued on `stream` (a cudaStream_t as an int).", py::arg("args"),
-      py::arg("stream"));
+  def_cuda_launcher<SoftmaxArgs>(m, "launch_softmax_cuda", TURBOGEN_CUDA_OP(softmax),
+                    "The CUDA softmax over device addresses, enqueued on `stream` (a cudaStream_t as an int).");
 }
 
 }  // namespace turbogen
