@@ -18,7 +18,7 @@
 #include "isa.h"
 #include "turbogen/fastmath.h"
 #include "turbogen/parallel.h"
-#include "turbogen/philox.h"
+#include "turbogen/noise.h"
 
 namespace turbogen {
 namespace cpu {
@@ -117,11 +117,6 @@ inline void block_max_and_nan(const float* v, int64_t n, float& max, bool& any_n
   max_and_nan(v, n, max, any_nan);
 }
 
-inline float gumbel(uint64_t seed, uint64_t offset, int64_t flat) {
-  const float u = philox::uniform_from_bits(philox::token_bits(seed, offset, static_cast<uint64_t>(flat)));
-  return -std::log(-std::log(u));
-}
-
 template <bool kAvx2>
 TURBOGEN_ALWAYS_INLINE void beam_row_body(const BeamStepArgs& a, int64_t task, Cand* heap, BeamResult& out) {
   const int64_t b = task / a.beams, i = task % a.beams, v = a.vocab;
@@ -171,7 +166,10 @@ TURBOGEN_ALWAYS_INLINE void beam_row_body(const BeamStepArgs& a, int64_t task, C
   float acc_max = kNegInf;
   bool acc_nan = false;
 
-  auto key_of = [&](float value, int64_t flat) { return sampling ? value + gumbel(seed, offset, flat) : value; };
+  // ops.gumbel_noise's noise, bit for bit (noise.h: the same function serves that op's kernels).
+  auto key_of = [&](float value, int64_t flat) {
+    return sampling ? value + noise::gumbel(seed, offset, static_cast<uint64_t>(flat)) : value;
+  };
   for (int64_t base = 0; base < v; base += kBlock) {
     const int64_t n = std::min(kBlock, v - base);
     const float* x = load_block(src, a.dtype, base, n, buf);

@@ -10,7 +10,7 @@
 #include <cmath>
 
 #include "turbogen/beam_step.h"
-#include "turbogen/philox.h"
+#include "turbogen/noise.h"
 
 namespace turbogen {
 namespace cuda {
@@ -44,46 +44,30 @@ __device__ inline float accumulated(const BeamStepArgs& a, const BeamStats& s, f
   return ((x - s.max) - s.log_sum) + running;
 }
 
-__device__ inline float gumbel(uint64_t seed, uint64_t offset, int64_t flat) {
-  const float u = philox::uniform_from_bits(philox::token_bits(seed, offset, static_cast<uint64_t>(flat)));
-  return -logf(-logf(u));
-}
-
-// Block-wide reductions over shared arrays of kThreads entries; every thread gets the result.
-__device__ float block_max(float v, float* s) {
+// A block-wide reduction with `combine` over a shared array of kThreads entries; every thread gets the result.
+template <typename T, typename Combine>
+__device__ T block_reduce(T v, T* s, Combine combine) {
   s[threadIdx.x] = v;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) s[threadIdx.x] = fmaxf(s[threadIdx.x], s[threadIdx.x + half]);
+    if (threadIdx.x < half) s[threadIdx.x] = combine(s[threadIdx.x], s[threadIdx.x + half]);
     __syncthreads();
   }
-  const float r = s[0];
+  const T r = s[0];
   __syncthreads();
   return r;
+}
+
+__device__ float block_max(float v, float* s) {
+  return block_reduce(v, s, [](float x, float y) { return fmaxf(x, y); });
 }
 
 __device__ float block_sum(float v, float* s) {
-  s[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) s[threadIdx.x] += s[threadIdx.x + half];
-    __syncthreads();
-  }
-  const float r = s[0];
-  __syncthreads();
-  return r;
+  return block_reduce(v, s, [](float x, float y) { return x + y; });
 }
 
 __device__ int block_or(int v, int* s) {
-  s[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) s[threadIdx.x] |= s[threadIdx.x + half];
-    __syncthreads();
-  }
-  const int r = s[0];
-  __syncthreads();
-  return r;
+  return block_reduce(v, s, [](int x, int y) { return x | y; });
 }
 
 __global__ void beam_step_kernel(BeamStepArgs a, float finished_divisor, float improve_divisor) {
@@ -151,7 +135,7 @@ __global__ void beam_step_kernel(BeamStepArgs a, float finished_divisor, float i
       for (int64_t j = threadIdx.x; j < v; j += kThreads) {
         const int64_t flat = i * v + j;
         const float acc = accumulated(a, stats[i], load_logit(a, b * nb + i, j), running);
-        const float key = sampling ? acc + gumbel(seed, offset, flat) : acc;
+        const float key = sampling ? acc + noise::gumbel(seed, offset, static_cast<uint64_t>(flat)) : acc;
         if (prev_flat >= 0 && !beam_ranks_above(prev_key, prev_flat, key, flat)) continue;
         if (best_flat < 0 || beam_ranks_above(key, flat, best_key, best_flat)) {
           best_key = key;
