@@ -22,13 +22,12 @@ Three kernels:
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
 from .sampling import _exp, _gumbel, _log
 
 BLOCK = 1024              # elements per step on a GPU
@@ -255,10 +254,6 @@ def _beam_step_kernel(
 
 # ---- launcher ---------------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _float32_pow(base: float, exponent: float) -> float:
     """(float)pow((double)base, (double)exponent), overflowing to inf as C's pow does."""
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -292,9 +287,9 @@ def launch_beam_step(logits: torch.Tensor, running_scores: torch.Tensor, finishe
         raise ValueError(f"num_beams * vocab must be <= 2**32 on the triton backend, got {nb * vocab}")
     if batch == 0 or nb == 0:
         return
-    interpreting = _interpreting()
-    accurate = not interpreting
-    limit = INTERPRETER_BLOCK if interpreting else BLOCK
+    interpreted = interpreting()
+    accurate = not interpreted
+    limit = INTERPRETER_BLOCK if interpreted else BLOCK
     row_stride = logits.stride(0) if logits.shape[0] > 1 else vocab
     stats = torch.empty((batch * nb, 2), dtype=torch.float32, device=logits.device)
     if not normalized:

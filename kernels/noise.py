@@ -9,12 +9,11 @@ differ from torch's CPU log by an ulp (tests/ops/test_gumbel_noise.py checks bot
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from . import interpreting
 from .sampling import _gumbel
 
 BLOCK = 1024               # elements per program on a GPU
@@ -36,10 +35,6 @@ def _gumbel_noise_kernel(seed_ptr,    # int64 [rows]: row r's Philox key (read a
     tl.store(out_ptr + row * columns + offs, noise, mask=offs < columns)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def launch_gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, columns: int, out: torch.Tensor) -> None:
     """Fill ``out`` (float32 [rows, columns], contiguous) with the noise of tokens [0, columns) for
     int64 ``seed`` and ``offset`` of shape [rows] (contiguous, on ``out``'s device).
@@ -52,7 +47,7 @@ def launch_gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, columns: int, 
         raise ValueError(f"columns must be <= 2**32 on the triton backend, got {columns}")
     if rows == 0 or columns == 0:
         return
-    interpreting = _interpreting()
-    block = min(INTERPRETER_BLOCK if interpreting else BLOCK, triton.next_power_of_2(columns))
+    interpreted = interpreting()
+    block = min(INTERPRETER_BLOCK if interpreted else BLOCK, triton.next_power_of_2(columns))
     grid = (rows, triton.cdiv(columns, block))
-    _gumbel_noise_kernel[grid](seed, offset, out, columns, BLOCK=block, ACCURATE=not interpreting)
+    _gumbel_noise_kernel[grid](seed, offset, out, columns, BLOCK=block, ACCURATE=not interpreted)

@@ -23,11 +23,11 @@ identical on a GPU and in the interpreter, whose own conversions truncate and lo
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from . import interpreting
 
 BLOCK = 1024              # elements per program on a GPU
 INTERPRETER_BLOCK = 8192  # the interpreter pays per operation, not per element: few, wide programs
@@ -187,10 +187,6 @@ def _apply_penalties_kernel(logits_ptr,      # [rows, vocab], rows row_stride ap
 
 # ---- launchers ------------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def penalty_arguments(penalties) -> tuple[tuple, dict]:
     """(pointer arguments, constexpr flags) of ``penalties`` (a PenaltyTensors) for the kernels:
     (mask, seen, generated, repetition, presence, frequency), absent counts replaced by the mask
@@ -220,9 +216,9 @@ def launch_apply_penalties(logits: torch.Tensor, penalties, out: torch.Tensor) -
         if not in_place:
             out.copy_(logits)
         return
-    block = min(INTERPRETER_BLOCK if _interpreting() else BLOCK, triton.next_power_of_2(vocab))
+    block = min(INTERPRETER_BLOCK if interpreting() else BLOCK, triton.next_power_of_2(vocab))
     row_stride = logits.stride(0) if rows > 1 else vocab
     pointers, flags = penalty_arguments(penalties)
     _apply_penalties_kernel[(rows, triton.cdiv(vocab, block))](
         logits, out, *pointers, row_stride, vocab, penalties.mask.shape[1],
-        IN_PLACE=in_place, BLOCK=block, ACCURATE=not _interpreting(), **flags)
+        IN_PLACE=in_place, BLOCK=block, ACCURATE=not interpreting(), **flags)

@@ -20,13 +20,12 @@ fills a GPU:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from . import interpreting
 from .penalties import _flagged, _penalize, _row_penalties, _upcast, penalty_arguments
 
 NUM_PIVOTS = 16        # thresholds evaluated per search pass: each pass narrows the range 16-fold
@@ -461,15 +460,11 @@ def _finish_kernel(temperature_ptr, chunk_max_ptr, chunk_argmax_ptr, chunk_sum_p
 
 # ---- launcher -----------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _chunk_size(rows: int, vocab: int) -> int:
     """Vocabulary chunk per program: small enough that rows x chunks fills a GPU, large enough that
     a program has work (and, in the interpreter, as few programs as possible)."""
     largest = triton.next_power_of_2(vocab)
-    if _interpreting():
+    if interpreting():
         return min(largest, MAX_CHUNK)
     chunks_wanted = triton.cdiv(TARGET_PROGRAMS, max(rows, 1))
     size = triton.next_power_of_2(triton.cdiv(vocab, chunks_wanted))
@@ -478,7 +473,7 @@ def _chunk_size(rows: int, vocab: int) -> int:
 
 def _select_block(vocab: int) -> int:
     # The interpreter pays per step, not per element: take the row in as few steps as possible.
-    limit = MAX_CHUNK if _interpreting() else SELECT_BLOCK
+    limit = MAX_CHUNK if interpreting() else SELECT_BLOCK
     return min(limit, triton.next_power_of_2(vocab))
 
 
@@ -505,7 +500,7 @@ def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
             logprobs.fill_(float("-inf"))
         return
     device = logits.device
-    accurate = not _interpreting()
+    accurate = not interpreting()
     chunk_size = _chunk_size(rows, vocab)
     n_chunks = triton.cdiv(vocab, chunk_size)
     chunks_block = triton.next_power_of_2(n_chunks)
@@ -541,7 +536,7 @@ def launch_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
         logits, row_stride, vocab, temperature, top_k, top_p, *stats, cut_value, cut_index, *penalty_args,
         TEMPERATURE_PER_ROW=per_row["temperature"], TOP_K_PER_ROW=per_row["top_k"],
         TOP_P_PER_ROW=per_row["top_p"], CHUNKS=chunks_block, BLOCK=_select_block(vocab),
-        NP=INTERPRETER_PIVOTS if _interpreting() else NUM_PIVOTS, ACCURATE=accurate, **penalty_flags)
+        NP=INTERPRETER_PIVOTS if interpreting() else NUM_PIVOTS, ACCURATE=accurate, **penalty_flags)
 
     if filtered is not None:
         _filter_kernel[(rows, n_chunks)](
