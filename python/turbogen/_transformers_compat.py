@@ -39,8 +39,11 @@ from typing import Any, Optional
 import torch
 
 __all__ = [
+    "TRANSFORMERS_PROCESSORS_MODULE",
     "UNSUPPORTED_TRANSFORMERS_5_PARAMETERS",
     "can_crop_cache",
+    "is_transformers_type",
+    "is_type_or_transformers_twin",
     "crop_cache",
     "dynamic_cache_from_legacy",
     "generation_config_attributes",
@@ -50,6 +53,21 @@ __all__ = [
     "start_prepared_inputs",
     "transformers_major_version",
 ]
+
+#: Where transformers' logits processors live (its class of a name stands in for turbogen's of that name).
+TRANSFORMERS_PROCESSORS_MODULE = "transformers.generation.logits_process"
+
+
+def is_transformers_type(instance: Any, module: str, *names: str) -> bool:
+    """Whether ``instance``'s type is exactly one of transformers' classes ``names`` defined in ``module`` (not a
+    subclass, which may store or compute something else). Compared by name: transformers need not be imported."""
+    kind = type(instance)
+    return kind.__module__ == module and kind.__name__ in names
+
+
+def is_type_or_transformers_twin(instance: Any, cls: type, module: str) -> bool:
+    """Whether ``instance``'s type is ``cls`` itself or transformers' class of the same name in ``module``."""
+    return type(instance) is cls or is_transformers_type(instance, module, cls.__name__)
 
 # Runtime bookkeeping transformers 5 keeps on a GenerationConfig instance, never a parameter.
 _V5_RUNTIME_ATTRIBUTES = ("_mask_length",)

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 import torch
 
+from . import _transformers_compat as _compat
+
 __all__ = [
     "EosTokenCriteria",
     "MaxLengthCriteria",
@@ -315,10 +317,7 @@ TRANSFORMERS_STOPPING_MODULE = "transformers.generation.stopping_criteria"
 
 def is_same_criterion_kind(criterion: Any, cls: type) -> bool:
     """``criterion`` is a ``cls`` (exactly, not a subclass), or transformers' class of the same name."""
-    criterion_type = type(criterion)
-    return criterion_type is cls or (
-        criterion_type.__module__ == TRANSFORMERS_STOPPING_MODULE and criterion_type.__name__ == cls.__name__
-    )
+    return _compat.is_type_or_transformers_twin(criterion, cls, TRANSFORMERS_STOPPING_MODULE)
 
 
 def build_stopping_criteria(

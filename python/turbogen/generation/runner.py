@@ -117,8 +117,7 @@ _TRANSFORMERS_CACHE_MODULE = "transformers.cache_utils"
 
 def _is_transformers(instance: Any, names: tuple) -> bool:
     """``instance`` is exactly one of transformers' cache classes ``names`` (a subclass may store rows differently)."""
-    kind = type(instance)
-    return kind.__module__ == _TRANSFORMERS_CACHE_MODULE and kind.__name__ in names
+    return _compat.is_transformers_type(instance, _TRANSFORMERS_CACHE_MODULE, *names)
 
 
 def _layer_tensors(cache: Any) -> Optional[list]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .._transformers_compat import TRANSFORMERS_PROCESSORS_MODULE, is_type_or_transformers_twin
 from .base import ArgumentTypeError, check_ids_tensor
-
-_TRANSFORMERS_PROCESSORS_MODULE = "transformers.generation.logits_process"
-
 
 # --------------------------------------------------------------------------------------------
 # Argument checks of the state verbs (shapes and dtypes only: values would need a host sync)
@@ -86,8 +84,4 @@ def with_room_for(columns: torch.Tensor, longest: int) -> torch.Tensor:
 def is_exactly(processor, turbogen_class: type) -> bool:
     """``processor`` is an instance of ``turbogen_class`` or of transformers' class of the same
     name, and not of a subclass (which may compute something else)."""
-    processor_type = type(processor)
-    return processor_type is turbogen_class or (
-        processor_type.__module__ == _TRANSFORMERS_PROCESSORS_MODULE
-        and processor_type.__name__ == turbogen_class.__name__
-    )
+    return is_type_or_transformers_twin(processor, turbogen_class, TRANSFORMERS_PROCESSORS_MODULE)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .._transformers_compat import TRANSFORMERS_PROCESSORS_MODULE, is_type_or_transformers_twin
 from .base import ArgumentTypeError, LogitsProcessorList, token_id_tensor
 from .constraints import (
     ForcedBOSTokenLogitsProcessor,
@@ -49,7 +50,6 @@ from .watermark import WatermarkLogitsProcessor
 logger = logging.getLogger(__name__)
 
 # transformers' processors live here; one of them stands in for the turbogen class of the same name.
-TRANSFORMERS_PROCESSORS_MODULE = "transformers.generation.logits_process"
 _WATERMARK_OPTIONS = ("greenlist_ratio", "bias", "hashing_key", "seeding_scheme", "context_width")
 
 
@@ -97,10 +97,7 @@ def _is_set_and_not(value, neutral) -> bool:
 def is_same_processor_kind(custom, default) -> bool:
     """Whether a user-supplied processor replaces a default one in :func:`merge_processor_lists`:
     the same class, or transformers' class of the same name standing in for turbogen's."""
-    custom_type, default_type = type(custom), type(default)
-    if custom_type is default_type:
-        return True
-    return custom_type.__module__ == TRANSFORMERS_PROCESSORS_MODULE and custom_type.__name__ == default_type.__name__
+    return is_type_or_transformers_twin(custom, type(default), TRANSFORMERS_PROCESSORS_MODULE)
 
 
 def merge_processor_lists(default_list: LogitsProcessorList, custom_list) -> LogitsProcessorList:

@@ -16,7 +16,8 @@ import math
 from typing import Callable, Optional
 
 from .base import LogitsProcessorList
-from .build import TRANSFORMERS_PROCESSORS_MODULE, SamplingParams
+from .._transformers_compat import TRANSFORMERS_PROCESSORS_MODULE, is_type_or_transformers_twin
+from .build import SamplingParams
 from .warpers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 
@@ -43,12 +44,8 @@ _STAGES: "list[tuple[int, type, str, Callable, Callable]]" = [
 def _stage_of(processor):
     """``(rank, field, value)`` when ``processor`` is a fusable warper (turbogen's or transformers'
     exact class, not a subclass that may change its behaviour), else None."""
-    processor_type = type(processor)
     for rank, cls, field, read, fusable in _STAGES:
-        is_stage_class = processor_type is cls or (
-            processor_type.__module__ == TRANSFORMERS_PROCESSORS_MODULE and processor_type.__name__ == cls.__name__
-        )
-        if is_stage_class:
+        if is_type_or_transformers_twin(processor, cls, TRANSFORMERS_PROCESSORS_MODULE):
             return (rank, field, read(processor)) if fusable(processor) else None
     return None
 
