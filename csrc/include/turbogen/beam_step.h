@@ -125,6 +125,32 @@ TURBOGEN_HOST_DEVICE inline bool stops(const BeamStepArgs& a, int64_t flat) {
   return false;
 }
 
+// The `picks` best of `count` values value(0..count-1) in the contract's order (beam_ranks_above), best
+// first, into out_values / out_index: each pick is the best value ranking strictly below the previous
+// one, so no scratch memory is needed (count is small: nb + K).
+template <typename Value>
+TURBOGEN_HOST_DEVICE inline void select_best(int64_t count, int64_t picks, const Value& value, float* out_values,
+                                             int64_t* out_index) {
+  float prev_value = 0.0f;
+  int64_t prev_index = -1;
+  for (int64_t s = 0; s < picks; ++s) {
+    float best_value = 0.0f;
+    int64_t best_index = -1;
+    for (int64_t m = 0; m < count; ++m) {
+      const float v = value(m);
+      if (prev_index >= 0 && !beam_ranks_above(prev_value, prev_index, v, m)) continue;
+      if (best_index < 0 || beam_ranks_above(v, m, best_value, best_index)) {
+        best_value = v;
+        best_index = m;
+      }
+    }
+    out_values[s] = best_value;
+    out_index[s] = best_index;
+    prev_value = best_value;
+    prev_index = best_index;
+  }
+}
+
 }  // namespace beam_detail
 
 // Steps 3-6 for batch row b, from its candidates (candidate_scores / candidate_flat of row b).
@@ -143,28 +169,12 @@ TURBOGEN_HOST_DEVICE inline void beam_bookkeeping(const BeamStepArgs& a, int64_t
   int64_t* finished_source = a.finished_source + b * nb;
   uint8_t* next_is_finished = a.next_is_finished + b * nb;
 
-  // Running beams: the nb best demoted candidates, selected one by one below the previous pick.
+  // Running beams: the nb best demoted candidates.
   bool any_stopped = false;
-  float prev_value = 0.0f;
-  int64_t prev_index = -1;
-  for (int64_t s = 0; s < nb; ++s) {
-    float best_value = 0.0f;
-    int64_t best_index = -1;
-    for (int64_t c = 0; c < k; ++c) {
-      const bool stopped = beam_detail::stops(a, flat[c]);
-      if (s == 0) any_stopped = any_stopped || stopped;
-      const float v = stopped ? cand[c] + kBeamImpossible : cand[c];
-      if (prev_index >= 0 && !beam_ranks_above(prev_value, prev_index, v, c)) continue;
-      if (best_index < 0 || beam_ranks_above(v, c, best_value, best_index)) {
-        best_value = v;
-        best_index = c;
-      }
-    }
-    next_scores[s] = best_value;
-    next_source[s] = best_index;
-    prev_value = best_value;
-    prev_index = best_index;
-  }
+  for (int64_t c = 0; c < k; ++c) any_stopped = any_stopped || beam_detail::stops(a, flat[c]);
+  beam_detail::select_best(k, nb, [&](int64_t c) {
+    return beam_detail::stops(a, flat[c]) ? cand[c] + kBeamImpossible : cand[c];
+  }, next_scores, next_source);
 
   // Finished beams: merge the stopped top-nb candidates into the old finished slots.
   if (!any_stopped) {
@@ -178,36 +188,21 @@ TURBOGEN_HOST_DEVICE inline void beam_bookkeeping(const BeamStepArgs& a, int64_t
     for (int64_t s = 0; s < nb; ++s) row_is_full = row_is_full && old_finished[s] != 0;
     const bool full_penalty = a.early_stopping == 1 && row_is_full;
     const bool closed = a.may_improve[b] == 0;
-    // merged[m]: m < nb the old slot m, else candidate m - nb scored for the finished set.
+    // merged(m): m < nb the old slot m, else candidate m - nb scored for the finished set.
+    auto newly = [&](int64_t c) { return c < nb && beam_detail::stops(a, flat[c]); };
     auto merged = [&](int64_t m) -> float {
       if (m < nb) return old_scores[m];
       const int64_t c = m - nb;
       float fs = cand[c] / finished_divisor;
       if (full_penalty) fs = fs + kBeamImpossible;
       if (closed) fs = fs + kBeamImpossible;
-      const bool newly = c < nb && beam_detail::stops(a, flat[c]);
-      if (!newly) fs = fs + kBeamImpossible;
+      if (!newly(c)) fs = fs + kBeamImpossible;
       return fs;
     };
-    prev_index = -1;
+    beam_detail::select_best(nb + k, nb, merged, next_finished, finished_source);
     for (int64_t s = 0; s < nb; ++s) {
-      float best_value = 0.0f;
-      int64_t best_index = -1;
-      for (int64_t m = 0; m < nb + k; ++m) {
-        const float v = merged(m);
-        if (prev_index >= 0 && !beam_ranks_above(prev_value, prev_index, v, m)) continue;
-        if (best_index < 0 || beam_ranks_above(v, m, best_value, best_index)) {
-          best_value = v;
-          best_index = m;
-        }
-      }
-      next_finished[s] = best_value;
-      finished_source[s] = best_index;
-      const bool finished = best_index < nb ? old_finished[best_index] != 0
-                                            : (best_index - nb < nb && beam_detail::stops(a, flat[best_index - nb]));
-      next_is_finished[s] = finished ? 1 : 0;
-      prev_value = best_value;
-      prev_index = best_index;
+      const int64_t m = finished_source[s];
+      next_is_finished[s] = (m < nb ? old_finished[m] != 0 : newly(m - nb)) ? 1 : 0;
     }
   }
 
