@@ -19,6 +19,7 @@ from turbogen.processors import ngram_stages
 from turbogen.processors.ngram_stages import EncoderNoRepeatNGramStage, NoRepeatNGramStage, ngram_stage_for
 
 from test_processors import assert_identical
+from test_stages import assert_step_compiles_once
 
 ROWS, VOCAB = 4, 12
 # Small token range, so that n-grams repeat and bans are frequent.
@@ -174,31 +175,13 @@ def test_the_capacity_grows_unless_fixed():
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
 def test_a_decode_step_with_the_ngram_stages_compiles_into_one_graph_once(size):
-    torch._dynamo.reset()  # the step's code is shared by the parametrisations
     generator = torch.Generator().manual_seed(size)
     prompts = torch.randint(0, TOKENS, (ROWS, 5), generator=generator)
     encoder = tp.EncoderNoRepeatNGramLogitsProcessor(size, torch.randint(0, TOKENS, (2, 12), generator=generator))
     processors = [tp.NoRepeatNGramLogitsProcessor(size), encoder]
     stages = tp.LogitsStages([ngram_stage_for(p, prompts, max_length=40) for p in processors])
     twin = tp.LogitsStages([ngram_stage_for(p, prompts, max_length=40) for p in processors])
-
-    def step(scores, tokens, rows, n, index):
-        processed = stages.apply(prompts, scores)
-        stages.accept(tokens)
-        stages.rollback(rows, n)
-        stages.reorder(index)
-        return processed
-
-    compiled = torch.compile(step, backend="eager", fullgraph=True)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(4):
-            arguments = (random_scores(generator), torch.randint(0, TOKENS, (ROWS, 3), generator=generator),
-                         torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([1, 0, 3, 3]))
-            expected = twin.apply(prompts, arguments[0])
-            twin.accept(arguments[1])
-            twin.rollback(*arguments[2:4])
-            twin.reorder(arguments[4])
-            assert_identical(compiled(*arguments), expected)
+    assert_step_compiles_once(stages, twin, prompts, random_scores, generator, tokens=TOKENS)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

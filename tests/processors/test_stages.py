@@ -306,19 +306,26 @@ def test_a_decode_step_with_stateful_stages_compiles_into_one_graph_once():
     sizes = {"vocab_size": VOCAB, "rollback_window": WINDOW, "max_length": 32}
     stages = tp.LogitsStages.from_processors(processors, prompts, **sizes)
     twin = tp.LogitsStages.from_processors(processors, prompts, **sizes)
+    assert_step_compiles_once(stages, twin, prompts, random_scores, torch.Generator().manual_seed(1), tokens=10)
 
-    def step(scores, tokens, rows, n, index):
+
+def assert_step_compiles_once(stages, twin, prompts, make_scores, generator, tokens: int) -> None:
+    """A decode step calling every verb of ``stages`` (4 rows) compiles with ``fullgraph=True`` into one graph
+    reused for four steps (a recompilation is an error) and processes as ``twin`` does eagerly. ``make_scores``
+    draws a step's scores from ``generator``; accepted tokens are drawn from ``[0, tokens)``."""
+    torch._dynamo.reset()  # every caller compiles this same `step` code, for its own shapes
+
+    def step(scores, accepted, rows, n, index):
         processed = stages.apply(prompts, scores)
-        stages.accept(tokens)
+        stages.accept(accepted)
         stages.rollback(rows, n)
         stages.reorder(index)
         return processed
 
     compiled = torch.compile(step, backend="eager", fullgraph=True)
-    generator = torch.Generator().manual_seed(1)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(4):
-            arguments = (random_scores(generator), torch.randint(0, 10, (ROWS, 3), generator=generator),
+            arguments = (make_scores(generator), torch.randint(0, tokens, (4, 3), generator=generator),
                          torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([1, 0, 3, 3]))
             expected = twin.apply(prompts, arguments[0])
             twin.accept(arguments[1])
