@@ -169,3 +169,13 @@ def tiny_model_environment():
     transformers.logging.set_verbosity_error()
     yield
     transformers.logging.set_verbosity(verbosity)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A local model directory holding the tiny Llama and its tokenizer, as ``save_pretrained`` writes them:
+    what the command and the batch integrations load (every Ray actor too) in a fraction of a second."""
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama").save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return str(directory)

@@ -26,7 +26,8 @@ cache slot at each step, which costs more than the dynamic cache's growth.
 
 Sampling: every sequence has its own 64-bit seed, ``seed + row`` where ``seed`` is
 ``generation_config.seed`` or, if that is ``None``, one number drawn from torch's global RNG per call
-(so ``torch.manual_seed`` makes runs reproducible). The draw for a sequence's ``n``-th generated token uses
+(so ``torch.manual_seed`` makes runs reproducible); or, with a list ``seed`` (one per prompt), ``seed[p] + j``
+for sequence ``j`` of prompt ``p``, so that a prompt's samples do not depend on the batch it is in. The draw for a sequence's ``n``-th generated token uses
 offset ``n`` (:func:`turbogen.ops.sample`, docs/design.md's determinism contract). The temperature / top-k /
 top-p / min-p filters are applied by the sampler from per-row parameters (the config's), unless the scores
 are recorded (``output_scores``: they are the warpers' output) or a warper, watermark or normalisation must

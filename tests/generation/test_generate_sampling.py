@@ -63,6 +63,43 @@ def test_every_returned_sequence_has_its_own_draws():
     assert len({tuple(row.tolist()) for row in generated}) == 6
 
 
+def test_a_list_seed_gives_each_prompt_its_own_seed():
+    """``seed=[s0, s1, ...]``: sequence j of prompt p draws with seed[p] + j, which is what the scalar seed S gives
+    when seed[p] = S + p * num_return_sequences; and a prompt's samples follow it to another place in the batch."""
+    model = tiny_model("llama")
+    input_ids, attention_mask = _padded_prompt()
+    options = dict(do_sample=True, max_new_tokens=8, num_return_sequences=2, top_k=0, eos_token_id=None)
+    scalar = generate(model, input_ids, attention_mask=attention_mask, seed=40, **options)
+    listed = generate(model, input_ids, attention_mask=attention_mask, seed=[40, 42, 44], **options)
+    assert torch.equal(listed, scalar)
+
+    order = [2, 0, 1]
+    moved = generate(model, input_ids[order], attention_mask=attention_mask[order], seed=[44, 40, 42], **options)
+    rows = [2 * prompt + sequence for prompt in order for sequence in range(2)]
+    assert torch.equal(moved, scalar[rows])
+
+
+def test_a_list_seed_in_beam_sampling_is_the_rows_seed():
+    model = tiny_model("llama")
+    input_ids, attention_mask = _padded_prompt()
+    options = dict(do_sample=True, num_beams=2, max_new_tokens=6, eos_token_id=None)
+    scalar = generate(model, input_ids, attention_mask=attention_mask, seed=7, **options)
+    listed = generate(model, input_ids, attention_mask=attention_mask, seed=[7, 8, 9], **options)
+    other = generate(model, input_ids, attention_mask=attention_mask, seed=[7, 8, 19], **options)
+    assert torch.equal(listed, scalar)
+    assert torch.equal(other[:2], scalar[:2]) and not torch.equal(other[2], scalar[2])
+
+
+@pytest.mark.parametrize("seed, message", [([1, 2], "list of 2 seeds for a batch of 3 prompts"),
+                                           ([1, -2, 3], r"`seed\[1\]` must be in \[0, 2\*\*64\)"),
+                                           ([], "non-empty list")])
+def test_a_bad_list_seed_is_refused(seed, message):
+    input_ids, attention_mask = _padded_prompt()
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_model("llama"), input_ids, attention_mask=attention_mask, do_sample=True, max_new_tokens=2,
+                 seed=seed)
+
+
 def _first_tokens(model, input_ids, attention_mask, **options) -> torch.Tensor:
     """The first sampled token of each of ``DRAWS`` copies of the prompt, drawn in one call."""
     rows = input_ids.repeat(DRAWS, 1)

@@ -258,6 +258,17 @@ def test_bad_arguments_are_refused():
         ops.apply_penalties(torch.zeros(2, 30), state, out=torch.zeros(2, 30, dtype=torch.float16))
 
 
+def test_the_state_never_writes_into_the_callers_starts():
+    history = torch.randint(0, 50, (3, 6))
+    seen_from = torch.tensor([0, 2, 4])
+    state = ops.PenaltyState(history, 50, seen_from=seen_from, generated_from=seen_from)
+    state.reorder(torch.tensor([2, 2, 0]))
+    state.reset(torch.tensor([1]), history[1:2], seen_from=5)
+    assert seen_from.tolist() == [0, 2, 4]
+    assert state.seen_from.tolist() == [4, 5, 0]
+    assert state.generated_from.tolist() == [4, 4, 0]
+
+
 def test_pack_token_bits_sets_bit_31_and_the_last_partial_word():
     from turbogen.ops.penalties import pack_token_bits
 

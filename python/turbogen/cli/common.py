@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import pathlib
 from typing import Any, Callable, Optional, Sequence
 
 from .progress import ProgressBar
@@ -97,6 +98,33 @@ def load_model(directory: Optional[str]) -> LoadedModel:
         else:
             (model, tokenizer), is_trained = models.load_model(directory), True
     return LoadedModel(model, tokenizer, source, is_trained)
+
+
+def load_generation_config(directory: Optional[str]):
+    """The generation config :func:`load_model` gives the model in ``directory`` (None: the embedded default
+    model), read without loading the weights: for a run whose model loads elsewhere (Ray actors).
+
+    As transformers does: the directory's ``generation_config.json``, else one derived from its
+    ``config.json``. Raises ValueError naming ``directory`` if it is not a model directory.
+    """
+    import transformers
+
+    from .. import models
+
+    if directory is None:
+        shipped = models.default_model_path() / "generation_config.json"
+        if not shipped.is_file():  # the random-weights fallback carries the same defaults
+            return models.default_generation_config()
+        return transformers.GenerationConfig.from_pretrained(shipped.parent, local_files_only=True)
+    path = pathlib.Path(directory)
+    if not path.is_dir():
+        raise ValueError(f"model path {directory!r} is not a directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model path {directory!r} has no config.json: not a transformers model directory")
+    if (path / "generation_config.json").is_file():
+        return transformers.GenerationConfig.from_pretrained(path, local_files_only=True)
+    return transformers.GenerationConfig.from_model_config(
+        transformers.AutoConfig.from_pretrained(path, local_files_only=True))
 
 
 RANDOM_WEIGHTS_NOTE = ("note: the embedded model's trained weights are not in this install, so it runs with "

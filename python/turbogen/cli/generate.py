@@ -1,13 +1,26 @@
-"""``turbogen generate``: generate text from prompts with any local causal LM and print it.
+"""``turbogen generate``: generate text from prompts with any local causal LM and print it, or run a
+JSONL file of prompts through it.
 
 The generation parameters are the model's ``generation_config.json`` (or ``--config FILE`` instead),
 overridden by the flags given on the command line.
+
+With ``--input FILE --output FILE``, each input line (blank lines are skipped) is a JSON object holding
+its prompt under ``text`` (or ``--text-field``), or as token ids under ``input_ids`` (used first). Each
+output line is that object with ``generated_text``, ``generated_token_ids``, ``finish_reason`` (stop,
+length or error) and ``error`` added, in input order; ``--output -`` writes them to standard output. A
+malformed line stops the run before anything is generated, naming the line; a row whose prompt cannot be
+used (empty, longer than ``--max-prompt-tokens`` or the model's positions) is written with finish_reason
+error and the reason, and counted in a warning. Each row's sampling seed derives from ``--seed`` and the
+row's key (its prompt, or ``--key-field``), not from its place in the file, so a row's result does not
+depend on how the rows are batched or spread: ``--ray N`` runs them on N Ray actors on a local Ray
+cluster (the machine's cores shared among them) and writes the same file.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 from .common import (
@@ -16,6 +29,7 @@ from .common import (
     bounded,
     encode_prompts,
     help_text,
+    load_generation_config,
     load_model,
     non_negative_int,
     positive_float,
@@ -27,6 +41,10 @@ from .progress import ProgressBar
 # Used when neither the flags nor the config set a length: transformers' default (max_length=20, prompt
 # included) is too short to be useful and fails outright for prompts of 20 tokens or more.
 DEFAULT_MAX_NEW_TOKENS = 64
+# Rows per generate() call (and per Ray batch) with --input.
+DEFAULT_BATCH_SIZE = 16
+# The flags that only mean something with --input.
+FILE_FLAGS = ("output", "ray", "batch_size", "text_field", "key_field", "max_prompt_tokens")
 
 # The flags that are generation parameters (argparse destination == GenerationConfig field).
 GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
@@ -39,8 +57,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "generate", help="generate text from prompts and print it", description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", action="append", required=True, metavar="TEXT",
-                        help="the text to continue; repeat the flag for a batch of prompts")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", action="append", metavar="TEXT",
+                         help="the text to continue; repeat the flag for a batch of prompts")
+    prompts.add_argument("--input", metavar="FILE",
+                         help="prompts from a JSONL file, one JSON object per line (see below); needs --output")
     add_model_argument(parser)
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="generation parameters from this generation_config.json (or a directory holding "
@@ -62,6 +83,20 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help="base seed of the sampling noise: the same seed gives the same text")
     parser.add_argument("--stream", action="store_true",
                         help="print the text as it is generated (one prompt, one sequence, no beam search)")
+    files = parser.add_argument_group("with --input")
+    files.add_argument("--output", metavar="FILE",
+                       help="where to write the results, one JSON object per input row; '-': standard output")
+    files.add_argument("--ray", type=positive_int, metavar="N",
+                       help="generate on a local Ray cluster with N actors (needs turbogen[ray]); "
+                            "default: in this process")
+    files.add_argument("--batch-size", type=positive_int, metavar="B",
+                       help=f"rows per generate() call, and per Ray batch (default: {DEFAULT_BATCH_SIZE})")
+    files.add_argument("--text-field", metavar="NAME",
+                       help="the field holding each row's prompt (default: text)")
+    files.add_argument("--key-field", metavar="NAME",
+                       help="the field whose value seeds each row's sampling (default: the prompt)")
+    files.add_argument("--max-prompt-tokens", type=positive_int, metavar="N",
+                       help="longer prompts become error rows (default: no limit beyond the model's)")
     parser.set_defaults(handler=run)
 
 
@@ -87,6 +122,11 @@ def resolve_generation_config(args: argparse.Namespace, base: Any):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.input is not None:
+        return run_file(args)
+    misplaced = [name for name in FILE_FLAGS if getattr(args, name) is not None]
+    if misplaced:
+        raise ValueError(f"--{misplaced[0].replace('_', '-')} goes with --input, not --prompt")
     from ..config import GenerationConfig
     from ..generate import generate
     from ..streamers import TextStreamer
@@ -122,3 +162,72 @@ def label_sequences(texts: list[str], num_prompts: int) -> list[str]:
     per_prompt = len(texts) // num_prompts
     return [f"[prompt {index // per_prompt + 1}, sequence {index % per_prompt + 1}]\n{text}"
             for index, text in enumerate(texts)]
+
+
+def run_file(args: argparse.Namespace) -> int:
+    """``--input``: every row of the file through the model, the results written in input order.
+
+    Everything that can be checked cheaply (the flags, the config file, every input line, the output
+    path, the model directory) is checked before the model loads or Ray starts.
+    """
+    from .. import models
+    from ..config import GenerationConfig
+    from ..config.parameters import PARAMETERS_BY_NAME
+    from . import jsonl
+
+    if args.output is None:
+        raise ValueError("--input needs --output FILE (--output - writes to standard output)")
+    if args.stream:
+        raise ValueError("--stream prints one prompt's text as it is generated: not with --input")
+    config_file = GenerationConfig.from_pretrained(args.config) if args.config is not None else None
+    data = jsonl.read_rows(args.input, text_field=args.text_field or "text", key_field=args.key_field)
+    config = resolve_generation_config(args, config_file or load_generation_config(args.model))
+    if config.num_return_sequences > 1:
+        raise ValueError("--input writes one result per row: --num-return-sequences must be 1")
+    config.validate()  # here, where its error is one line, not in a Ray actor
+    # Rows are seeded from this base and their keys (BatchGenerator); the config's own seed would be ignored.
+    if isinstance(config.seed, (list, tuple)):
+        raise ValueError("--input seeds each row from --seed and the row's key: the config's seed must be one "
+                         "integer, not a list")
+    base_seed = config.seed if config.seed is not None else 0
+    config.seed = None
+    batch_size = args.batch_size or DEFAULT_BATCH_SIZE
+    # Every parameter, as a dict: BatchGenerator takes a dict as overrides of the model's config, whereas a
+    # config object would get the model's values back wherever it holds a global default (do_sample=False).
+    parameters = {name: getattr(config, name) for name in PARAMETERS_BY_NAME}
+    generator_kwargs = dict(model=args.model, generation_config=parameters, text_column=data.text_field,
+                            ids_column=jsonl.IDS_FIELD, key_column=data.key_field, seed=base_seed,
+                            batch_size=batch_size, max_prompt_tokens=args.max_prompt_tokens)
+    rows = len(data.rows)
+    if args.model is None and not models.default_model_is_trained():
+        print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
+    with jsonl.open_output(args.output) as stream:
+        writer = jsonl.InOrderWriter(stream, data.rows)
+        if args.ray is None:
+            from ..integrations.batch import BatchGenerator
+
+            with ProgressBar(f"loading {'the embedded default model' if args.model is None else args.model}"):
+                generator = BatchGenerator(**generator_kwargs)
+            with ProgressBar("generating", total=rows) as progress:
+                jsonl.generate_locally(generator, data.requests, batch_size, _writing(writer, progress))
+        else:
+            with jsonl.local_ray_cluster(args.ray):
+                with ProgressBar(f"generating on {args.ray} Ray actor{'s' if args.ray > 1 else ''}",
+                                 total=rows) as progress:
+                    jsonl.generate_with_ray(data.requests, actors=args.ray, on_batch=_writing(writer, progress),
+                                            **generator_kwargs)
+        if not writer.complete:
+            raise RuntimeError(f"generation returned {writer.written} of {rows} rows")
+    if writer.errors:
+        warnings.warn(f"{writer.errors} of {rows} rows failed: written with finish_reason \"error\" and the "
+                      f"reason in \"error\"")
+    return 0
+
+
+def _writing(writer: Any, progress: ProgressBar):
+    """The callback of a finished batch: its rows to ``writer`` (in input order), then the bar advanced."""
+    def write(numbers, results) -> None:
+        writer.put_batch(numbers, results)
+        progress.advance(len(results))
+
+    return write

@@ -70,6 +70,17 @@ def uint64(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be in [0, 2**64), got {value}")
 
 
+def uint64_or_list(name: str, value: Any) -> None:
+    """An integer in [0, 2**64), or a non-empty list / tuple of such integers."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"`{name}` must be an integer or a non-empty list of integers, got an empty list")
+        for index, item in enumerate(value):
+            uint64(f"{name}[{index}]", item)
+        return
+    uint64(name, value)
+
+
 def finite_number_in(low: float, high: float) -> Check:
     """The value must be a finite real number in ``[low, high]``."""
 

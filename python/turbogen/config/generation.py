@@ -173,7 +173,7 @@ class GenerationConfig:
           - ``num_return_sequences != 1`` with greedy search (``num_beams == 1``, ``do_sample is False``),
             or ``num_return_sequences > num_beams`` with beam search;
           - a ``generate()``-only argument (``streamer``, ``logits_processor``, ...) was stored in the config;
-          - ``seed`` is not ``None`` or an integer in [0, 2**64);
+          - ``seed`` is not ``None``, an integer in [0, 2**64) or a non-empty list of such integers;
           - ``presence_penalty`` or ``frequency_penalty`` is outside [-2, 2].
 
         Warns (``UserWarning``, one per call, listing every flagged field) when:

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._support import DOCSTRING_WIDTH, describe_argument
-from .checks import Check, finite_number_in, instance_of, number, one_of, optional, positive_number, uint64
+from .checks import Check, finite_number_in, instance_of, number, one_of, optional, positive_number, uint64_or_list
 from .compile import CompileConfig, coerce_compile_config
 from .watermarking import check_watermarking_config, coerce_watermarking_config
 
@@ -287,11 +287,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("disable_compile", False, COMPILATION, "bool",
               "never compile the forward pass automatically."),
     # -- turbogen additions ---------------------------------------------------------------------
-    Parameter("seed", None, TURBOGEN, "int",
-              "base seed of the sampling noise, an integer in [0, 2**64); every sequence gets its own seed "
-              "derived from it, making sampling reproducible and batch invariant. ``None`` lets ``generate`` "
-              "choose a seed.",
-              check=optional(uint64)),
+    Parameter("seed", None, TURBOGEN, "int or list[int]",
+              "seed of the sampling noise, integers in [0, 2**64). An int ``S`` is the base seed: sequence "
+              "``r`` of the batch gets ``S + r``. A list holds one seed per prompt: sequence ``j`` of prompt "
+              "``p`` gets ``seed[p] + j``, so a prompt's samples do not depend on its place in the batch "
+              "(batch generation over a dataset). Sums wrap modulo 2**64. ``None`` lets ``generate`` choose "
+              "a seed.",
+              check=optional(uint64_or_list)),
     Parameter("presence_penalty", 0.0, TURBOGEN, "float",
               "subtracted once from the logit of every token that already occurs in the generated text "
               "(OpenAI/vLLM semantics); in [-2, 2].",

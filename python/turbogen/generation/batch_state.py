@@ -16,9 +16,10 @@ import torch
 
 from .. import ops
 from ..config import GenerationConfig
+from ..ops._counters import wrap_int64
 from ..processors.build import SamplingParams
 
-__all__ = ["BatchState", "NonFiniteScoresError", "draw_seed", "raise_non_finite_scores"]
+__all__ = ["BatchState", "NonFiniteScoresError", "draw_seed", "raise_non_finite_scores", "sequence_seeds"]
 
 
 class NonFiniteScoresError(RuntimeError):
@@ -27,11 +28,29 @@ class NonFiniteScoresError(RuntimeError):
 
 
 def draw_seed(config: GenerationConfig) -> int:
-    """The call's base seed: ``config.seed``, else one number from torch's global RNG (so
-    ``torch.manual_seed`` makes unseeded runs reproducible)."""
+    """The call's base seed for a scalar ``config.seed``: the seed itself, else (``None``) one number from
+    torch's global RNG (so ``torch.manual_seed`` makes unseeded runs reproducible)."""
     if config.seed is not None:
         return config.seed
     return int(torch.randint(0, 2**63 - 1, ()))
+
+
+def sequence_seeds(config: GenerationConfig, rows: int, device: torch.device) -> torch.Tensor:
+    """int64 ``[rows]`` seeds of the sampling contract for ``rows`` sequences, prompt-major (each prompt's
+    sequences side by side, as ``generate`` expands them).
+
+    A scalar (or ``None``) ``config.seed`` ``S`` gives row ``r`` the seed ``S + r``. A list holds one seed
+    per prompt (its length was checked against the batch by ``prepare_call``): sequence ``j`` of prompt
+    ``p`` gets ``seed[p] + j``. Sums wrap modulo 2**64.
+    """
+    if not isinstance(config.seed, (list, tuple)):
+        return ops.row_seeds(draw_seed(config), rows, device)
+    prompts = len(config.seed)
+    per_prompt = rows // prompts
+    firsts = torch.tensor([wrap_int64(seed) for seed in config.seed], dtype=torch.int64, device=device)
+    # Two's-complement int64 addition wraps modulo 2**64, as the contract wants.
+    return (firsts.repeat_interleave(per_prompt)
+            + torch.arange(per_prompt, dtype=torch.int64, device=device).repeat(prompts))
 
 
 @dataclasses.dataclass
@@ -40,7 +59,7 @@ class BatchState:
 
     Attributes:
         unfinished: bool; cleared when a row's stopping criteria fire.
-        seeds: int64 ``seed + row`` (mod 2**64); ``None`` for greedy search.
+        seeds: int64 per-row seeds (:func:`sequence_seeds`); ``None`` for greedy search.
         offsets: int64 Philox offset of the next draw (0 for the first generated token); ``None`` for greedy.
         temperature, top_k, top_p, min_p: the sampler's filters (float32, int64, float64, float32); neutral
             (1, 0, 1, 0) when the processors apply the config's warpers instead.
@@ -73,7 +92,7 @@ class BatchState:
 
         return cls(
             unfinished=unfinished,
-            seeds=ops.row_seeds(draw_seed(config), rows, device),
+            seeds=sequence_seeds(config, rows, device),
             offsets=torch.zeros(rows, dtype=torch.int64, device=device),
             temperature=column(filters.temperature, torch.float32),
             top_k=column(filters.top_k, torch.int64),

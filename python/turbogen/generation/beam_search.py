@@ -49,10 +49,10 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..ops import beam_step, gumbel_noise, row_seeds, topk
+from ..ops import beam_step, gumbel_noise, topk
 from ..processors.stages import LogitsStages
 from ..stopping import EosTokenCriteria, StoppingPlan
-from .batch_state import draw_seed, raise_non_finite_scores
+from .batch_state import raise_non_finite_scores, sequence_seeds
 from .record import Record
 from .runner import ModelRunner
 
@@ -386,7 +386,7 @@ def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, p
         fill_value = -1
     else:
         fill_value = int(tokens.pad) if tokens.pad is not None and int(tokens.pad) != 0 else int(tokens.eos[0])
-    seeds = row_seeds(draw_seed(config), batch_size, input_ids.device) if config.do_sample else None
+    seeds = sequence_seeds(config, batch_size, input_ids.device) if config.do_sample else None
     state = BeamSearchState(input_ids, params, fill_value, seeds)
     stages = LogitsStages.from_processors(list(processors), input_ids) if processors else None
 

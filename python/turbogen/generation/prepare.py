@@ -125,6 +125,7 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     tokens = tokens.to(input_ids.device)
     _warn_if_right_padded(input_ids, tokens.pad)
     prompt_ids = input_ids
+    _check_seed_count(config, prompts=input_ids.shape[0])
     if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
         model_kwargs["attention_mask"] = _infer_attention_mask(input_ids, tokens)
 
@@ -199,6 +200,13 @@ def _reject_unsupported_parameters(config: GenerationConfig, model_kwargs: dict)
             raise ValueError(f"`{name}` is not supported: turbogen.generate does not implement {feature} "
                              "(a transformers 5 parameter).")
         model_kwargs.pop(name, None)
+
+
+def _check_seed_count(config: GenerationConfig, prompts: int) -> None:
+    """A list ``seed`` holds one seed per prompt (turbogen's per-row seeds)."""
+    if isinstance(config.seed, (list, tuple)) and len(config.seed) != prompts:
+        raise ValueError(f"`seed` is a list of {len(config.seed)} seeds for a batch of {prompts} prompts: give "
+                         "one seed per prompt, or one int for the whole batch")
 
 
 def _version_tuple(version: Optional[str]) -> tuple[int, ...]:

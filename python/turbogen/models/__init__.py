@@ -36,6 +36,7 @@ __all__ = [
     "build_byte_level_tokenizer",
     "default_generation_config",
     "default_model_config",
+    "default_model_is_trained",
     "default_model_path",
     "load_default_model",
     "load_model",
@@ -196,6 +197,13 @@ def load_model(
     return model, tokenizer
 
 
+def default_model_is_trained() -> bool:
+    """Whether this install ships the embedded model's trained weights (else :func:`load_default_model`
+    falls back to random weights), without loading anything."""
+    path = default_model_path()
+    return all((path / name).is_file() for name in _REQUIRED_ASSET_FILES)
+
+
 def load_default_model(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, bool]:
@@ -209,9 +217,8 @@ def load_default_model(
     259 tokens rather than the trained model's, the only way it differs from the shipped config.
     """
     _check_float_dtype(dtype)
-    path = default_model_path()
-    if all((path / name).is_file() for name in _REQUIRED_ASSET_FILES):
-        model, tokenizer = load_model(path, dtype=dtype)
+    if default_model_is_trained():
+        model, tokenizer = load_model(default_model_path(), dtype=dtype)
         return model, tokenizer, True
 
     tokenizer = build_byte_level_tokenizer(texts=(), vocab_size=len(SPECIAL_TOKENS) + 256)

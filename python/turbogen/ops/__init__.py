@@ -7,6 +7,16 @@ cpu / triton / cuda launchers and its output allocation; the registry does the d
 sampling contract's noise (beam sampling's Gumbel-top-k); ``row_seeds`` and ``row_offsets`` turn a
 scalar seed or offset into the per-row counters of the sampling contract. ``apply_penalties`` reads the
 per-row token state of a :class:`PenaltyState`, which ``sample`` can also apply while it draws.
+
+Arrays from other libraries: every op, and the methods of :class:`PenaltyState` and :class:`Sampler`, also
+takes any array that exports DLPack (numpy, JAX, CuPy; TensorFlow tensors through
+``tf.experimental.dlpack``) wherever it takes a tensor, on CPU and CUDA, without copying it, and returns
+its results in the caller's array type: that of the first such argument (an op given only numbers and
+torch tensors returns torch tensors). A result that is an argument (``apply_penalties(..., out=x)``)
+is the caller's own object, written in place; an array an op writes must be writable, so a read-only
+numpy array, a JAX array or a TensorFlow tensor given as ``out=`` raises a ValueError. JAX without
+``jax_enable_x64`` holds int64 results (tokens, indices) as int32, and raises rather than wrap a value
+that does not fit. Calls with torch tensors, and ``torch.compile``, are unaffected (``_interop.py``).
 """
 
 from ._counters import row_offsets, row_seeds

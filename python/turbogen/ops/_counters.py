@@ -12,6 +12,8 @@ import numbers
 
 import torch
 
+from ._interop import accepts_dlpack
+
 _INT64_MIN = -(1 << 63)
 _INT64_END = 1 << 63
 _UINT64_END = 1 << 64
@@ -25,6 +27,7 @@ def wrap_int64(value: int) -> int:
     return value - _UINT64_END if value >= _INT64_END else value
 
 
+@accepts_dlpack
 def row_seeds(seed: int | torch.Tensor, rows: int, device: torch.device | str) -> torch.Tensor:
     """Per-row int64 seeds: a ``[rows]`` tensor as is; a scalar ``S`` (int or 0-d tensor) gives
     ``S + r`` for row ``r``, modulo 2**64."""
@@ -39,6 +42,7 @@ def row_seeds(seed: int | torch.Tensor, rows: int, device: torch.device | str) -
     return torch.tensor([wrap_int64(first + r) for r in range(rows)], dtype=torch.int64, device=device)
 
 
+@accepts_dlpack
 def row_offsets(offset: int | torch.Tensor, rows: int, device: torch.device | str) -> torch.Tensor:
     """Per-row int64 offsets: a ``[rows]`` tensor as is, a scalar (int or 0-d tensor) for every row."""
     if isinstance(offset, torch.Tensor):

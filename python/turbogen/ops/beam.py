@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from . import _native
+from ._interop import accepts_dlpack
 from ._registry import OpSpec, declare
 from ._validate import check_logits
 
@@ -42,6 +43,7 @@ def candidates_per_row(num_beams: int, num_eos: int) -> int:
     return max(2, 1 + num_eos) * num_beams
 
 
+@accepts_dlpack
 def beam_step(logits: torch.Tensor, running_scores: torch.Tensor, finished_scores: torch.Tensor,
               is_finished: torch.Tensor, may_improve: torch.Tensor, eos: Optional[torch.Tensor] = None, *,
               generated_length: int, max_generated_length: int, length_penalty: float = 1.0,

@@ -19,9 +19,11 @@ import torch
 
 from . import _native
 from ._counters import counter_tensor
+from ._interop import accepts_dlpack
 from ._registry import OpSpec, declare
 
 
+@accepts_dlpack
 def gumbel_noise(seed: int | torch.Tensor, offset: int | torch.Tensor, rows: int, columns: int, *,
                  device: torch.device | str = "cpu", backend: str | None = None) -> torch.Tensor:
     """``-log(-log(u))`` in float32, ``u`` the contract's uniform for token ``j`` of row ``r``.

@@ -20,6 +20,7 @@ import torch
 
 from .. import _ext
 from . import _native
+from ._interop import accepts_dlpack
 from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
 
@@ -104,8 +105,18 @@ class PenaltyState:
 
     The verbs (``accept``, ``rollback``, ``reset``, ``reorder``) update the tensors in place, so a captured
     step keeps reading the same buffers.
+
+    Arrays from other libraries (DLPack: numpy, JAX, CuPy, ...) are accepted wherever the constructor and
+    the verbs take a tensor (numpy int64 or JAX int32 token ids, say). The state itself stays torch, on
+    ``prompt_ids``' device: its attributes are the buffers the kernels read and the verbs update in place,
+    and :meth:`tensors` returns them as they are (a handle for :func:`turbogen.ops.sample` and
+    :class:`turbogen.ops.Sampler`, never an array of the caller's kind: a JAX view of buffers the verbs
+    keep writing would break JAX's immutability). ``seen_from`` / ``generated_from`` tensors and arrays are
+    copied, since the verbs update those in place. ``numpy.from_dlpack(state.lengths)`` reads one without a
+    copy.
     """
 
+    @accepts_dlpack
     def __init__(self, prompt_ids: torch.Tensor, vocab_size: int, *, seen_from: Union[int, torch.Tensor, None] = 0,
                  generated_from: Union[int, torch.Tensor, None] = None, rollback_window: int = 64):
         prompt_ids = _ids(prompt_ids, "prompt_ids", (2,))
@@ -136,7 +147,8 @@ class PenaltyState:
                 raise ValueError(f"{name} must be an int or a [{rows}] tensor, got shape {tuple(value.shape)}")
             if _values_checkable(value) and bool((value < 0).any()):
                 raise ValueError(f"{name} must be >= 0, got {value.min().item()}")
-            return value.to(device).expand(rows).contiguous()
+            # A copy: the state updates its starts in place (reorder, reset), never the caller's tensor.
+            return value.to(device).expand(rows).clone(memory_format=torch.contiguous_format)
         return torch.full((rows,), _check_int(value, name), dtype=torch.int64, device=device)
 
     def _counts(self, prompt_ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -189,6 +201,7 @@ class PenaltyState:
 
     # -- the verbs ---------------------------------------------------------------------------------------
 
+    @accepts_dlpack
     def accept(self, tokens: torch.Tensor) -> None:
         """Append ``tokens`` (``[rows]`` or ``[rows, n]`` int64) to every row: O(rows x n)."""
         tokens = _ids(tokens, "tokens", (1, 2))
@@ -227,6 +240,7 @@ class PenaltyState:
         self.lengths += accepted
         self.retained.add_(accepted).clamp_(max=self.window)
 
+    @accepts_dlpack
     def rollback(self, rows: torch.Tensor, n: torch.Tensor) -> None:
         """Forget the last ``n[i]`` accepted tokens of row ``rows[i]`` (``rows`` distinct; ``0 <= n[i] <=
         retained[rows[i]]``, checked when that costs no host sync). Mask bits stay set (a superset)."""
@@ -254,6 +268,7 @@ class PenaltyState:
         self.lengths.index_add_(0, rows, -n)
         self.retained.index_add_(0, rows, -n)
 
+    @accepts_dlpack
     def reset(self, rows: torch.Tensor, prompt_ids: torch.Tensor, *,
               seen_from: Union[int, torch.Tensor, None] = None,
               generated_from: Union[int, torch.Tensor, None] = None) -> None:
@@ -279,6 +294,7 @@ class PenaltyState:
         self.lengths.index_fill_(0, rows, prompt_ids.shape[1])
         self.retained.index_fill_(0, rows, 0)
 
+    @accepts_dlpack
     def reorder(self, index: torch.Tensor) -> None:
         """New row ``r`` becomes old row ``index[r]`` (beam search), in place."""
         index = _ids(index, "index", (1,)).to(self.device)
@@ -291,6 +307,7 @@ class PenaltyState:
 
     # -- what the kernels read -----------------------------------------------------------------------------
 
+    @accepts_dlpack(convert_results=False)
     def tensors(self, *, repetition_penalty: Union[float, torch.Tensor] = 1.0,
                 presence_penalty: Union[float, torch.Tensor] = 0.0,
                 frequency_penalty: Union[float, torch.Tensor] = 0.0) -> PenaltyTensors:
@@ -313,6 +330,7 @@ class PenaltyState:
                               repetition, presence, frequency)
 
 
+@accepts_dlpack(writes=("out",))
 def apply_penalties(logits: torch.Tensor, state: PenaltyState, *, repetition_penalty: Union[float, torch.Tensor] = 1.0,
                     presence_penalty: Union[float, torch.Tensor] = 0.0,
                     frequency_penalty: Union[float, torch.Tensor] = 0.0, out: Optional[torch.Tensor] = None,

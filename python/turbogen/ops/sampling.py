@@ -16,6 +16,7 @@ import torch
 
 from . import _native
 from ._counters import counter_tensor
+from ._interop import accepts_dlpack
 from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
 from .penalties import APPLY_PENALTIES, PenaltyState, PenaltyTensors
@@ -46,6 +47,7 @@ class _Filters:
         return self.temperature, self.top_k, self.top_p, self.min_p
 
 
+@accepts_dlpack
 def sample(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
            top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0, seed: int | torch.Tensor,
            offset: int | torch.Tensor = 0, return_logprobs: bool = False, penalty_state: PenaltyState | None = None,
@@ -116,8 +118,15 @@ class Sampler:
     ``sampler(logits, offset)`` returns what ``sample(logits, offset=offset, ...)`` returns, token for
     token. It saves the per-call argument normalisation (about 30 us per call on this project's CPU);
     eager calls launch the kernel directly, calls inside ``torch.compile`` go through the registered
-    custom op (whose dispatch costs another 30 us in eager mode)."""
+    custom op (whose dispatch costs another 30 us in eager mode).
 
+    Arrays from other libraries (DLPack: numpy, JAX, CuPy, ...) may stand for any tensor: the per-row
+    parameters and seeds are read without a copy where no dtype or device conversion is needed (so an
+    int64 seeds array updated in place is seen by the next call, as a tensor would be), and each call
+    returns its tokens (and logprobs) in the type of that call's logits: one sampler serves numpy and
+    torch callers alike."""
+
+    @accepts_dlpack
     def __init__(self, rows: int, device: torch.device | str, *, temperature: float | torch.Tensor = 1.0,
                  top_k: int | torch.Tensor = 0, top_p: float | torch.Tensor = 1.0,
                  min_p: float | torch.Tensor = 0.0, seed: int | torch.Tensor, backend: str | None = None):
@@ -129,6 +138,7 @@ class Sampler:
         self._seeds = counter_tensor(seed, "seed", self.rows, self.device, scalar_is_first_of_rows=True)
         self.backend = SAMPLE.select_backend(self.device, backend)
 
+    @accepts_dlpack
     def __call__(self, logits: torch.Tensor, offset: int | torch.Tensor = 0, *, return_logprobs: bool = False,
                  penalties: PenaltyTensors | None = None):
         """``penalties``: :meth:`turbogen.ops.PenaltyState.tensors` of the logits' rows, applied while drawing."""
@@ -145,6 +155,7 @@ class Sampler:
         return (tokens, logprobs) if return_logprobs else tokens
 
 
+@accepts_dlpack
 def filter_logits(logits: torch.Tensor, *, temperature: float | torch.Tensor = 1.0, top_k: int | torch.Tensor = 0,
                   top_p: float | torch.Tensor = 1.0, min_p: float | torch.Tensor = 0.0,
                   penalty_state: PenaltyState | None = None, repetition_penalty: float | torch.Tensor = 1.0,

@@ -7,10 +7,12 @@ import functools
 import torch
 
 from . import _native
+from ._interop import accepts_dlpack
 from ._registry import OpSpec, declare
 from ._validate import check_logits, per_row
 
 
+@accepts_dlpack
 def softmax(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, *,
             backend: str | None = None) -> torch.Tensor:
     """Row-wise ``softmax(logits / temperature)``.

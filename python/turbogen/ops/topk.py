@@ -14,10 +14,12 @@ import numbers
 import torch
 
 from . import _native
+from ._interop import accepts_dlpack
 from ._registry import OpSpec, declare
 from ._validate import check_logits
 
 
+@accepts_dlpack
 def topk(scores: torch.Tensor, k: int, *, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest scores of each row and their column indices, best first.
 
