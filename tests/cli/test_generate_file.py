@@ -7,7 +7,6 @@ prompt generated alone by :func:`turbogen.generate` on the in-memory model, with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import sys
@@ -20,6 +19,7 @@ from turbogen.cli import main
 from turbogen.cli.common import RANDOM_WEIGHTS_NOTE
 from turbogen.generate import generate
 from turbogen.integrations.batch import stable_row_seed
+from turbogen.integrations.ray import ray_data_available
 
 pytestmark = pytest.mark.usefixtures("tiny_model_environment")
 
@@ -160,7 +160,7 @@ def test_ray_missing_says_how_to_install_it(tiny_model_dir, tmp_path, capsys, mo
     assert err.splitlines()[-1] == "turbogen generate: error: --ray needs Ray Data: pip install 'turbogen[ray]'"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (turbogen[ray])")
+@pytest.mark.skipif(not ray_data_available(), reason="Ray Data is not installed (turbogen[ray])")
 def test_ray_with_one_actor_writes_the_local_file(tiny_model_dir, tmp_path, capsys):
     """One Ray start for the whole file: sampling, mixed text and id prompts, and an error row."""
     source = _write_jsonl(tmp_path / "in.jsonl", [*ROWS, {"text": "", "id": 6}])

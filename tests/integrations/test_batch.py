@@ -182,3 +182,23 @@ def test_embedded_default_model(tiny_model_environment):
                                  use_model_defaults=False)
     assert result["generated_token_ids"] == expected[0, len(ids):].tolist()
     assert result["finish_reason"] in ("length", "stop") and result["error"] == ""
+
+
+def test_a_directory_named_ray_on_the_path_is_not_ray_data(tmp_path, monkeypatch):
+    """Ray's session directory /tmp/ray shadows an uninstalled Ray as a namespace package whenever /tmp is on
+    sys.path (an editable install of a clone under /tmp puts it there): only a real Ray Data counts."""
+    import sys
+
+    from turbogen.integrations.ray import ray_data_available
+
+    (tmp_path / "ray").mkdir()
+    saved = {name: module for name, module in sys.modules.items() if name == "ray" or name.startswith("ray.")}
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *[entry for entry in sys.path if "site-packages" not in entry]])
+    try:
+        for name in saved:
+            del sys.modules[name]
+        assert not ray_data_available()
+    finally:
+        for name in [name for name in sys.modules if name == "ray" or name.startswith("ray.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("ray")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (turbogen[ray])")
 pytest.importorskip("transformers")
 
 from turbogen.integrations.batch import OUTPUT_COLUMNS, BatchGenerator  # noqa: E402

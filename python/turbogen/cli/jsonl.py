@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
@@ -233,11 +232,11 @@ def local_ray_cluster(actors: int) -> Iterator[None]:
 
     Raises ImportError saying how to install Ray if it is missing.
     """
-    if importlib.util.find_spec("ray") is None:
+    from ..integrations import ray as turbogen_ray
+
+    if not turbogen_ray.ray_data_available():
         raise ImportError("--ray needs Ray Data: pip install 'turbogen[ray]'")
     import ray
-
-    from ..integrations import ray as turbogen_ray
 
     if ray.is_initialized():
         yield

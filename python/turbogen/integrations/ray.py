@@ -20,6 +20,7 @@ before :func:`init_local_cluster` has configured it).
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -27,11 +28,22 @@ from typing import Any, Optional
 
 from .batch import BatchGenerator
 
-__all__ = ["RayBatchGenerator", "generate_dataset", "init_local_cluster", "is_loopback", "listening_sockets"]
+__all__ = ["RayBatchGenerator", "generate_dataset", "init_local_cluster", "is_loopback", "listening_sockets",
+           "ray_data_available"]
 
 # Ray 2.60 resolves a requested 127.0.0.1 node address to the machine's outward address, and listens there,
 # unless this is 0 when ray is imported (it is the switch Ray uses on macOS and Windows to stay on loopback).
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ray_data_available() -> bool:
+    """Whether Ray Data is installed (``turbogen[ray]``), found without importing Ray. A directory named
+    ``ray`` on ``sys.path`` (Ray's own ``/tmp/ray`` session directory, when ``/tmp`` is on the path) is a
+    namespace package that ``import ray`` would accept: this looks for ``ray.data`` instead."""
+    try:
+        return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
+    except ImportError:  # no `ray` at all, or one that is not a package
+        return False
 
 
 def init_local_cluster(num_cpus: int = 2, **ray_init_kwargs: Any) -> None:
