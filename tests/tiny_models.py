@@ -128,6 +128,10 @@ _BUILDERS = {
     "qwen2": _llama_like("Qwen2Config", "Qwen2ForCausalLM"),
     # A 4-token sliding window, so the cache's sliding-window layers are exercised by short generations.
     "mistral": _llama_like("MistralConfig", "MistralForCausalLM", sliding_window=4),
+    # Gemma-2-style hybrid attention: a 4-token sliding-window layer, then a full-attention layer.
+    "gemma2": _llama_like("Gemma2Config", "Gemma2ForCausalLM", sliding_window=4, head_dim=HIDDEN_SIZE // NUM_HEADS,
+                          query_pre_attn_scalar=HIDDEN_SIZE // NUM_HEADS,
+                          layer_types=["sliding_attention", "full_attention"]),
 }
 # The two architectures every generation test runs on; the others are for targeted compatibility tests.
 MODEL_KINDS = ("llama", "gpt2")
@@ -139,8 +143,9 @@ def _cached_model(kind: str, seed: int):
 
 
 def tiny_model(kind: str = "llama", seed: int = 0, fresh: bool = False, **config_overrides):
-    """A tiny random-weight causal LM in eval mode: ``kind`` is ``"llama"``, ``"gpt2"``, ``"qwen2"`` or
-    ``"mistral"`` (with a 4-token sliding window).
+    """A tiny random-weight causal LM in eval mode: ``kind`` is ``"llama"``, ``"gpt2"``, ``"qwen2"``,
+    ``"mistral"`` (with a 4-token sliding window) or ``"gemma2"`` (a 4-token sliding-window layer, then a
+    full-attention one).
 
     The same ``(kind, seed)`` always gives the same weights. Without ``fresh`` or overrides the instance is
     shared across the session (do not mutate it); with either, a new instance is built.

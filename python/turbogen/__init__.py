@@ -7,19 +7,22 @@ are Triton, CUDA C++ and C++ CPU kernels (``turbogen.ops``), with a pure-torch r
 
 from . import ops, ref
 from .config import CompileConfig, GenerationConfig, GenerationMode, WatermarkingConfig, as_generation_config
+from .errors import TurbogenFallbackWarning, UnsupportedByTurbogen
 from .generate import compute_transition_scores, generate
 from .generation.batch_state import NonFiniteScoresError
 from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .patching import is_patched, patch, unpatch
-from .stopping import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
-                       StoppingCriteriaList, StopStringCriteria)
-from .streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
+from .stopping import (ConfidenceCriteria, EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
+                       StoppingCriteriaList, StopStringCriteria, validate_stopping_criteria)
+from .streamers import AsyncTextIteratorStreamer, BaseStreamer, TextIteratorStreamer, TextStreamer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncTextIteratorStreamer",
     "BaseStreamer",
     "CompileConfig",
+    "ConfidenceCriteria",
     "EosTokenCriteria",
     "GenerateBeamDecoderOnlyOutput",
     "GenerateDecoderOnlyOutput",
@@ -33,6 +36,8 @@ __all__ = [
     "StoppingCriteriaList",
     "TextIteratorStreamer",
     "TextStreamer",
+    "TurbogenFallbackWarning",
+    "UnsupportedByTurbogen",
     "WatermarkingConfig",
     "__version__",
     "as_generation_config",
@@ -43,4 +48,5 @@ __all__ = [
     "patch",
     "ref",
     "unpatch",
+    "validate_stopping_criteria",
 ]

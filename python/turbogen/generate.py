@@ -83,9 +83,13 @@ def generate(
         prefix_allowed_tokens_fn: ``fn(batch_id, input_ids) -> allowed token ids`` constraining every step.
         streamer: receives the prompt, then each new token (``put``), then ``end()``; greedy and sampling only.
         tokenizer: needed for ``stop_strings``.
-        **kwargs: generation parameters overriding the config (``max_new_tokens=...``, ``do_sample=...``) and
-            model inputs (``input_ids``, ``attention_mask``, ``past_key_values``, ``negative_prompt_ids``,
-            ``negative_prompt_attention_mask``, any other ``forward`` argument), plus ``use_model_defaults``.
+        **kwargs: generation parameters overriding the config (``max_new_tokens=...``, ``do_sample=...``,
+            ``prefill_chunk_size=...``: the prompt prefilled in chunks, greedy search and sampling) and model
+            inputs (``input_ids``, ``attention_mask``, ``past_key_values``, ``inputs_embeds``: the first step
+            feeds these embeddings and the output holds only the new tokens unless ``input_ids`` are given too;
+            ``position_ids``: the prompt's positions, the last one reused by later steps as transformers 4.57
+            does; ``negative_prompt_ids``, ``negative_prompt_attention_mask``, any other ``forward`` argument),
+            plus ``use_model_defaults``.
 
     Returns:
         ``LongTensor [batch * num_return_sequences, length]`` (prompt included), or with
@@ -93,8 +97,10 @@ def generate(
         sampling) or :class:`~turbogen.outputs.GenerateBeamDecoderOnlyOutput` (beam methods).
 
     Raises:
-        ValueError: for invalid or conflicting arguments, naming them, and for decoding methods turbogen
-            does not implement (assisted, contrastive, group beam, constrained beam, DoLa).
+        ValueError: for invalid or conflicting arguments, naming them.
+        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (assisted,
+            contrastive, group beam, constrained beam, DoLa, encoder-decoder models, ...); a model patched with
+            :func:`turbogen.patch` runs those with its original ``generate`` instead.
         turbogen.NonFiniteScoresError: (a ``RuntimeError``) when sampling meets scores it cannot sample from.
     """
     with torch.no_grad():
@@ -103,6 +109,10 @@ def generate(
         record = Record(call.config)
         runner = make_runner(model, call.input_ids, call.model_kwargs, call.cache, call.config.use_cache,
                              call.max_length, record)
+        # Only now, when nothing can be refused any more (a patched model falls back on a refusal, and its
+        # original generate streams the prompt itself).
+        if streamer is not None:
+            streamer.put(call.input_ids.cpu())
         if call.is_beam:
             result = _beam_search(call, runner, record)
         else:

@@ -4,6 +4,12 @@ The classes and field names are those of transformers v4.57 (``GenerateDecoderOn
 ``GenerateBeamDecoderOnlyOutput``), and they behave like its ``ModelOutput``: fields are attributes, the
 fields that are set (not ``None``) are also reachable as ``output["name"]`` and, in order, as ``output[i]``,
 and ``keys()``/``items()``/``to_tuple()`` list only the fields that are set.
+
+When transformers is importable (4.57 or 5.x), each class here is a dataclass subclass of transformers' class
+of the same name (adding no field), so ``isinstance(output, transformers.GenerateDecoderOnlyOutput)`` holds, as
+does ``isinstance`` against 4.57's aliases (``GreedySearchDecoderOnlyOutput``, ``SampleDecoderOnlyOutput``,
+``BeamSearchDecoderOnlyOutput``, ``BeamSampleDecoderOnlyOutput``, which are those same classes) and against
+``ModelOutput``. Without transformers they are standalone dataclasses with the same fields and access methods.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ class _GenerateOutputBase:
 
 
 @dataclasses.dataclass
-class GenerateDecoderOnlyOutput(_GenerateOutputBase):
+class _StandaloneGenerateDecoderOnlyOutput(_GenerateOutputBase):
     """Result of greedy decoding or multinomial sampling with a decoder-only model.
 
     Attributes:
@@ -71,7 +77,7 @@ class GenerateDecoderOnlyOutput(_GenerateOutputBase):
 
 
 @dataclasses.dataclass
-class GenerateBeamDecoderOnlyOutput(_GenerateOutputBase):
+class _StandaloneGenerateBeamDecoderOnlyOutput(_GenerateOutputBase):
     """Result of beam search (or beam-search multinomial sampling) with a decoder-only model.
 
     Attributes:
@@ -94,6 +100,35 @@ class GenerateBeamDecoderOnlyOutput(_GenerateOutputBase):
     hidden_states: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
     past_key_values: Optional[Any] = None
 
+
+def _transformers_output_classes() -> Optional[tuple[type, type]]:
+    """transformers' two decoder-only output classes, or ``None`` when transformers cannot be imported."""
+    try:
+        from transformers.generation.utils import (GenerateBeamDecoderOnlyOutput as _HFBeamOutput,
+                                                   GenerateDecoderOnlyOutput as _HFOutput)
+    except ImportError:
+        return None
+    return _HFOutput, _HFBeamOutput
+
+
+_TRANSFORMERS_CLASSES = _transformers_output_classes()
+
+if _TRANSFORMERS_CLASSES is None:
+    GenerateDecoderOnlyOutput = _StandaloneGenerateDecoderOnlyOutput
+    GenerateBeamDecoderOnlyOutput = _StandaloneGenerateBeamDecoderOnlyOutput
+else:
+    # ModelOutput requires its subclasses to be dataclasses; no field is added, so the fields, their order
+    # and the mapping behaviour are exactly transformers'.
+    @dataclasses.dataclass
+    class GenerateDecoderOnlyOutput(_TRANSFORMERS_CLASSES[0]):  # type: ignore[no-redef]
+        __doc__ = _StandaloneGenerateDecoderOnlyOutput.__doc__
+
+    @dataclasses.dataclass
+    class GenerateBeamDecoderOnlyOutput(_TRANSFORMERS_CLASSES[1]):  # type: ignore[no-redef]
+        __doc__ = _StandaloneGenerateBeamDecoderOnlyOutput.__doc__
+
+GenerateDecoderOnlyOutput.__name__ = GenerateDecoderOnlyOutput.__qualname__ = "GenerateDecoderOnlyOutput"
+GenerateBeamDecoderOnlyOutput.__name__ = GenerateBeamDecoderOnlyOutput.__qualname__ = "GenerateBeamDecoderOnlyOutput"
 
 GenerateOutput = GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput
 

@@ -14,6 +14,7 @@ hand them a short tail instead of materialising whole candidate sequences.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 import weakref
@@ -26,6 +27,7 @@ import torch
 from . import _transformers_compat as _compat
 
 __all__ = [
+    "ConfidenceCriteria",
     "EosTokenCriteria",
     "MaxLengthCriteria",
     "MaxTimeCriteria",
@@ -34,6 +36,7 @@ __all__ = [
     "StoppingCriteriaList",
     "StoppingPlan",
     "build_stopping_criteria",
+    "validate_stopping_criteria",
 ]
 
 
@@ -259,6 +262,37 @@ class StopStringTables:
         return matched | (alive & reached).any(dim=(1, 2, 3))
 
 
+class ConfidenceCriteria(StoppingCriteria):
+    """Stops when the model's confidence in the token it just chose falls below a threshold.
+
+    Used by an assistant (draft) model in assisted generation: ``generate`` adds it when the generation config
+    has ``is_assistant=True`` and ``assistant_confidence_threshold > 0``, so the draft ends early at a token the
+    assistant is unsure of. As in transformers v4.57, the verdict covers the whole batch and is read from row 0
+    only: the probability (softmax of the last step's processed scores) of row 0's last token is compared with
+    the threshold. It needs the collected scores, so the call must record them (``output_scores=True``).
+
+    Args:
+        assistant_confidence_threshold: generation stops when that probability is strictly below this value.
+    """
+
+    def __init__(self, assistant_confidence_threshold: float):
+        if isinstance(assistant_confidence_threshold, bool) or not isinstance(assistant_confidence_threshold,
+                                                                              (int, float)):
+            raise TypeError("`assistant_confidence_threshold` must be a real number, got "
+                            f"{assistant_confidence_threshold!r}")
+        self.assistant_confidence_threshold = assistant_confidence_threshold
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs) -> bool:
+        if not scores:
+            raise ValueError(
+                "ConfidenceCriteria reads the scores of the last step, but none were collected: generate with "
+                "`output_scores=True` (and `return_dict_in_generate=True`) when `is_assistant=True`."
+            )
+        # compared as a Python float (not in the scores' dtype), as transformers does
+        probability = scores[-1][0].softmax(-1)[input_ids[0, -1]].item()
+        return probability < self.assistant_confidence_threshold
+
+
 def token_texts(tokenizer: Any) -> list[Optional[str]]:
     """The text each token id contributes in the middle of a decoded sequence (``None`` for unused ids).
 
@@ -328,7 +362,8 @@ def build_stopping_criteria(
     max_position_embeddings: Optional[int] = None,
     custom: Optional[Iterable[Any]] = None,
 ) -> StoppingCriteriaList:
-    """The criteria ``generate`` uses, in transformers' order: max length, max time, stop strings, EOS; then
+    """The criteria ``generate`` uses, in transformers' order: max length, max time, stop strings, EOS,
+    confidence (an assistant model's: ``is_assistant`` and ``assistant_confidence_threshold > 0``); then
     merged with the user's ``custom`` criteria as transformers does: a custom criterion of the same kind as a
     built-in one (the same class, or transformers' class of that name) replaces it in place, with a warning;
     the other custom ones are appended."""
@@ -346,6 +381,9 @@ def build_stopping_criteria(
         defaults.append(StopStringCriteria(tokenizer, generation_config.stop_strings))
     if eos_token_ids is not None:
         defaults.append(EosTokenCriteria(eos_token_ids))
+    threshold = getattr(generation_config, "assistant_confidence_threshold", None)
+    if getattr(generation_config, "is_assistant", False) and threshold is not None and threshold > 0:
+        defaults.append(ConfidenceCriteria(threshold))
     custom = list(custom or ())
     if not custom:
         return defaults
@@ -362,6 +400,24 @@ def build_stopping_criteria(
         merged.append(default if replacement is None else replacement)
     merged.extend(c for c in custom if not any(c is m for m in merged))
     return merged
+
+
+def validate_stopping_criteria(stopping_criteria: StoppingCriteriaList, max_length: int) -> StoppingCriteriaList:
+    """A copy (``copy.deepcopy``) of ``stopping_criteria`` that enforces ``max_length``, as transformers v4.57's
+    function of this name: when the list has no :class:`MaxLengthCriteria` one for ``max_length`` is appended;
+    when its ``max_length`` differs from ``max_length`` a ``UserWarning`` says so and the copy is left as it is
+    (the list's own limit applies). The list passed in is never modified."""
+    if not hasattr(stopping_criteria, "max_length"):
+        raise TypeError("`stopping_criteria` must be a StoppingCriteriaList (it has no `max_length`), got "
+                        f"{type(stopping_criteria).__name__}")
+    listed_max_length = stopping_criteria.max_length
+    validated = copy.deepcopy(stopping_criteria)
+    if listed_max_length is None:
+        validated.append(MaxLengthCriteria(max_length=max_length))
+    elif listed_max_length != max_length:
+        warnings.warn("You set different `max_length` for stopping criteria and `max_length` parameter", UserWarning,
+                      stacklevel=2)
+    return validated
 
 
 def _length_reached(criterion: Any, length: int) -> bool:

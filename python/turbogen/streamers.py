@@ -3,7 +3,8 @@
 The protocol is transformers': ``generate`` calls ``streamer.put(tokens)`` once with the prompt (a CPU
 ``LongTensor [1, prompt_length]``) and then once per step with the new token (``LongTensor [1]``), and
 ``streamer.end()`` when generation is over. Any object with those two methods works, transformers'
-``TextStreamer`` and ``TextIteratorStreamer`` included; the classes here behave like those two.
+``TextStreamer``, ``TextIteratorStreamer`` and ``AsyncTextIteratorStreamer`` included; the classes here behave
+like those three.
 
 Text is released in printable pieces: decoding is redone over the tokens of the current line, and only the
 part up to the last space is emitted (a later token may still change the end of a word), except after a
@@ -13,12 +14,13 @@ piece gives the decoded text of all streamed tokens.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 from typing import Any, Optional
 
 import torch
 
-__all__ = ["BaseStreamer", "TextIteratorStreamer", "TextStreamer"]
+__all__ = ["AsyncTextIteratorStreamer", "BaseStreamer", "TextIteratorStreamer", "TextStreamer"]
 
 # CJK Unified Ideographs blocks (with extensions and compatibility ideographs): each such character is a
 # word by itself, so it can be released without waiting for a space.
@@ -138,4 +140,54 @@ class TextIteratorStreamer(TextStreamer):
         value = self.text_queue.get(timeout=self.timeout)
         if value is self.stop_signal:
             raise StopIteration
+        return value
+
+
+class AsyncTextIteratorStreamer(TextStreamer):
+    """Queues the printable text for a coroutine iterating over the streamer with ``async for``, while
+    ``generate`` runs in another thread (or an executor)::
+
+        async def main():
+            streamer = AsyncTextIteratorStreamer(tokenizer, skip_prompt=True)   # inside the running loop
+            thread = Thread(target=turbogen.generate, args=(model, input_ids), kwargs={"streamer": streamer})
+            thread.start()
+            async for piece in streamer:
+                print(piece, end="")
+
+    The streamer binds to the event loop running where it is created, so it must be created inside a coroutine
+    (``RuntimeError`` otherwise); ``generate``'s thread hands each piece to that loop thread-safely.
+
+    Args:
+        timeout: seconds to wait for the next piece (``TimeoutError`` is raised after that); ``None`` waits
+            forever, which blocks the consumer if ``generate`` fails, so a timeout is advisable.
+    """
+
+    def __init__(self, tokenizer: Any, skip_prompt: bool = False, timeout: Optional[float] = None,
+                 **decode_kwargs: Any):
+        super().__init__(tokenizer, skip_prompt, **decode_kwargs)
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("AsyncTextIteratorStreamer must be created inside a coroutine (it needs the running "
+                               "event loop, to which generate()'s thread hands the text)") from None
+        self.text_queue: "asyncio.Queue[Optional[str]]" = asyncio.Queue()
+        self.stop_signal = None
+        self.timeout = timeout
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        # Called from generate()'s thread: asyncio queues are not thread-safe, so the loop does the put.
+        self.loop.call_soon_threadsafe(self.text_queue.put_nowait, text)
+        if stream_end:
+            self.loop.call_soon_threadsafe(self.text_queue.put_nowait, self.stop_signal)
+
+    def __aiter__(self) -> "AsyncTextIteratorStreamer":
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            value = await asyncio.wait_for(self.text_queue.get(), timeout=self.timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no streamed text arrived within {self.timeout} s") from None
+        if value is self.stop_signal:
+            raise StopAsyncIteration
         return value

@@ -486,7 +486,7 @@ def test_fixed_batch_size():
 
 def test_make_cache():
     model = tiny_model("llama")
-    assert CACHE_IMPLEMENTATIONS == ("dynamic", "static")
+    assert CACHE_IMPLEMENTATIONS[:2] == ("dynamic", "static")  # the others: tests/cache/test_cache_implementations.py
     for name in ("dynamic", None):
         assert type(make_cache(name, model, batch_size=2, max_cache_len=10)) is DynamicCache
 
@@ -496,9 +496,9 @@ def test_make_cache():
     assert (static.dtype, static.device) == (next(model.parameters()).dtype, next(model.parameters()).device)
     assert make_cache("static", model, 1, 4, dtype=torch.float64).dtype == torch.float64
 
-    with pytest.raises(ValueError, match="does not support"):
+    with pytest.raises(ValueError, match="CUDA"):  # a CPU model
         make_cache("offloaded", model, batch_size=1, max_cache_len=4)
-    with pytest.raises(ValueError, match=r"one of \('dynamic', 'static'\)"):
+    with pytest.raises(ValueError, match=r"one of \('dynamic', 'static'"):
         make_cache("bogus", model, batch_size=1, max_cache_len=4)
     with pytest.raises(ValueError, match="max_cache_len"):
         make_cache("static", model, batch_size=1, max_cache_len=0)

@@ -51,7 +51,7 @@ CONFLICTS = {
     "cache_twice": (dict(cache_implementation="dynamic", past_key_values=transformers.DynamicCache()),
                     "cache_implementation"),
     "typo_in_a_parameter": (dict(max_new_token=3), "max_new_token"),
-    "position_ids_given": (dict(position_ids=torch.zeros(2, 4, dtype=torch.long)), "position_ids"),
+    "position_ids_of_another_shape": (dict(position_ids=torch.zeros(2, 4, dtype=torch.long)), "position_ids"),
 }
 
 
@@ -71,7 +71,7 @@ UNSUPPORTED = {
     "dola": (dict(dola_layers="low"), "DoLa"),
     "prompt_lookup": (dict(prompt_lookup_num_tokens=3), "assisted"),
     "assistant_model": (dict(assistant_model="a model"), "assistant_model"),
-    "inputs_embeds": (dict(inputs_embeds=torch.zeros(2, 4, 32)), "inputs_embeds"),
+    "inputs_embeds_beside_ids_of_another_length": (dict(inputs_embeds=torch.zeros(2, 4, 32)), "inputs_embeds"),
     "synced_gpus": (dict(synced_gpus=True), "synced_gpus"),
 }
 

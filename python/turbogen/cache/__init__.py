@@ -2,11 +2,13 @@
 
 - :mod:`~turbogen.cache.static`: :class:`StaticKVCache` (``cache_implementation="static"``), preallocated and
   written in place by position, so a decode step over it can be compiled or captured in a CUDA graph;
-- :mod:`~turbogen.cache.factory`: :func:`make_cache`, which builds the cache for a ``cache_implementation``
-  (transformers' ``DynamicCache`` by default, as in transformers).
+- :mod:`~turbogen.cache.factory`: :func:`make_cache`, which builds the cache transformers 4.57's ``generate``
+  builds for a ``cache_implementation`` (transformers' ``DynamicCache`` by default; its ``StaticCache``,
+  ``QuantizedCache`` and offloaded variants for the other names; :class:`StaticKVCache` for ``"static"``).
 """
 
-from .factory import CACHE_IMPLEMENTATIONS, make_cache
+from .factory import CACHE_IMPLEMENTATIONS, OFFLOADED_CACHE_IMPLEMENTATIONS, make_cache, quantized_backend_available
 from .static import StaticKVCache, StaticKVLayer
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "StaticKVCache", "StaticKVLayer", "make_cache"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "OFFLOADED_CACHE_IMPLEMENTATIONS", "StaticKVCache", "StaticKVLayer", "make_cache",
+           "quantized_backend_available"]

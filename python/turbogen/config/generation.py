@@ -27,7 +27,8 @@ Differences from transformers, all deliberate:
 - Value types transformers would only trip over while comparing (``max_new_tokens="5"``) raise a
   ``TypeError`` naming the field rather than Python's bare comparison error.
 - Only ``WatermarkingConfig`` watermarking is supported (not SynthID text watermarking).
-- ``save_pretrained`` returns the path it wrote; there is no ``push_to_hub``.
+- ``save_pretrained`` returns the path it wrote; ``push_to_hub=True`` raises
+  :class:`~turbogen.UnsupportedByTurbogen` (nothing is uploaded: no hub is reachable offline).
 - No ``_original_object_hash`` is recorded (transformers uses it to detect edits of a config
   derived from a model config, for a deprecated code path of its ``generate``).
 
@@ -270,7 +271,8 @@ class GenerationConfig:
                 GenerationConfig.dict_dtype_to_str(value)
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, config_file_name: str | os.PathLike | None = None
+        self, save_directory: str | os.PathLike, config_file_name: str | os.PathLike | None = None,
+        push_to_hub: bool = False, **hub_kwargs: Any,
     ) -> Path:
         """Writes the configuration (only non-default values) to ``save_directory/config_file_name``.
 
@@ -280,10 +282,30 @@ class GenerationConfig:
         Args:
             save_directory: the directory to write into.
             config_file_name: the file name; defaults to ``"generation_config.json"``.
+            push_to_hub: accepted for transformers' signature; ``True`` raises
+                :class:`~turbogen.errors.UnsupportedByTurbogen` (a ``ValueError``) before anything is
+                written: turbogen works offline and never uploads. Save locally, then upload with
+                ``huggingface_hub`` (or transformers' ``GenerationConfig.push_to_hub``).
+            hub_kwargs: transformers' upload options (``repo_id``, ``commit_message``, ``token``, ...); as
+                they only configure the upload, passing any raises ``TypeError`` naming them.
 
         Returns:
             The path of the written file.
         """
+        if push_to_hub:
+            from ..errors import UnsupportedByTurbogen  # here: the config package imports nothing else of turbogen
+
+            raise UnsupportedByTurbogen(
+                "GenerationConfig.save_pretrained(push_to_hub=True): turbogen works offline and does not upload to "
+                "the Hugging Face Hub; call save_pretrained(save_directory) and upload the directory with "
+                "huggingface_hub (or transformers' GenerationConfig.push_to_hub).",
+                reason="push_to_hub",
+            )
+        if hub_kwargs:
+            raise TypeError(
+                f"save_pretrained() got Hub upload options {sorted(hub_kwargs)}, which turbogen does not support "
+                "(it never uploads); remove them"
+            )
         try:
             self.validate(strict=True)
         except ValueError as error:

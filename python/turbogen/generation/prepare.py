@@ -24,6 +24,7 @@ import torch
 
 from .. import _transformers_compat as _compat
 from ..config import GenerationConfig, GenerationMode, as_generation_config
+from ..errors import UnsupportedByTurbogen
 from ..processors.build import SamplingParams, build_logits_processor, sampler_filter_params
 from ..stopping import StoppingPlan, build_stopping_criteria
 
@@ -64,8 +65,9 @@ class PreparedCall:
         config: the effective generation config (lengths resolved).
         is_beam: beam search or beam sampling (else greedy search or multinomial sampling).
         input_ids: the prompt, ``[rows, prompt_length]``, each row repeated ``max(num_beams,
-            num_return_sequences)`` times.
-        model_kwargs: the model inputs besides ``input_ids`` and the cache, rows expanded likewise.
+            num_return_sequences)`` times; ``[rows, 0]`` for a prompt given only as ``inputs_embeds``.
+        model_kwargs: the model inputs besides ``input_ids`` and the cache (``inputs_embeds`` included), rows
+            expanded likewise; plus ``prefill_chunk_size`` for greedy search and sampling when it is set.
         tokens: the special tokens, on the prompt's device.
         processors: the logits processors, without the sampling filters when ``sampler_filters`` is set.
         sampler_filters: the temperature / top-k / top-p / min-p the sampler applies in place of the warpers,
@@ -97,8 +99,9 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
                  prefix_allowed_tokens_fn: Optional[Callable[[int, torch.Tensor], list[int]]], streamer: Any,
                  tokenizer: Any, kwargs: dict) -> PreparedCall:
     """Resolve a ``generate`` call (its arguments as :func:`turbogen.generate` documents them) in
-    transformers v4.57's order, raising ``ValueError`` for invalid, conflicting or unsupported arguments.
-    ``streamer`` only receives the prompt here."""
+    transformers v4.57's order, raising ``ValueError`` for invalid or conflicting arguments and
+    :class:`~turbogen.errors.UnsupportedByTurbogen` for what turbogen does not implement. ``streamer`` is
+    only checked here: ``generate`` sends it the prompt once nothing can be refused any more."""
     kwargs = dict(kwargs)
     negative_prompt_ids = kwargs.pop("negative_prompt_ids", None)
     negative_prompt_attention_mask = kwargs.pop("negative_prompt_attention_mask", None)
@@ -109,36 +112,48 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     _reject_unsupported_parameters(config, model_kwargs)
     mode = config.get_generation_mode()
     if mode in _UNSUPPORTED_MODES:
-        raise ValueError(f"turbogen.generate does not support {_UNSUPPORTED_MODES[mode]}.")
+        raise UnsupportedByTurbogen(f"turbogen.generate does not support {_UNSUPPORTED_MODES[mode]}.",
+                                    reason=f"generation mode {mode.value}")
     is_beam = mode in (GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
     if is_beam and streamer is not None:
-        raise ValueError("`streamer` cannot be used with beam search: set `num_beams=1`.")
+        raise UnsupportedByTurbogen("`streamer` cannot be used with beam search: set `num_beams=1`.",
+                                    reason="streamer with beam search")
     if is_beam and config.low_memory:
-        raise ValueError("`low_memory=True` (sequential beam search) is not supported.")
-    for name in ("token_healing", "prefill_chunk_size"):
+        raise UnsupportedByTurbogen("`low_memory=True` (sequential beam search) is not supported.",
+                                    reason="low_memory beam search")
+    for name in ("token_healing",):
         if getattr(config, name):
-            raise ValueError(f"`{name}` is not supported by turbogen.generate.")
+            raise UnsupportedByTurbogen(f"`{name}` is not supported by turbogen.generate.", reason=name)
     _check_model_kwargs(model, model_kwargs)
 
     tokens = _special_tokens(config, has_attention_mask=model_kwargs.get("attention_mask") is not None)
-    input_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+    embeds = model_kwargs.get("inputs_embeds")
+    if embeds is not None:
+        input_ids, model_kwargs = _embeds_prompt(model, inputs, tokens, model_kwargs)
+        # As in transformers: only a cache tells the first step (embeddings) from the next ones (ids).
+        config.use_cache = True
+    else:
+        model_kwargs.pop("inputs_embeds", None)
+        input_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
     tokens = tokens.to(input_ids.device)
-    _warn_if_right_padded(input_ids, tokens.pad)
+    if embeds is None:  # transformers does not look for right padding in embeddings
+        _warn_if_right_padded(input_ids, tokens.pad)
     prompt_ids = input_ids
     _check_seed_count(config, prompts=input_ids.shape[0])
     if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
-        model_kwargs["attention_mask"] = _infer_attention_mask(input_ids, tokens)
+        model_kwargs["attention_mask"] = (
+            _infer_attention_mask(input_ids, tokens) if input_ids.shape[1] else
+            torch.ones(embeds.shape[:2], dtype=torch.long, device=input_ids.device))
 
     expand = max(config.num_beams, config.num_return_sequences)
     if expand > 1:
         input_ids = input_ids.repeat_interleave(expand, dim=0)
         model_kwargs = {key: value.repeat_interleave(expand, dim=0) if _is_batch_tensor(key, value) else value
                         for key, value in model_kwargs.items()}
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
 
     prompt_length = input_ids.shape[1]
-    _resolve_lengths(model, config, kwargs, prompt_length)
+    _resolve_lengths(model, config, kwargs, prompt_length,
+                     embeds_length=None if embeds is None else embeds.shape[1])
 
     # The sampler applies the config's filters itself unless the filtered scores are recorded (they are the
     # warpers' output, which `output_scores` returns) or something must run after them.
@@ -167,7 +182,13 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     # A custom MaxLengthCriteria may replace the config's limit; the buffers must hold whichever applies
     # (and at least one new token, which is always generated).
     max_length = max(stopping.max_length, prompt_length + 1)
-    cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0], max_length=max_length)
+    # Embeddings without ids put their positions ahead of the sequence's, in the cache too.
+    embedded_only = 0 if embeds is None else embeds.shape[1] - prompt_length
+    cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0],
+                           max_length=max_length + embedded_only)
+    if config.prefill_chunk_size is not None and not is_beam:  # transformers' beam search ignores it
+        _check_prefill_chunking(config, cache, model_kwargs)
+        model_kwargs["prefill_chunk_size"] = config.prefill_chunk_size
     return PreparedCall(config=config, is_beam=is_beam, input_ids=input_ids, model_kwargs=model_kwargs,
                         tokens=tokens, processors=processors, sampler_filters=sampler_filters, stopping=stopping,
                         max_length=max_length, cache=cache)
@@ -182,14 +203,15 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
 def _reject_unsupported_arguments(model: Any, kwargs: dict) -> None:
     for name, feature in _UNSUPPORTED_GENERATE_ARGUMENTS.items():
         if kwargs.pop(name, None) is not None:
-            raise ValueError(f"`{name}` is not supported: turbogen.generate does not implement {feature}.")
+            raise UnsupportedByTurbogen(f"`{name}` is not supported: turbogen.generate does not implement "
+                                        f"{feature}.", reason=name)
     kwargs.pop("trust_remote_code", None)
     if kwargs.pop("synced_gpus", None):
-        raise ValueError("`synced_gpus=True` is not supported: turbogen.generate runs on a single process.")
-    if kwargs.get("inputs_embeds") is not None:
-        raise ValueError("`inputs_embeds` is not supported: pass token ids (`inputs` or `input_ids`).")
+        raise UnsupportedByTurbogen("`synced_gpus=True` is not supported: turbogen.generate runs on a single "
+                                    "process.", reason="synced_gpus")
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        raise ValueError("turbogen.generate supports decoder-only models; this `model` is an encoder-decoder.")
+        raise UnsupportedByTurbogen("turbogen.generate supports decoder-only models; this `model` is an "
+                                    "encoder-decoder.", reason="encoder-decoder model")
 
 
 def _reject_unsupported_parameters(config: GenerationConfig, model_kwargs: dict) -> None:
@@ -197,8 +219,8 @@ def _reject_unsupported_parameters(config: GenerationConfig, model_kwargs: dict)
     whether set in the config (kept there as extra attributes) or passed as arguments."""
     for name, feature in _compat.UNSUPPORTED_TRANSFORMERS_5_PARAMETERS.items():
         if getattr(config, name, None) not in (None, False) or model_kwargs.get(name) not in (None, False):
-            raise ValueError(f"`{name}` is not supported: turbogen.generate does not implement {feature} "
-                             "(a transformers 5 parameter).")
+            raise UnsupportedByTurbogen(f"`{name}` is not supported: turbogen.generate does not implement "
+                                        f"{feature} (a transformers 5 parameter).", reason=name)
         model_kwargs.pop(name, None)
 
 
@@ -220,9 +242,26 @@ def resolve_generation_config(model: Any, generation_config: Any, use_model_defa
     call kwargs > the given config's non-default values > the model's generation config > global defaults.
 
     Model defaults fill a given config only for models saved by transformers >= 4.50 (or with
-    ``use_model_defaults=True``); older ones only lend their special tokens, as in transformers. Its
-    deprecated fallback of reading generation parameters from the model's main config is not reproduced.
+    ``use_model_defaults=True``); older ones only lend their special tokens, as in transformers.
+
+    transformers v4.57's deprecated rule for generation parameters set on ``model.config`` after loading is
+    followed (see :func:`_generation_config_from_edited_model_config`): with no ``generation_config`` given,
+    such edits apply, with a ``UserWarning``, and ``model.generation_config`` is replaced by the config rebuilt
+    from ``model.config``, as transformers' ``generate`` does. (transformers 5 raises instead; turbogen keeps
+    4.57's behaviour under either.)
     """
+    if generation_config is None:
+        rebuilt = _generation_config_from_edited_model_config(model)
+        if rebuilt is not None:
+            warnings.warn(
+                "You have modified the pretrained model configuration to control generation: generation "
+                "parameters set on `model.config` apply and replace `model.generation_config`. This strategy is "
+                "deprecated (transformers 5 refuses it); set them on `model.generation_config` or pass them to "
+                "generate() instead.",
+                UserWarning,
+                stacklevel=3,
+            )
+            model.generation_config = rebuilt
     model_config = getattr(model, "generation_config", None)
     model_defaults = as_generation_config(model_config) if model_config is not None else GenerationConfig()
     if generation_config is None:
@@ -253,6 +292,33 @@ def resolve_generation_config(model: Any, generation_config: Any, use_model_defa
         if getattr(config, flag):
             model_kwargs[flag] = True
     return config, model_kwargs
+
+
+def _generation_config_from_edited_model_config(model: Any) -> Any:
+    """The generation config transformers v4.57 switches to when generation parameters were set on the model's
+    main config after loading, else ``None``.
+
+    That holds when all of these do: ``model.generation_config`` was derived from ``model.config``
+    (``_from_model_config``) and is unchanged since (its ``_original_object_hash`` still matches); ``model.config``
+    holds generation parameters (4.57's ``_get_non_default_generation_parameters``, or 5.x's
+    ``_get_generation_parameters``); and the config rebuilt from ``model.config`` (``from_model_config`` of the
+    generation config's own class) differs from ``model.generation_config``. Models without these transformers
+    attributes never qualify.
+    """
+    current = getattr(model, "generation_config", None)
+    main_config = getattr(model, "config", None)
+    if current is None or main_config is None or not getattr(current, "_from_model_config", False):
+        return None
+    original_hash = getattr(current, "_original_object_hash", None)
+    if original_hash is None or original_hash != hash(current):
+        return None  # edited (or built) by hand since it was derived: that config is the user's choice
+    find_parameters = (getattr(main_config, "_get_non_default_generation_parameters", None)
+                       or getattr(main_config, "_get_generation_parameters", None))
+    from_model_config = getattr(type(current), "from_model_config", None)
+    if find_parameters is None or from_model_config is None or not find_parameters():
+        return None
+    rebuilt = from_model_config(main_config)
+    return rebuilt if rebuilt != current else None
 
 
 def text_config(model: Any) -> Any:
@@ -350,6 +416,56 @@ def _prompt_ids(model: Any, inputs: Any, tokens: SpecialTokens, model_kwargs: di
     return ids.long(), model_kwargs
 
 
+def _embeds_prompt(model: Any, inputs: Any, tokens: SpecialTokens, model_kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """The prompt ids of a call with ``inputs_embeds`` (``[batch, E, hidden]``, kept in ``model_kwargs``): the
+    given ids, which must be the ``E`` embedded ones, else ``[batch, 0]`` (the output then holds only the new
+    tokens, as in transformers). An ``attention_mask`` covers the ``E`` positions."""
+    embeds = model_kwargs["inputs_embeds"]
+    prepare = getattr(model, "prepare_inputs_for_generation", None)
+    if prepare is None or "inputs_embeds" not in inspect.signature(prepare).parameters:
+        raise ValueError(f"You passed `inputs_embeds` to generate(), but {type(model).__name__} does not forward "
+                         "them in `prepare_inputs_for_generation`.")
+    if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or not embeds.is_floating_point():
+        shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+        raise ValueError(f"`inputs_embeds` must be a floating-point tensor [batch, length, hidden], got {shape}")
+    if embeds.shape[0] == 0 or embeds.shape[1] == 0:
+        raise ValueError(f"`inputs_embeds` is empty (shape {tuple(embeds.shape)}): give at least one position.")
+    if inputs is not None or model_kwargs.get("input_ids") is not None:
+        input_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+        if input_ids.shape != embeds.shape[:2]:
+            raise UnsupportedByTurbogen(
+                f"`inputs_embeds` {tuple(embeds.shape[:2])} and the prompt ids {tuple(input_ids.shape)} cover "
+                "different positions: with both, the ids must be the embedded ones.",
+                reason="inputs_embeds with input_ids of another shape")
+        return input_ids, model_kwargs
+    model_kwargs.pop("input_ids", None)
+    mask = model_kwargs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != embeds.shape[:2]):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"`attention_mask` must be a tensor of shape {tuple(embeds.shape[:2])} (that of "
+                         f"`inputs_embeds` without its hidden size), got {shape}")
+    return torch.empty(embeds.shape[0], 0, dtype=torch.long, device=embeds.device), model_kwargs
+
+
+def _check_prefill_chunking(config: GenerationConfig, cache: Any, model_kwargs: dict) -> None:
+    """``prefill_chunk_size`` needs a positive size and a cache (transformers' rules); with ``inputs_embeds``, or
+    a cache that already holds positions, transformers' chunking does not do what its unchunked prefill does, so
+    turbogen refuses both."""
+    size = config.prefill_chunk_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"`prefill_chunk_size` must be a positive int, got {size!r}")
+    if cache is None:
+        raise ValueError("Cannot use prefill chunking without a cache: `prefill_chunk_size` needs `use_cache=True`.")
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise UnsupportedByTurbogen("`prefill_chunk_size` with `inputs_embeds` is not supported.",
+                                    reason="prefill_chunk_size with inputs_embeds")
+    # transformers 4.57 chunks from position 0 even when the cache already holds the prompt's start.
+    if int(cache.get_seq_length()) > 0:
+        raise UnsupportedByTurbogen("`prefill_chunk_size` with a `past_key_values` that already holds "
+                                    "positions is not supported.",
+                                    reason="prefill_chunk_size with a filled past_key_values")
+
+
 def _pad_token_lists(rows: Any, pad: Optional[torch.Tensor], name: str, device: torch.device):
     """Left-pad a list of token-id lists into ``(input_ids, attention_mask)``."""
     try:
@@ -397,8 +513,12 @@ def _is_batch_tensor(key: str, value: Any) -> bool:
     return isinstance(value, torch.Tensor) and key != "cache_position" and value.dim() > 0
 
 
-def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, prompt_length: int) -> None:
-    """Fix ``max_length``/``min_length`` as transformers v4.57 does, and check them."""
+def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, prompt_length: int,
+                     embeds_length: Optional[int] = None) -> None:
+    """Fix ``max_length``/``min_length`` as transformers v4.57 does, and check them. ``embeds_length``: the
+    positions of ``inputs_embeds``; when they are not the prompt's ids' (embeddings only), ``max_length`` and
+    ``min_length`` count them and are corrected to count new tokens (``*_new_tokens`` already do)."""
+    embeds_only = embeds_length is not None and embeds_length != prompt_length
     default_max_length = call_kwargs.get("max_length") is None and config.max_length is not None
     default_min_length = call_kwargs.get("min_length") is None and config.min_length is not None
     if config.max_new_tokens is not None:
@@ -406,6 +526,8 @@ def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, pr
             logger.warning("Both `max_new_tokens` (=%s) and `max_length` (=%s) are set; `max_new_tokens` takes "
                            "precedence.", config.max_new_tokens, config.max_length)
         config.max_length = config.max_new_tokens + prompt_length
+    elif embeds_only:
+        config.max_length -= embeds_length
     elif default_max_length and config.max_length == GenerationConfig().max_length:
         config.max_length = config.max_length + prompt_length
         max_positions = getattr(text_config(model), "max_position_embeddings", None)
@@ -416,6 +538,8 @@ def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, pr
             logger.warning("Both `min_new_tokens` (=%s) and `min_length` (=%s) are set; `min_new_tokens` takes "
                            "precedence.", config.min_new_tokens, config.min_length)
         config.min_length = config.min_new_tokens + prompt_length
+    elif embeds_only:
+        config.min_length = max(config.min_length - embeds_length, 0)
 
     # As in transformers, this runs after the resolution above, so it only fires when the default 20 survived.
     if default_max_length and config.max_new_tokens is None and config.max_length == 20:
@@ -435,8 +559,9 @@ def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, pr
 
 def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, rows: int, max_length: int) -> Any:
     """The KV cache for this call: the user's ``past_key_values``, else a fresh one per ``cache_implementation``
-    (:func:`turbogen.cache.make_cache`: transformers' ``DynamicCache`` by default, turbogen's static cache for
-    ``"static"``), or ``None`` when ``use_cache=False`` or the model manages its own cache."""
+    and ``cache_config`` (:func:`turbogen.cache.make_cache`: the cache transformers 4.57 builds for that name,
+    turbogen's static cache for ``"static"``; ``rows`` rows and ``max_length - 1`` positions, as transformers),
+    or ``None`` when ``use_cache=False`` or the model manages its own cache."""
     user_cache = model_kwargs.pop("past_key_values", None)
     if user_cache is not None:
         if config.cache_implementation is not None:
@@ -452,4 +577,5 @@ def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, row
     from ..cache import make_cache
 
     # The last generated token is never fed back, hence one position less than the longest sequence.
-    return make_cache(config.cache_implementation, model, batch_size=rows, max_cache_len=max_length - 1)
+    return make_cache(config.cache_implementation, model, batch_size=rows, max_cache_len=max_length - 1,
+                      cache_config=config.cache_config)

@@ -23,6 +23,7 @@ import torch
 
 from .. import _transformers_compat as _compat
 from ..cache.static import reorder_rows_
+from ..errors import UnsupportedByTurbogen
 from .prepare import accepts, forward_parameters
 from .record import Record
 
@@ -67,11 +68,21 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
                 max_length: int, record: Record) -> ModelRunner:
     """The runner for ``model``: :class:`DirectRunner` for models using transformers' generic input
     preparation, else :class:`PreparedRunner`. ``input_ids`` is the prompt, ``max_length`` the longest
-    sequence the runner will be fed (prompt included)."""
+    sequence the runner will be fed (prompt included).
+
+    Besides model inputs, ``model_kwargs`` may hold ``inputs_embeds`` (fed in place of the prompt's ids at the
+    prefill: see :class:`DirectRunner`) and ``prefill_chunk_size`` (a generation option, not a model input:
+    the prefill runs in chunks of that many positions); :class:`PreparedRunner` refuses both with
+    :class:`~turbogen.errors.UnsupportedByTurbogen`."""
     from transformers.generation.utils import GenerationMixin
 
     own_preparation = getattr(type(model), "prepare_inputs_for_generation", None)
     if own_preparation is not None and own_preparation is not GenerationMixin.prepare_inputs_for_generation:
+        for name in ("inputs_embeds", "prefill_chunk_size"):
+            if model_kwargs.get(name) is not None:
+                raise UnsupportedByTurbogen(
+                    f"`{name}` is not supported for models with their own `prepare_inputs_for_generation` "
+                    f"({type(model).__name__}).", reason=f"{name} with a model's own input preparation")
         return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
     return DirectRunner(model, input_ids, model_kwargs, cache, use_cache, max_length, record)
 
@@ -176,10 +187,25 @@ def _mask_is_redundant(prompt_mask: torch.Tensor, cache: Any) -> bool:
 
 class DirectRunner:
     """Calls the model exactly as transformers' generic ``prepare_inputs_for_generation`` would, from
-    tables built once: the attention mask is a ``[rows, max_length]`` buffer (prompt mask, then ones) sliced
+    tables built once: the attention mask is a ``[rows, width]`` buffer (prompt mask, then ones) sliced
     per call, positions are ``cumsum(mask) - 1`` (1 on padding) precomputed for every position, and the cache
     position is a slice of one ``arange``. Without a cache (``use_cache=False``) every call re-runs the whole
-    sequence, which the runner keeps."""
+    sequence, which the runner keeps.
+
+    transformers 4.57's input rules, reproduced:
+
+    * ``inputs_embeds`` (``[rows, E, hidden]``): the prefill feeds them in place of the prompt's ids (the
+      prompt is then empty, or the ``E`` ids they embed); the model's positions run ``E - prompt_length`` ahead
+      of the sequence's (``fed_length``, :meth:`crop` and the returned sequences count sequence positions only).
+      As in transformers, with ``E == 1`` every decoding step feeds the embeddings again instead of the token.
+      A cache is required.
+    * user ``position_ids`` (``[rows or 1, E]``): used for the prompt; transformers 4.57 does not extend them,
+      so every decoding step gets the last prompt position again. A cache is required.
+    * ``prefill_chunk_size``: the prompt but its last position is fed in chunks of that many positions, whose
+      position ids are the cache positions (the attention mask notwithstanding) and whose outputs are not
+      recorded; the last position is then fed as a decoding step would. A cache is required; with a
+      ``past_key_values`` already holding positions it is refused.
+    """
 
     def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
                  max_length: int, record: Record):
@@ -196,8 +222,21 @@ class DirectRunner:
         kwargs = dict(model_kwargs)
         prompt_mask = kwargs.pop("attention_mask", None)
         token_type_ids = kwargs.pop("token_type_ids", None)
-        if kwargs.pop("position_ids", None) is not None:
-            raise ValueError("`position_ids` cannot be passed: generate derives them from `attention_mask`.")
+        user_positions = kwargs.pop("position_ids", None)
+        self._embeds = kwargs.pop("inputs_embeds", None)
+        self._chunk_size = kwargs.pop("prefill_chunk_size", None)
+        # Model positions run this far ahead of sequence positions (the embedded prompt has no ids).
+        self._offset = 0 if self._embeds is None else self._embeds.shape[1] - prompt_length
+        if self._offset < 0:
+            raise ValueError(f"`inputs_embeds` covers {self._embeds.shape[1]} positions, fewer than the "
+                             f"{prompt_length} of `input_ids`")
+        model_prompt_length = prompt_length + self._offset
+        width = max_length + self._offset  # model positions
+        self._width = width
+        if cache is None and (self._embeds is not None or user_positions is not None or self._chunk_size):
+            which = ("`inputs_embeds`" if self._embeds is not None
+                     else "`position_ids`" if user_positions is not None else "`prefill_chunk_size`")
+            raise ValueError(f"{which} needs a KV cache (`use_cache=True`)")
         self._constant_kwargs = {"use_cache": self.use_cache, **kwargs}
         # Only the positions whose logits are used are computed, when the model allows choosing them.
         self._keeps_logits = "logits_to_keep" in parameters and "logits_to_keep" not in kwargs
@@ -206,12 +245,17 @@ class DirectRunner:
 
         self._mask = None
         if prompt_mask is not None:
-            self._mask = torch.ones(rows, max_length, dtype=prompt_mask.dtype, device=device)
-            self._mask[:, :prompt_length] = prompt_mask
-        self._positions = None  # [rows, max_length]
-        self._positions_by_step = None  # [max_length, rows, 1]: contiguous per-step slices
-        if "position_ids" in parameters and self._mask is not None:
+            self._mask = torch.ones(rows, width, dtype=prompt_mask.dtype, device=device)
+            self._mask[:, :model_prompt_length] = prompt_mask
+        self._positions = None  # [rows, width]
+        self._positions_by_step = None  # [width, rows, 1]: contiguous per-step slices
+        self._accepts_positions = "position_ids" in parameters
+        positions = None
+        if user_positions is not None:
+            positions = self._user_position_table(user_positions, rows, model_prompt_length, width)
+        elif self._accepts_positions and self._mask is not None:
             positions = _compat.position_ids_from_attention_mask(self._mask)
+        if positions is not None:
             self._positions = positions
             self._positions_by_step = positions.t().contiguous().unsqueeze(-1)
         if self._mask is not None and _mask_is_redundant(prompt_mask, cache):
@@ -219,23 +263,42 @@ class DirectRunner:
         self._token_types = None
         if token_type_ids is not None:
             self._token_types = torch.cat(
-                [token_type_ids, token_type_ids[:, -1:].expand(rows, max_length - prompt_length)], dim=1)
-        self._cache_positions = torch.arange(max_length, device=device) if "cache_position" in parameters else None
+                [token_type_ids, token_type_ids[:, -1:].expand(rows, width - token_type_ids.shape[1])], dim=1)
+        self._cache_positions = torch.arange(width, device=device) if "cache_position" in parameters else None
         # Without a cache every call re-runs the whole sequence, which this copy tracks.
         self._all_ids = None if self.use_cache else input_ids
 
-    def _call(self, input_ids: torch.Tensor, start: int, end: int, logits_positions: int = 1) -> torch.Tensor:
-        """Run the model on positions ``[start, end)`` of the sequences, ``input_ids`` holding exactly those;
-        the logits of the last ``logits_positions`` positions."""
-        if end > self.max_length:
-            raise ValueError(f"cannot feed position {end - 1}: this runner was built for sequences of at most "
-                             f"{self.max_length} tokens")
+    @staticmethod
+    def _user_position_table(positions: Any, rows: int, prompt_length: int, width: int) -> torch.Tensor:
+        """``[rows, width]`` positions from the user's prompt ``position_ids``: transformers 4.57 slices the
+        last positions of the given tensor at every step and never extends it, so each decoding step reuses
+        the last prompt position."""
+        if not isinstance(positions, torch.Tensor) or positions.dim() != 2:
+            shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
+            raise ValueError(f"`position_ids` must be a tensor [batch, prompt_length], got {shape}")
+        if positions.shape[1] != prompt_length or positions.shape[0] not in (1, rows):
+            raise ValueError(f"`position_ids` must have shape [batch, {prompt_length}] (one position per prompt "
+                             f"position), got {tuple(positions.shape)}")
+        positions = positions.long().expand(rows, prompt_length)
+        return torch.cat([positions, positions[:, -1:].expand(rows, width - prompt_length)], dim=1).contiguous()
+
+    def _call(self, input_ids: Optional[torch.Tensor], start: int, end: int, logits_positions: int = 1, *,
+              inputs_embeds: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+              record: bool = True) -> torch.Tensor:
+        """Run the model on model positions ``[start, end)`` (sequence positions plus the embeddings' offset),
+        ``input_ids`` (or ``inputs_embeds``) holding exactly those; the logits of the last ``logits_positions``
+        positions. ``position_ids`` replaces the table's; ``record=False`` keeps the outputs unrecorded."""
+        if end > self._width:
+            raise ValueError(f"cannot feed position {end - 1 - self._offset}: this runner was built for "
+                             f"sequences of at most {self.max_length} tokens")
         kwargs = dict(self._constant_kwargs)
         if self._keeps_logits and logits_positions != 1:
             kwargs["logits_to_keep"] = logits_positions
         if self._mask is not None:
             kwargs["attention_mask"] = self._mask[:, :end]
-        if self._positions is not None:
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        elif self._positions is not None:
             kwargs["position_ids"] = (self._positions_by_step[start] if end - start == 1
                                       else self._positions[:, start:end].contiguous())
         if self._token_types is not None:
@@ -244,21 +307,47 @@ class DirectRunner:
             kwargs["cache_position"] = self._cache_positions[start:end]
         if self.past_key_values is not None:
             kwargs["past_key_values"] = self.past_key_values
-        outputs = self.model(input_ids=input_ids, return_dict=True, **kwargs)
+        if inputs_embeds is not None:
+            outputs = self.model(inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+        else:
+            outputs = self.model(input_ids=input_ids, return_dict=True, **kwargs)
         if self.use_cache:  # the model may have created the cache itself
             self.past_key_values = getattr(outputs, "past_key_values", self.past_key_values)
-        self.record.model_outputs(outputs)
-        self.fed_length = end
+        if record:
+            self.record.model_outputs(outputs)
+        self.fed_length = end - self._offset
         return _last_logits(outputs, logits_positions)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        end = input_ids.shape[1] + self._offset  # model positions
         cached = 0 if self.past_key_values is None else int(self.past_key_values.get_seq_length())
-        if cached >= input_ids.shape[1]:
+        if cached >= end:
             raise ValueError(f"`past_key_values` already holds {cached} positions, as many as the prompt's "
-                             f"{input_ids.shape[1]}: nothing is left to feed the model.")
-        return self._call(input_ids[:, cached:], cached, input_ids.shape[1])
+                             f"{end}: nothing is left to feed the model.")
+        # transformers feeds the embeddings when the prompt has no ids, else only when nothing is cached.
+        if self._embeds is not None and (input_ids.shape[1] == 0 or cached == 0):
+            return self._call(None, cached, end, inputs_embeds=self._embeds[:, cached:])
+        if self._chunk_size:  # prepare_call refused a cache that already held positions
+            self._prefill_chunks(input_ids[:, :-1])
+            cached = end - 1
+        return self._call(input_ids[:, cached - self._offset:], cached, end)
+
+    def _prefill_chunks(self, input_ids: torch.Tensor) -> None:
+        """Fill the cache with ``input_ids`` (model positions ``0 ...``), ``prefill_chunk_size`` positions per
+        call, unrecorded; as in transformers, the position ids of a chunk are its cache positions."""
+        length = input_ids.shape[1]
+        for start in range(0, length, int(self._chunk_size)):
+            end = min(start + int(self._chunk_size), length)
+            positions = None
+            if self._accepts_positions:
+                positions = torch.arange(start, end, device=input_ids.device).unsqueeze(0)
+            self._call(input_ids[:, start:end], start, end, position_ids=positions, record=False)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._embeds is not None and self._embeds.shape[1] == 1:
+            # transformers 4.57 keeps feeding one-position embeddings, which match the one new position.
+            start = self.fed_length + self._offset
+            return self._call(None, start, start + 1, inputs_embeds=self._embeds)
         return self._feed(tokens[:, None])
 
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -268,7 +357,8 @@ class DirectRunner:
         return logits if tokens.shape[1] != 1 else logits[:, None, :]
 
     def _feed(self, tokens: torch.Tensor, logits_positions: int = 1) -> torch.Tensor:
-        start, end = self.fed_length, self.fed_length + tokens.shape[1]
+        start = self.fed_length + self._offset
+        end = start + tokens.shape[1]
         if self._all_ids is not None:
             self._all_ids = torch.cat([self._all_ids, tokens], dim=1)
             return self._call(self._all_ids, 0, end, logits_positions)
@@ -290,7 +380,7 @@ class DirectRunner:
             if not self.can_crop:
                 raise ValueError("this cache cannot be cropped (a sliding-window layer forgets what leaves its "
                                  "window)")
-            _compat.crop_cache(self.past_key_values, length)
+            _compat.crop_cache(self.past_key_values, length + self._offset)
         elif self._all_ids is not None:
             self._all_ids = self._all_ids[:, :length]
         self.fed_length = min(self.fed_length, length)

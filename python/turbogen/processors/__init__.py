@@ -28,7 +28,7 @@ from .constraints import (
     SuppressTokensLogitsProcessor,
 )
 from .fusion import SamplingParams, split_fusable_sampling_tail
-from .guidance import UnbatchedClassifierFreeGuidanceLogitsProcessor
+from .guidance import ClassifierFreeGuidanceLogitsProcessor, UnbatchedClassifierFreeGuidanceLogitsProcessor
 from .ngram_stages import EncoderNoRepeatNGramStage, NoRepeatNGramStage
 from .penalty_stages import PenaltyStage
 from .penalties import (
@@ -54,6 +54,7 @@ from .watermark import WatermarkLogitsProcessor
 
 __all__ = [
     "ArgumentTypeError",
+    "ClassifierFreeGuidanceLogitsProcessor",
     "EncoderNoRepeatNGramLogitsProcessor",
     "EncoderRepetitionPenaltyLogitsProcessor",
     "EpsilonLogitsWarper",

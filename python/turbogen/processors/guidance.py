@@ -1,5 +1,7 @@
-"""Classifier-free guidance that runs the unconditional branch itself (transformers v4.57's
-``UnbatchedClassifierFreeGuidanceLogitsProcessor``)."""
+"""Classifier-free guidance, as transformers v4.57's two processors: one that runs the unconditional branch itself
+(``UnbatchedClassifierFreeGuidanceLogitsProcessor``, what ``generate`` uses for ``guidance_scale``, for any batch
+size), and one that reads both branches from a doubled batch of scores (``ClassifierFreeGuidanceLogitsProcessor``,
+for models whose forward pass already stacks the unconditional rows after the conditional ones)."""
 
 from __future__ import annotations
 
@@ -101,6 +103,39 @@ class UnbatchedClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
                 f"{tuple(scores.shape)}: `unconditional_ids` needs one row per row of `scores`"
             )
         return functional.classifier_free_guidance(scores, unconditional, self.guidance_scale)
+
+
+class ClassifierFreeGuidanceLogitsProcessor(LogitsProcessor):
+    """Classifier-free guidance (https://huggingface.co/papers/2306.17806) over a doubled batch.
+
+    ``scores`` has ``2 * batch`` rows for ``batch`` rows of ``input_ids``: rows ``[0, batch)`` are the
+    conditional logits, rows ``[batch, 2 * batch)`` the unconditional ones of the same sequences. Returns the
+    ``[batch, vocab]`` guided scores ``u + guidance_scale * (c - u)``, on the raw scores (no log-softmax, unlike
+    :class:`UnbatchedClassifierFreeGuidanceLogitsProcessor`). ``generate`` never adds it by itself: the model
+    must produce the doubled batch (e.g. MusicGen-style models).
+
+    Args:
+        guidance_scale: strictly greater than 1 (``ValueError`` otherwise, as in transformers).
+    """
+
+    def __init__(self, guidance_scale: float):
+        guidance_scale = check_real(guidance_scale, "guidance_scale")
+        if not guidance_scale > 1:
+            raise ValueError("Require guidance scale >1 to use the classifier free guidance processor, got guidance "
+                             f"scale {guidance_scale}.")
+        self.guidance_scale = guidance_scale
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        check_scores(scores)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("`input_ids` has to be a [batch, length] tensor")
+        if scores.shape[0] != 2 * input_ids.shape[0]:
+            raise ValueError(
+                "`scores` must have twice the rows of `input_ids` (the conditional rows, then the unconditional "
+                f"ones), but has {scores.shape[0]} rows for {input_ids.shape[0]} rows of input ids"
+            )
+        conditional, unconditional = scores.split(input_ids.shape[0], dim=0)
+        return unconditional + (conditional - unconditional) * self.guidance_scale
 
 
 def _broadcast_shape(*shapes) -> Optional[torch.Size]:
