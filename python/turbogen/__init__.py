@@ -10,7 +10,8 @@ from .config import CompileConfig, GenerationConfig, GenerationMode, Watermarkin
 from .errors import TurbogenFallbackWarning, UnsupportedByTurbogen
 from .generate import compute_transition_scores, generate
 from .generation.batch_state import NonFiniteScoresError
-from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
+                      GenerateEncoderDecoderOutput)
 from .patching import is_patched, patch, unpatch
 from .stopping import (ConfidenceCriteria, EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
                        StoppingCriteriaList, StopStringCriteria, validate_stopping_criteria)
@@ -25,7 +26,9 @@ __all__ = [
     "ConfidenceCriteria",
     "EosTokenCriteria",
     "GenerateBeamDecoderOnlyOutput",
+    "GenerateBeamEncoderDecoderOutput",
     "GenerateDecoderOnlyOutput",
+    "GenerateEncoderDecoderOutput",
     "GenerationConfig",
     "GenerationMode",
     "MaxLengthCriteria",

@@ -1,4 +1,5 @@
-"""``turbogen.generate``: transformers v4.57's ``generate()`` for decoder-only causal LMs, built for speed.
+"""``turbogen.generate``: transformers v4.57's ``generate()`` for decoder-only causal LMs and text encoder-decoder
+models (T5, BART, ...), built for speed.
 
 What is reproduced exactly (same tokens as transformers for greedy search and beam search, same scores):
 the resolution of the generation config (call arguments over a given config over the model's defaults over
@@ -17,10 +18,22 @@ it, the "all rows finished" flag is read ``FINISH_CHECK_LAG`` steps late (per de
 steps are discarded, leaving results identical. Only the last position's logits are computed when the
 model supports ``logits_to_keep``.
 
-KV cache: transformers' ``DynamicCache`` by default; ``cache_implementation="static"`` builds turbogen's
+Encoder-decoder models (``model.config.is_encoder_decoder``, encoder reading ``input_ids``): the encoder runs once
+(unless ``encoder_outputs`` are given), on the prompt and its attention mask (inferred from padding when not
+given, as 4.57 does); generation then runs on the decoder, whose prompt is ``decoder_input_ids`` with
+``decoder_start_token_id`` (an int, or one per prompt) put in front unless every row starts with it, else that
+start token; the output's sequences are the decoder's. Every decoder call goes through the model's own
+``prepare_inputs_for_generation`` (encoder outputs, encoder mask, ``decoder_*`` inputs), over an
+``EncoderDecoderCache`` (``DynamicCache`` pairs, or transformers' ``StaticCache`` pairs for
+``cache_implementation="static"``); ``encoder_repetition_penalty`` / ``encoder_no_repeat_ngram_size`` read the
+encoder's input ids. Not supported (``UnsupportedByTurbogen``): encoders reading other inputs
+(``input_features``, ``pixel_values``), ``inputs_embeds`` / ``decoder_inputs_embeds``, ``past_key_values``,
+``prefill_chunk_size``, other cache kinds.
+
+KV cache (decoder-only): transformers' ``DynamicCache`` by default; ``cache_implementation="static"`` builds turbogen's
 :class:`~turbogen.cache.StaticKVCache` for ``batch * max(num_beams, num_return_sequences)`` rows and
-``max_length - 1`` positions (the last token is never fed back), written in place by ``cache_position``; other
-names raise ``ValueError``. Results are those of the dynamic cache. The static cache exists for
+``max_length - 1`` positions (the last token is never fed back), written in place by ``cache_position``; the
+other names of transformers 4.57 build transformers' own caches as it does (:func:`turbogen.cache.make_cache`). Results are those of the dynamic cache. The static cache exists for
 ``torch.compile`` and CUDA graphs: run eagerly, transformers' models rebuild an explicit mask over every
 cache slot at each step, which costs more than the dynamic cache's growth.
 
@@ -49,7 +62,8 @@ from .generation.prepare import PreparedCall, prepare_call
 from .generation.record import Record
 from .generation.runner import ModelRunner, make_runner
 from .generation.transition_scores import compute_transition_scores
-from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
+                      GenerateEncoderDecoderOutput)
 
 __all__ = ["FINISH_CHECK_LAG", "compute_transition_scores", "generate"]
 
@@ -65,11 +79,13 @@ def generate(
     tokenizer: Any = None,
     **kwargs: Any,
 ):
-    """Generate token sequences with a decoder-only causal LM, like transformers' ``model.generate``.
+    """Generate token sequences with a decoder-only causal LM or an encoder-decoder model, like transformers'
+    ``model.generate``.
 
     Args:
-        model: a transformers causal LM (Llama, GPT-2, Qwen2, Mistral, ...), or any module with the same
-            ``forward`` keyword interface and a ``config``.
+        model: a transformers causal LM (Llama, GPT-2, Qwen2, Mistral, ...) or text encoder-decoder (T5, BART,
+            ...: see "Encoder-decoder models" in the module docstring), or any module with the same ``forward``
+            keyword interface and a ``config``.
         inputs: the prompt, ``LongTensor [batch, length]`` (left-padded when rows differ in length), or a list
             of token-id lists, which are left-padded with ``pad_token_id``. ``None``: ``input_ids=`` from
             ``kwargs``, else a single ``bos_token_id``.
@@ -92,21 +108,24 @@ def generate(
             plus ``use_model_defaults``.
 
     Returns:
-        ``LongTensor [batch * num_return_sequences, length]`` (prompt included), or with
-        ``return_dict_in_generate=True`` a :class:`~turbogen.outputs.GenerateDecoderOnlyOutput` (greedy,
-        sampling) or :class:`~turbogen.outputs.GenerateBeamDecoderOnlyOutput` (beam methods).
+        ``LongTensor [batch * num_return_sequences, length]`` (prompt included; an encoder-decoder's decoder
+        sequences), or with ``return_dict_in_generate=True`` a :class:`~turbogen.outputs.GenerateDecoderOnlyOutput`
+        (greedy, sampling) or :class:`~turbogen.outputs.GenerateBeamDecoderOnlyOutput` (beam methods); for an
+        encoder-decoder, :class:`~turbogen.outputs.GenerateEncoderDecoderOutput` or
+        :class:`~turbogen.outputs.GenerateBeamEncoderDecoderOutput` (with encoder, decoder and cross attentions
+        and hidden states when asked for).
 
     Raises:
         ValueError: for invalid or conflicting arguments, naming them.
         turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (assisted,
-            contrastive, group beam, constrained beam, DoLa, encoder-decoder models, ...); a model patched with
-            :func:`turbogen.patch` runs those with its original ``generate`` instead.
+            contrastive, group beam, constrained beam, DoLa, the encoder-decoder cases listed above, ...); a
+            model patched with :func:`turbogen.patch` runs those with its original ``generate`` instead.
         turbogen.NonFiniteScoresError: (a ``RuntimeError``) when sampling meets scores it cannot sample from.
     """
     with torch.no_grad():
         call = prepare_call(model, inputs, generation_config, logits_processor, stopping_criteria,
                             prefix_allowed_tokens_fn, streamer, tokenizer, kwargs)
-        record = Record(call.config)
+        record = Record(call.config, encoder_decoder=call.encoder_outputs is not None)
         runner = make_runner(model, call.input_ids, call.model_kwargs, call.cache, call.config.use_cache,
                              call.max_length, record)
         # Only now, when nothing can be refused any more (a patched model falls back on a refusal, and its
@@ -133,6 +152,14 @@ def _greedy_or_sample(call: PreparedCall, runner: ModelRunner, record: Record, s
                                      call.tokens.pad, call.max_length, streamer, deferrable)
     if not config.return_dict_in_generate:
         return sequences
+    if call.encoder_outputs is not None:
+        return GenerateEncoderDecoderOutput(
+            sequences=sequences,
+            scores=record.collected_scores,
+            logits=record.collected_logits,
+            **_encoder_decoder_fields(call, record),
+            past_key_values=runner.past_key_values,
+        )
     return GenerateDecoderOnlyOutput(
         sequences=sequences,
         scores=record.collected_scores,
@@ -150,6 +177,16 @@ def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):
     sequences, sequence_scores, beam_indices = state.result(config.num_return_sequences)
     if not config.return_dict_in_generate:
         return sequences
+    if call.encoder_outputs is not None:
+        return GenerateBeamEncoderDecoderOutput(
+            sequences=sequences,
+            sequences_scores=sequence_scores if config.output_scores else None,
+            scores=record.collected_scores,
+            logits=record.collected_logits,
+            beam_indices=beam_indices,
+            **_encoder_decoder_fields(call, record),
+            past_key_values=runner.past_key_values,
+        )
     return GenerateBeamDecoderOnlyOutput(
         sequences=sequences,
         sequences_scores=sequence_scores if config.output_scores else None,
@@ -160,3 +197,15 @@ def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):
         hidden_states=record.hidden_states,
         past_key_values=runner.past_key_values,
     )
+
+
+def _encoder_decoder_fields(call: PreparedCall, record: Record) -> dict:
+    """The encoder's and decoder's attentions and hidden states of an encoder-decoder output."""
+    encoder = call.encoder_outputs
+    return {
+        "encoder_attentions": encoder.get("attentions") if record.wants_attentions else None,
+        "encoder_hidden_states": encoder.get("hidden_states") if record.wants_hidden_states else None,
+        "decoder_attentions": record.attentions,
+        "cross_attentions": record.cross_attentions,
+        "decoder_hidden_states": record.hidden_states,
+    }

@@ -1,7 +1,8 @@
 """Structured results of :func:`turbogen.generate` (returned when ``return_dict_in_generate=True``).
 
 The classes and field names are those of transformers v4.57 (``GenerateDecoderOnlyOutput``,
-``GenerateBeamDecoderOnlyOutput``), and they behave like its ``ModelOutput``: fields are attributes, the
+``GenerateBeamDecoderOnlyOutput``, and for encoder-decoder models ``GenerateEncoderDecoderOutput``,
+``GenerateBeamEncoderDecoderOutput``), and they behave like its ``ModelOutput``: fields are attributes, the
 fields that are set (not ``None``) are also reachable as ``output["name"]`` and, in order, as ``output[i]``,
 and ``keys()``/``items()``/``to_tuple()`` list only the fields that are set.
 
@@ -101,14 +102,69 @@ class _StandaloneGenerateBeamDecoderOnlyOutput(_GenerateOutputBase):
     past_key_values: Optional[Any] = None
 
 
-def _transformers_output_classes() -> Optional[tuple[type, type]]:
-    """transformers' two decoder-only output classes, or ``None`` when transformers cannot be imported."""
+@dataclasses.dataclass
+class _StandaloneGenerateEncoderDecoderOutput(_GenerateOutputBase):
+    """Result of greedy decoding or multinomial sampling with an encoder-decoder model.
+
+    Attributes:
+        sequences: the decoder's sequences, ``LongTensor [batch_size * num_return_sequences, sequence_length]``,
+            the decoder's prompt (its start token at least) included.
+        scores, logits: as in :class:`GenerateDecoderOnlyOutput`.
+        encoder_attentions: the encoder's per-layer attentions (computed once, rows not expanded);
+            ``output_attentions=True``.
+        encoder_hidden_states: the encoder's per-layer hidden states, likewise; ``output_hidden_states=True``.
+        decoder_attentions: per generated token, the decoder's per-layer self-attention tuple.
+        cross_attentions: per generated token, the decoder's per-layer cross-attention tuple.
+        decoder_hidden_states: per generated token, the decoder's per-layer hidden-state tuple.
+        past_key_values: the model's cache after generation (``use_cache=True``).
+    """
+
+    sequences: torch.LongTensor
+    scores: Optional[tuple[torch.FloatTensor, ...]] = None
+    logits: Optional[tuple[torch.FloatTensor, ...]] = None
+    encoder_attentions: Optional[tuple[torch.FloatTensor, ...]] = None
+    encoder_hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+    decoder_attentions: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    cross_attentions: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    decoder_hidden_states: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    past_key_values: Optional[Any] = None
+
+
+@dataclasses.dataclass
+class _StandaloneGenerateBeamEncoderDecoderOutput(_GenerateOutputBase):
+    """Result of beam search (or beam-search multinomial sampling) with an encoder-decoder model.
+
+    Attributes:
+        sequences, sequences_scores, scores, logits, beam_indices: as in :class:`GenerateBeamDecoderOnlyOutput`
+            (``sequences`` are the decoder's).
+        encoder_attentions, encoder_hidden_states, decoder_attentions, cross_attentions, decoder_hidden_states,
+            past_key_values: as in :class:`GenerateEncoderDecoderOutput`.
+    """
+
+    sequences: torch.LongTensor
+    sequences_scores: Optional[torch.FloatTensor] = None
+    scores: Optional[tuple[torch.FloatTensor, ...]] = None
+    logits: Optional[tuple[torch.FloatTensor, ...]] = None
+    beam_indices: Optional[torch.LongTensor] = None
+    encoder_attentions: Optional[tuple[torch.FloatTensor, ...]] = None
+    encoder_hidden_states: Optional[tuple[torch.FloatTensor, ...]] = None
+    decoder_attentions: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    cross_attentions: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    decoder_hidden_states: Optional[tuple[tuple[torch.FloatTensor, ...], ...]] = None
+    past_key_values: Optional[Any] = None
+
+
+def _transformers_output_classes() -> Optional[tuple[type, type, type, type]]:
+    """transformers' decoder-only then encoder-decoder output classes (plain, beam), or ``None`` when
+    transformers cannot be imported."""
     try:
         from transformers.generation.utils import (GenerateBeamDecoderOnlyOutput as _HFBeamOutput,
-                                                   GenerateDecoderOnlyOutput as _HFOutput)
+                                                   GenerateBeamEncoderDecoderOutput as _HFBeamEncoderDecoderOutput,
+                                                   GenerateDecoderOnlyOutput as _HFOutput,
+                                                   GenerateEncoderDecoderOutput as _HFEncoderDecoderOutput)
     except ImportError:
         return None
-    return _HFOutput, _HFBeamOutput
+    return _HFOutput, _HFBeamOutput, _HFEncoderDecoderOutput, _HFBeamEncoderDecoderOutput
 
 
 _TRANSFORMERS_CLASSES = _transformers_output_classes()
@@ -116,6 +172,8 @@ _TRANSFORMERS_CLASSES = _transformers_output_classes()
 if _TRANSFORMERS_CLASSES is None:
     GenerateDecoderOnlyOutput = _StandaloneGenerateDecoderOnlyOutput
     GenerateBeamDecoderOnlyOutput = _StandaloneGenerateBeamDecoderOnlyOutput
+    GenerateEncoderDecoderOutput = _StandaloneGenerateEncoderDecoderOutput
+    GenerateBeamEncoderDecoderOutput = _StandaloneGenerateBeamEncoderDecoderOutput
 else:
     # ModelOutput requires its subclasses to be dataclasses; no field is added, so the fields, their order
     # and the mapping behaviour are exactly transformers'.
@@ -127,9 +185,23 @@ else:
     class GenerateBeamDecoderOnlyOutput(_TRANSFORMERS_CLASSES[1]):  # type: ignore[no-redef]
         __doc__ = _StandaloneGenerateBeamDecoderOnlyOutput.__doc__
 
+    @dataclasses.dataclass
+    class GenerateEncoderDecoderOutput(_TRANSFORMERS_CLASSES[2]):  # type: ignore[no-redef]
+        __doc__ = _StandaloneGenerateEncoderDecoderOutput.__doc__
+
+    @dataclasses.dataclass
+    class GenerateBeamEncoderDecoderOutput(_TRANSFORMERS_CLASSES[3]):  # type: ignore[no-redef]
+        __doc__ = _StandaloneGenerateBeamEncoderDecoderOutput.__doc__
+
 GenerateDecoderOnlyOutput.__name__ = GenerateDecoderOnlyOutput.__qualname__ = "GenerateDecoderOnlyOutput"
 GenerateBeamDecoderOnlyOutput.__name__ = GenerateBeamDecoderOnlyOutput.__qualname__ = "GenerateBeamDecoderOnlyOutput"
 
-GenerateOutput = GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput
+GenerateEncoderDecoderOutput.__name__ = GenerateEncoderDecoderOutput.__qualname__ = "GenerateEncoderDecoderOutput"
+GenerateBeamEncoderDecoderOutput.__name__ = GenerateBeamEncoderDecoderOutput.__qualname__ = \
+    "GenerateBeamEncoderDecoderOutput"
 
-__all__ = ["GenerateBeamDecoderOnlyOutput", "GenerateDecoderOnlyOutput", "GenerateOutput"]
+GenerateOutput = (GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput | GenerateEncoderDecoderOutput
+                  | GenerateBeamEncoderDecoderOutput)
+
+__all__ = ["GenerateBeamDecoderOnlyOutput", "GenerateBeamEncoderDecoderOutput", "GenerateDecoderOnlyOutput",
+           "GenerateEncoderDecoderOutput", "GenerateOutput"]

@@ -165,18 +165,22 @@ def test_one_warning_per_reason(prompt, injected_refusal):
                                                                                        "injected 3."]
 
 
-def test_encoder_decoder_model_falls_back():
+def test_encoder_decoder_model_runs_and_falls_back_where_unsupported():
     config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     torch.manual_seed(0)
     model = transformers.T5ForConditionalGeneration(config).eval()
     input_ids = torch.tensor([[5, 9, 12, 3, 1]])
-    with pytest.raises(UnsupportedByTurbogen, match="encoder-decoder"):
-        turbogen.generate(model, input_ids, max_new_tokens=5)
+    # Encoder-decoder generation is implemented; the encoder's `inputs_embeds` are not yet, and fall back.
     expected = model.generate(input_ids, max_new_tokens=5, num_beams=2)
+    assert torch.equal(turbogen.generate(model, input_ids, max_new_tokens=5, num_beams=2), expected)
+    embeds = model.get_input_embeddings()(input_ids).detach()
+    with pytest.raises(UnsupportedByTurbogen, match="encoder-decoder"):
+        turbogen.generate(model, inputs_embeds=embeds, max_new_tokens=5)
+    expected = model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=2)
     patching.patch(model)
     with pytest.warns(TurbogenFallbackWarning, match="encoder-decoder model"):
-        assert torch.equal(model.generate(input_ids, max_new_tokens=5, num_beams=2), expected)
+        assert torch.equal(model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=2), expected)
 
 
 class _RecordingStreamer(transformers.generation.streamers.BaseStreamer):

@@ -4,7 +4,8 @@ transformers v4.57's rules, reproduced exactly: the resolution of the generation
 over a given config over the model's defaults over global defaults, where model defaults only fill values
 the user left at the global default), special tokens, the prompt and its attention mask, the expansion of
 rows for beams and returned sequences, ``max_length``/``min_length`` and their ``*_new_tokens`` forms,
-the logits processors, the stopping criteria and the KV cache.
+the logits processors, the stopping criteria and the KV cache. For an encoder-decoder model, also the
+encoder's single run and the decoder's prompt (which is then the ``input_ids`` every later stage sees).
 
 One name per quantity: ``max_length`` is the longest sequence (prompt included) the call can produce,
 the width of every per-row buffer; the cache holds ``max_length - 1`` positions because the last
@@ -76,6 +77,8 @@ class PreparedCall:
         max_length: the longest sequence the call can produce, prompt included (the config's limit, or a
             custom ``MaxLengthCriteria``'s, and at least one new token).
         cache: the KV cache, or ``None``.
+        encoder_outputs: an encoder-decoder's encoder output (rows expanded like ``input_ids``, which are then
+            the decoder's prompt), else ``None``.
     """
 
     config: GenerationConfig
@@ -88,6 +91,7 @@ class PreparedCall:
     stopping: StoppingPlan
     max_length: int
     cache: Any
+    encoder_outputs: Any = None
 
     @property
     def prompt_length(self) -> int:
@@ -127,8 +131,13 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     _check_model_kwargs(model, model_kwargs)
 
     tokens = _special_tokens(config, has_attention_mask=model_kwargs.get("attention_mask") is not None)
-    embeds = model_kwargs.get("inputs_embeds")
-    if embeds is not None:
+    encoder_decoder = is_encoder_decoder(model)
+    embeds = None if encoder_decoder else model_kwargs.get("inputs_embeds")
+    encoder_ids = None
+    if encoder_decoder:
+        input_ids, encoder_ids, model_kwargs = _prepare_encoder_decoder(model, inputs, tokens, config,
+                                                                        model_kwargs)
+    elif embeds is not None:
         input_ids, model_kwargs = _embeds_prompt(model, inputs, tokens, model_kwargs)
         # As in transformers: only a cache tells the first step (embeddings) from the next ones (ids).
         config.use_cache = True
@@ -136,11 +145,13 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
         model_kwargs.pop("inputs_embeds", None)
         input_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
     tokens = tokens.to(input_ids.device)
-    if embeds is None:  # transformers does not look for right padding in embeddings
+    if embeds is None and not encoder_decoder:  # transformers does not look for right padding in embeddings
         _warn_if_right_padded(input_ids, tokens.pad)
-    prompt_ids = input_ids
+    # What the encoder-side processors (`encoder_repetition_penalty`, `encoder_no_repeat_ngram_size`) read.
+    prompt_ids = encoder_ids if encoder_decoder else input_ids
     _check_seed_count(config, prompts=input_ids.shape[0])
-    if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
+    if (not encoder_decoder and model_kwargs.get("attention_mask") is None
+            and accepts(model, "attention_mask")):
         model_kwargs["attention_mask"] = (
             _infer_attention_mask(input_ids, tokens) if input_ids.shape[1] else
             torch.ones(embeds.shape[:2], dtype=torch.long, device=input_ids.device))
@@ -150,6 +161,8 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
         input_ids = input_ids.repeat_interleave(expand, dim=0)
         model_kwargs = {key: value.repeat_interleave(expand, dim=0) if _is_batch_tensor(key, value) else value
                         for key, value in model_kwargs.items()}
+        if model_kwargs.get("encoder_outputs") is not None:
+            model_kwargs["encoder_outputs"] = _expand_encoder_outputs(model_kwargs["encoder_outputs"], expand)
 
     prompt_length = input_ids.shape[1]
     _resolve_lengths(model, config, kwargs, prompt_length,
@@ -165,7 +178,7 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
         encoder_input_ids=prompt_ids,
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
         logits_processor=logits_processor,
-        device=prompt_ids.device,
+        device=input_ids.device,
         model_kwargs=model_kwargs,
         negative_prompt_ids=negative_prompt_ids,
         negative_prompt_attention_mask=negative_prompt_attention_mask,
@@ -184,14 +197,21 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     max_length = max(stopping.max_length, prompt_length + 1)
     # Embeddings without ids put their positions ahead of the sequence's, in the cache too.
     embedded_only = 0 if embeds is None else embeds.shape[1] - prompt_length
-    cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0],
-                           max_length=max_length + embedded_only)
+    if encoder_decoder:
+        cache = _prepare_encoder_decoder_cache(model, config, model_kwargs, max_length)
+    else:
+        cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0],
+                               max_length=max_length + embedded_only)
+    if config.prefill_chunk_size is not None and not is_beam and encoder_decoder:
+        raise UnsupportedByTurbogen("`prefill_chunk_size` is not supported for encoder-decoder models.",
+                                    reason="prefill_chunk_size with an encoder-decoder model")
     if config.prefill_chunk_size is not None and not is_beam:  # transformers' beam search ignores it
         _check_prefill_chunking(config, cache, model_kwargs)
         model_kwargs["prefill_chunk_size"] = config.prefill_chunk_size
     return PreparedCall(config=config, is_beam=is_beam, input_ids=input_ids, model_kwargs=model_kwargs,
                         tokens=tokens, processors=processors, sampler_filters=sampler_filters, stopping=stopping,
-                        max_length=max_length, cache=cache)
+                        max_length=max_length, cache=cache,
+                        encoder_outputs=model_kwargs.get("encoder_outputs"))
 
 
 
@@ -209,9 +229,16 @@ def _reject_unsupported_arguments(model: Any, kwargs: dict) -> None:
     if kwargs.pop("synced_gpus", None):
         raise UnsupportedByTurbogen("`synced_gpus=True` is not supported: turbogen.generate runs on a single "
                                     "process.", reason="synced_gpus")
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        raise UnsupportedByTurbogen("turbogen.generate supports decoder-only models; this `model` is an "
-                                    "encoder-decoder.", reason="encoder-decoder model")
+    if is_encoder_decoder(model):
+        if getattr(model, "main_input_name", "input_ids") != "input_ids":
+            raise UnsupportedByTurbogen(
+                f"turbogen.generate supports encoder-decoder models whose encoder reads token ids; "
+                f"{type(model).__name__}'s reads `{model.main_input_name}`.",
+                reason="encoder-decoder model without input_ids")
+        for name in ("inputs_embeds", "decoder_inputs_embeds"):
+            if kwargs.get(name) is not None:
+                raise UnsupportedByTurbogen(f"`{name}` is not supported for encoder-decoder models.",
+                                            reason=f"{name} with an encoder-decoder model")
 
 
 def _reject_unsupported_parameters(config: GenerationConfig, model_kwargs: dict) -> None:
@@ -579,3 +606,161 @@ def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, row
     # The last generated token is never fed back, hence one position less than the longest sequence.
     return make_cache(config.cache_implementation, model, batch_size=rows, max_cache_len=max_length - 1,
                       cache_config=config.cache_config)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Encoder-decoder models
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_encoder_decoder(model: Any) -> bool:
+    """Whether ``model`` is an encoder-decoder (``model.config.is_encoder_decoder``)."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def _prepare_encoder_decoder(model: Any, inputs: Any, tokens: SpecialTokens, config: GenerationConfig,
+                             model_kwargs: dict) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:
+    """transformers v4.57's encoder-decoder preparation: the encoder's ids (``inputs`` / ``input_ids``, a
+    ``bos_token_id`` column when neither is given, none when ``encoder_outputs`` are), their attention mask
+    (inferred from padding as for a decoder-only prompt, unless ``encoder_outputs`` are given), one encoder
+    run (unless ``encoder_outputs`` are given) and the decoder's prompt: ``decoder_input_ids``, with
+    ``decoder_start_token_id`` (else ``bos_token_id``; an int or one per row) put in front unless every row
+    already starts with it (``decoder_attention_mask`` then grows a leading 1), else that start token alone.
+
+    Returns ``(decoder_input_ids, encoder_input_ids or None, model_kwargs)``, ``model_kwargs`` holding
+    ``encoder_outputs`` and the encoder's ``attention_mask`` for every decoder call (rows not yet expanded)."""
+    model_kwargs = dict(model_kwargs)
+    if model_kwargs.get("past_key_values") is not None:
+        raise UnsupportedByTurbogen("`past_key_values` is not supported for encoder-decoder models.",
+                                    reason="past_key_values with an encoder-decoder model")
+    encoder_outputs = model_kwargs.pop("encoder_outputs", None)
+    encoder_ids = None
+    if encoder_outputs is not None:
+        encoder_outputs = _as_encoder_output(encoder_outputs)
+        if inputs is not None or model_kwargs.get("input_ids") is not None:
+            encoder_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+        batch = encoder_outputs["last_hidden_state"].shape[0]
+        device = encoder_outputs["last_hidden_state"].device
+        if encoder_ids is not None and encoder_ids.shape[0] != batch:
+            raise ValueError(f"`encoder_outputs` hold {batch} rows but the encoder's input ids "
+                             f"{encoder_ids.shape[0]}")
+        if encoder_ids is None and (config.encoder_no_repeat_ngram_size or 0) > 0 or (
+                encoder_ids is None and config.encoder_repetition_penalty not in (None, 1.0)):
+            raise UnsupportedByTurbogen("`encoder_no_repeat_ngram_size` and `encoder_repetition_penalty` need the "
+                                        "encoder's input ids: pass them with `encoder_outputs`.",
+                                        reason="encoder processors without encoder input ids")
+    else:
+        encoder_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+        batch, device = encoder_ids.shape[0], encoder_ids.device
+        if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
+            model_kwargs["attention_mask"] = _infer_attention_mask(encoder_ids, tokens.to(device))
+        encoder_outputs = _run_encoder(model, encoder_ids, config, model_kwargs)
+    model_kwargs["encoder_outputs"] = encoder_outputs
+    decoder_ids = _decoder_prompt(config, tokens, model_kwargs, batch, device)
+    return decoder_ids, encoder_ids, model_kwargs
+
+
+def _as_encoder_output(encoder_outputs: Any) -> Any:
+    """User ``encoder_outputs`` as a ``ModelOutput`` (a tuple is ``(last_hidden_state, hidden_states,
+    attentions)``, as the models read one)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    if isinstance(encoder_outputs, (tuple, list)) and not hasattr(encoder_outputs, "keys"):
+        fields = ("last_hidden_state", "hidden_states", "attentions")
+        encoder_outputs = BaseModelOutput(**dict(zip(fields, encoder_outputs)))
+    if not hasattr(encoder_outputs, "keys") or not isinstance(encoder_outputs.get("last_hidden_state"),
+                                                               torch.Tensor):
+        raise ValueError("`encoder_outputs` must be the encoder's output (a ModelOutput with a "
+                         f"`last_hidden_state` tensor), got {type(encoder_outputs).__name__}")
+    return encoder_outputs
+
+
+def _run_encoder(model: Any, encoder_ids: torch.Tensor, config: GenerationConfig, model_kwargs: dict) -> Any:
+    """One encoder pass over ``encoder_ids`` with the model kwargs meant for it (none named ``decoder_*``,
+    ``cross_attn*`` or ``use_cache``; only those its ``forward`` takes unless it takes ``**kwargs``)."""
+    encoder = model.get_encoder()
+    parameters = inspect.signature(encoder.forward).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    arguments = {key: value for key, value in model_kwargs.items()
+                 if not key.startswith(("decoder_", "cross_attn", "use_cache"))
+                 and (takes_any or key in parameters)}
+    arguments["output_attentions"] = config.output_attentions
+    arguments["output_hidden_states"] = config.output_hidden_states
+    arguments["return_dict"] = True
+    arguments["input_ids"] = encoder_ids
+    return encoder(**arguments)
+
+
+def _decoder_prompt(config: GenerationConfig, tokens: SpecialTokens, model_kwargs: dict, batch: int,
+                    device: torch.device) -> torch.Tensor:
+    """The decoder's prompt (see :func:`_prepare_encoder_decoder`); pops ``decoder_input_ids`` from
+    ``model_kwargs`` and updates ``decoder_attention_mask`` there when the start token is put in front."""
+    start = _token_tensor(config.decoder_start_token_id, "decoder_start_token_id")
+    if start is None:
+        start = tokens.bos
+    if start is None:
+        raise ValueError("`decoder_start_token_id` or `bos_token_id` has to be defined for encoder-decoder "
+                         "generation.")
+    start = start.to(device)
+    if start.dim() == 1:
+        if start.shape[0] != batch:
+            raise ValueError(f"`decoder_start_token_id` is a list of {start.shape[0]} ids for a batch of {batch}: "
+                             "give one per row, or one int")
+        start = start.view(-1, 1)
+    elif start.dim() == 0:
+        start = start.expand(batch, 1)
+    else:
+        raise ValueError(f"`decoder_start_token_id` must be an int or a list of ints, got shape "
+                         f"{tuple(start.shape)}")
+    decoder_ids = model_kwargs.pop("decoder_input_ids", None)
+    if decoder_ids is None:
+        return start.contiguous()
+    if not isinstance(decoder_ids, torch.Tensor) or decoder_ids.dim() != 2 or decoder_ids.shape[0] != batch:
+        shape = tuple(decoder_ids.shape) if isinstance(decoder_ids, torch.Tensor) else type(decoder_ids).__name__
+        raise ValueError(f"`decoder_input_ids` must be a LongTensor [batch={batch}, length], got {shape}")
+    if decoder_ids.shape[1] == 0 or decoder_ids.dtype.is_floating_point or decoder_ids.dtype == torch.bool:
+        raise ValueError(f"`decoder_input_ids` must hold integer token ids, at least one per row; got dtype "
+                         f"{decoder_ids.dtype}, shape {tuple(decoder_ids.shape)}")
+    decoder_ids = decoder_ids.long()
+    mask = model_kwargs.get("decoder_attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != decoder_ids.shape):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"`decoder_attention_mask` must be a tensor of the shape of `decoder_input_ids` "
+                         f"{tuple(decoder_ids.shape)}, got {shape}")
+    # transformers' rule: the start token is put in front only when no row starts with it.
+    if bool((decoder_ids[:, 0] != start[:, 0]).all()):
+        decoder_ids = torch.cat([start.to(decoder_ids.dtype), decoder_ids], dim=-1)
+        if mask is not None:
+            model_kwargs["decoder_attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=-1)
+    return decoder_ids
+
+
+def _expand_encoder_outputs(encoder_outputs: Any, expand: int) -> Any:
+    """A copy of ``encoder_outputs`` whose tensor fields have each row repeated ``expand`` times (tuples of
+    tensors, such as the encoder's per-layer attentions, are left as they are, as transformers does)."""
+    fields = {key: value.repeat_interleave(expand, dim=0) if isinstance(value, torch.Tensor) else value
+              for key, value in encoder_outputs.items()}
+    return type(encoder_outputs)(**fields)
+
+
+def _prepare_encoder_decoder_cache(model: Any, config: GenerationConfig, model_kwargs: dict, max_length: int) -> Any:
+    """The cache of an encoder-decoder call, as transformers v4.57 builds it: an ``EncoderDecoderCache`` of a
+    self-attention and a cross-attention cache (the latter filled once, by the first decoder call).
+    ``cache_implementation`` ``None`` / ``"dynamic"``: two ``DynamicCache``; ``"static"``: two transformers
+    ``StaticCache``, of ``max_length - 1`` positions and of the encoder's length. ``None`` with
+    ``use_cache=False``. Other kinds are not supported."""
+    if config.use_cache is False:
+        return None
+    if config.cache_implementation not in (None, "dynamic", "static"):
+        raise UnsupportedByTurbogen(f"cache_implementation={config.cache_implementation!r} is not supported for "
+                                    "encoder-decoder models (only 'dynamic' and 'static').",
+                                    reason=f"cache_implementation={config.cache_implementation!r} with an "
+                                           "encoder-decoder model")
+    from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+    decoder_config = text_config(model)
+    if config.cache_implementation == "static":
+        encoder_length = model_kwargs["encoder_outputs"]["last_hidden_state"].shape[1]
+        return EncoderDecoderCache(StaticCache(config=decoder_config, max_cache_len=max_length - 1),
+                                   StaticCache(config=decoder_config, max_cache_len=encoder_length))
+    return EncoderDecoderCache(DynamicCache(config=decoder_config), DynamicCache(config=decoder_config))

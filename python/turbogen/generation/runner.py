@@ -24,7 +24,7 @@ import torch
 from .. import _transformers_compat as _compat
 from ..cache.static import reorder_rows_
 from ..errors import UnsupportedByTurbogen
-from .prepare import accepts, forward_parameters
+from .prepare import accepts, forward_parameters, is_encoder_decoder
 from .record import Record
 
 __all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "make_runner"]
@@ -66,8 +66,8 @@ class ModelRunner(Protocol):
 
 def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
                 max_length: int, record: Record) -> ModelRunner:
-    """The runner for ``model``: :class:`DirectRunner` for models using transformers' generic input
-    preparation, else :class:`PreparedRunner`. ``input_ids`` is the prompt, ``max_length`` the longest
+    """The runner for ``model``: :class:`DirectRunner` for decoder-only models using transformers' generic input
+    preparation, else (a model's own preparation, or an encoder-decoder) :class:`PreparedRunner`. ``input_ids`` is the prompt, ``max_length`` the longest
     sequence the runner will be fed (prompt included).
 
     Besides model inputs, ``model_kwargs`` may hold ``inputs_embeds`` (fed in place of the prompt's ids at the
@@ -76,6 +76,10 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
     :class:`~turbogen.errors.UnsupportedByTurbogen`."""
     from transformers.generation.utils import GenerationMixin
 
+    if is_encoder_decoder(model):
+        # The decoder's inputs (decoder ids, masks, encoder outputs, the two-part cache) follow transformers'
+        # own preparation step by step; the encoder ran once in `prepare_call`.
+        return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
     own_preparation = getattr(type(model), "prepare_inputs_for_generation", None)
     if own_preparation is not None and own_preparation is not GenerationMixin.prepare_inputs_for_generation:
         for name in ("inputs_embeds", "prefill_chunk_size"):
@@ -407,8 +411,11 @@ class PreparedRunner:
             self._kwargs["logits_to_keep"] = 1
         self._cached_at_prefill = 0 if cache is None else int(cache.get_seq_length())
         self.fed_length = self._cached_at_prefill
+        self._encoder_decoder = is_encoder_decoder(model)
+        # An encoder-decoder's `attention_mask` is the encoder's: no positions derive from it.
         _compat.start_prepared_inputs(self._kwargs, input_ids, self._cached_at_prefill,
-                                      accepts_position_ids=accepts(model, "position_ids"))
+                                      accepts_position_ids=accepts(model, "position_ids")
+                                      and not self._encoder_decoder)
 
     @property
     def past_key_values(self) -> Any:
@@ -421,7 +428,8 @@ class PreparedRunner:
     def _step(self, prefill_cached_length: Optional[int] = None) -> torch.Tensor:
         inputs = _compat.prepare_inputs(self.model, self._ids, self._kwargs, prefill_cached_length)
         outputs = self.model(**inputs, return_dict=True)
-        self._kwargs = self.model._update_model_kwargs_for_generation(outputs, self._kwargs)
+        self._kwargs = self.model._update_model_kwargs_for_generation(
+            outputs, self._kwargs, is_encoder_decoder=self._encoder_decoder)
         self.record.model_outputs(outputs)
         self.fed_length = self._ids.shape[1]
         return _last_logits(outputs)

@@ -1,0 +1,232 @@
+"""turbogen.generate on encoder-decoder models (tiny random-weight T5 and BART) against transformers' own
+``model.generate``: greedy search and beam search give identical sequences, beam indices and bit-equal scores
+(the same model calls: one encoder run, then the decoder through transformers' own input preparation over an
+``EncoderDecoderCache``); ``decoder_start_token_id`` (int or per row), ``decoder_input_ids``,
+``encoder_outputs`` given by the caller, the encoder-side processors, the output classes with encoder and
+cross attentions; what is not implemented yet still raises ``UnsupportedByTurbogen``."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import transformers
+
+from conftest import TRANSFORMERS_5
+from tiny_models import (BOS_ID, EOS_ID, HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS, PAD_ID, encode_batch,
+                         tiny_model_environment, vocab_size)  # noqa: F401  (a fixture, applied by pytestmark)
+from tolerances import assert_bit_exact
+from turbogen import UnsupportedByTurbogen
+from turbogen.generate import generate
+
+pytestmark = pytest.mark.usefixtures("tiny_model_environment")
+
+KINDS = ("t5", "bart")
+PROMPTS = {
+    "single": ["the quick brown fox"],
+    "padded": ["the quick brown fox jumps", "stop", "hello world again"],
+}
+NEW_TOKENS = 7
+
+
+def _seeded(build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build()
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _model(kind: str):
+    """A tiny T5 (decoder start = pad, as T5's) or BART (decoder start = EOS, as BART's), random weights with a
+    large init range so that greedy and beam outputs vary from step to step."""
+    if kind == "t5":
+        config = transformers.T5Config(
+            vocab_size=vocab_size(), d_model=HIDDEN_SIZE, d_kv=HIDDEN_SIZE // NUM_HEADS, d_ff=2 * HIDDEN_SIZE,
+            num_layers=NUM_LAYERS, num_decoder_layers=NUM_LAYERS, num_heads=NUM_HEADS, dropout_rate=0.0,
+            initializer_factor=8.0, pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID)
+        return _seeded(lambda: transformers.T5ForConditionalGeneration(config))
+    config = transformers.BartConfig(
+        vocab_size=vocab_size(), d_model=HIDDEN_SIZE, encoder_layers=NUM_LAYERS, decoder_layers=NUM_LAYERS,
+        encoder_attention_heads=NUM_HEADS, decoder_attention_heads=NUM_HEADS, encoder_ffn_dim=2 * HIDDEN_SIZE,
+        decoder_ffn_dim=2 * HIDDEN_SIZE, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, init_std=0.3, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        decoder_start_token_id=EOS_ID, forced_eos_token_id=None)
+    return _seeded(lambda: transformers.BartForConditionalGeneration(config))
+
+
+def _prompt(batch: str):
+    # Encoder inputs may be padded on either side; the attention mask says where.
+    return encode_batch(PROMPTS[batch])
+
+
+def _both(model, input_ids, attention_mask, **kwargs):
+    expected = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+    actual = generate(model, input_ids, attention_mask=attention_mask, **kwargs)
+    return expected, actual
+
+
+def _assert_same(expected, actual, beams: bool = False):
+    assert torch.equal(actual.sequences, expected.sequences), (actual.sequences, expected.sequences)
+    for name in ("scores", "logits"):
+        want, got = getattr(expected, name), getattr(actual, name)
+        assert (want is None) == (got is None), name
+        if want is not None:
+            assert len(got) == len(want), name
+            for w, g in zip(want, got):
+                assert_bit_exact(g, w)
+    if beams:
+        assert torch.equal(actual.beam_indices, expected.beam_indices)
+        if expected.sequences_scores is not None:
+            assert_bit_exact(actual.sequences_scores, expected.sequences_scores)
+
+
+@pytest.mark.parametrize("batch", PROMPTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_matches_transformers(kind, batch):
+    model = _model(kind)
+    ids, mask = _prompt(batch)
+    expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                             return_dict_in_generate=True, output_scores=True, output_logits=True)
+    _assert_same(expected, actual)
+    assert actual.sequences.shape[1] > 2, "the test must generate more than a token"
+    assert actual.sequences[:, 1:].unique().numel() > 1, "outputs must vary to be discriminating"
+    assert isinstance(actual, transformers.generation.utils.GenerateEncoderDecoderOutput)
+    # The plain tensor form too.
+    assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=NEW_TOKENS), expected.sequences)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_beam_search_matches_transformers(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, num_beams=3, num_return_sequences=2,
+                             length_penalty=1.3, return_dict_in_generate=True, output_scores=True)
+    _assert_same(expected, actual, beams=True)
+    assert isinstance(actual, transformers.generation.utils.GenerateBeamEncoderDecoderOutput)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attentions_and_hidden_states_match_transformers(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    for beams in (1, 2):
+        expected, actual = _both(model, ids, mask, max_new_tokens=3, num_beams=beams, return_dict_in_generate=True,
+                                 output_attentions=True, output_hidden_states=True)
+        _assert_same(expected, actual, beams=beams > 1)
+        for name in ("encoder_attentions", "encoder_hidden_states"):
+            for w, g in zip(getattr(expected, name), getattr(actual, name), strict=True):
+                assert_bit_exact(g, w)
+        for name in ("decoder_attentions", "cross_attentions", "decoder_hidden_states"):
+            want, got = getattr(expected, name), getattr(actual, name)
+            assert len(got) == len(want), name
+            for step_want, step_got in zip(want, got):
+                for w, g in zip(step_want, step_got, strict=True):
+                    assert_bit_exact(g, w)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoder_start_list_and_decoder_input_ids_match_transformers(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    starts = [5, 9, 17]
+    expected, actual = _both(model, ids, mask, max_new_tokens=4, decoder_start_token_id=starts,
+                             return_dict_in_generate=True, output_scores=True)
+    _assert_same(expected, actual)
+    assert actual.sequences[:, 0].tolist() == starts
+    start = model.generation_config.decoder_start_token_id
+    # Without the start token (it is put in front, the decoder mask grows a 1) and with it.
+    for decoder_ids in (torch.tensor([[20, 21]] * 3), torch.tensor([[start, 20, 21]] * 3)):
+        decoder_mask = torch.ones_like(decoder_ids)
+        expected, actual = _both(model, ids, mask, max_new_tokens=4, decoder_input_ids=decoder_ids,
+                                 decoder_attention_mask=decoder_mask, return_dict_in_generate=True,
+                                 output_scores=True)
+        _assert_same(expected, actual)
+        assert actual.sequences[0, :3].tolist() == [start, 20, 21]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_outputs_passed_in_match_transformers(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True)
+    kept = encoder_outputs.last_hidden_state.clone()
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=5, num_beams=2)
+    actual = generate(model, attention_mask=mask, encoder_outputs=encoder_outputs, max_new_tokens=5, num_beams=2)
+    assert torch.equal(actual, expected)
+    assert torch.equal(encoder_outputs.last_hidden_state, kept), "the caller's encoder outputs are not modified"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_side_processors_match_transformers(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    plain = generate(model, ids, attention_mask=mask, max_new_tokens=NEW_TOKENS)
+    # A strong encoder repetition "penalty" above 1 favours the encoder's tokens, so that the output holds some
+    # and the n-gram ban on them (added second) must change it: both processors are then seen to act.
+    boosted = {"encoder_repetition_penalty": 50.0}
+    for option in (boosted, {**boosted, "encoder_no_repeat_ngram_size": 1},
+                   {"encoder_no_repeat_ngram_size": 2}, {"encoder_repetition_penalty": 0.5}):
+        expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, **option)
+        assert torch.equal(actual, expected), option
+        if option == boosted:
+            assert not torch.equal(plain, actual), "the repetition penalty must change this output"
+            favoured = actual
+        elif "encoder_no_repeat_ngram_size" in option and "encoder_repetition_penalty" in option:
+            assert not torch.equal(favoured, actual), "the n-gram ban must change this output"
+
+
+@pytest.mark.skipif(TRANSFORMERS_5, reason=f"transformers {transformers.__version__} differs from 4.57: it no "
+                    "longer infers the encoder's attention mask from padding")
+def test_inferred_encoder_attention_mask_matches_transformers():
+    model = _model("t5")
+    ids, _ = _prompt("padded")
+    assert torch.equal(generate(model, ids, max_new_tokens=5), model.generate(ids, max_new_tokens=5))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampling_runs_and_is_reproducible(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    for beams in (1, 2):
+        first = generate(model, ids, attention_mask=mask, do_sample=True, num_beams=beams, max_new_tokens=5,
+                         num_return_sequences=2, seed=3)
+        again = generate(model, ids, attention_mask=mask, do_sample=True, num_beams=beams, max_new_tokens=5,
+                         num_return_sequences=2, seed=3)
+        assert torch.equal(first, again)
+        assert first.shape[0] == 6
+        start = model.generation_config.decoder_start_token_id
+        assert (first[:, 0] == start).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_static_cache_and_no_cache_match_transformers(kind):
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    for arguments in ({"cache_implementation": "static"}, {"use_cache": False}):
+        for beams in (1, 3):
+            expected, actual = _both(model, ids, mask, max_new_tokens=5, num_beams=beams,
+                                     return_dict_in_generate=True, output_scores=True, **arguments)
+            _assert_same(expected, actual, beams=beams > 1)
+    assert type(actual.past_key_values) is type(expected.past_key_values)  # noqa: E721  (None without a cache)
+
+
+def test_unimplemented_parts_still_raise():
+    model = _model("t5")
+    ids, mask = _prompt("single")
+    embeds = model.get_input_embeddings()(ids)
+    for arguments in ({"cache_implementation": "offloaded"}, {"prefill_chunk_size": 2},
+                      {"decoder_inputs_embeds": embeds}):
+        with pytest.raises(UnsupportedByTurbogen):
+            generate(model, ids, attention_mask=mask, max_new_tokens=3, **arguments)
+    with pytest.raises(UnsupportedByTurbogen):
+        generate(model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3)
+
+
+def test_invalid_decoder_start_list_raises():
+    model = _model("bart")
+    ids, mask = _prompt("padded")
+    with pytest.raises(ValueError, match="decoder_start_token_id"):
+        generate(model, ids, attention_mask=mask, max_new_tokens=3, decoder_start_token_id=[1, 2])
