@@ -155,3 +155,24 @@ def assert_draws_follow(tokens: torch.Tensor, probabilities: torch.Tensor,
             f"{draws} draws do not follow the expected distribution: chi-square {statistic:.1f} with "
             f"{degrees_of_freedom} degrees of freedom, p-value {p_value:.2e} < {false_alarm_rate:.0e} "
             f"(total-variation distance of the frequencies: {total_variation:.4f})")
+
+
+def assert_same_generation(expected, actual, beams: bool = False, assert_same_floats=assert_bit_exact) -> None:
+    """``actual`` (turbogen's ``return_dict_in_generate`` output) has ``expected``'s (transformers') tokens, beam
+    indices and cache length, and its recorded floats (scores, logits, sequence scores) pass
+    ``assert_same_floats``: bit-exact against transformers, which makes the same model calls and float
+    operations; :func:`assert_close_across_compilations` between differently computed runs."""
+    assert torch.equal(actual.sequences, expected.sequences), (actual.sequences, expected.sequences)
+    for name in ("scores", "logits"):
+        expected_steps, actual_steps = getattr(expected, name), getattr(actual, name)
+        assert (expected_steps is None) == (actual_steps is None), name
+        if expected_steps is not None:
+            assert len(actual_steps) == len(expected_steps), name
+            for want, got in zip(expected_steps, actual_steps):
+                assert_same_floats(got, want)
+    if beams:
+        assert torch.equal(actual.beam_indices, expected.beam_indices)
+        if expected.sequences_scores is not None:
+            assert_same_floats(actual.sequences_scores, expected.sequences_scores)
+    if getattr(expected, "past_key_values", None) is not None:
+        assert actual.past_key_values.get_seq_length() == expected.past_key_values.get_seq_length()

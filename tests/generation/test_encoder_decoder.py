@@ -16,7 +16,7 @@ import transformers
 from conftest import TRANSFORMERS_5
 from tiny_models import (BOS_ID, EOS_ID, HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS, PAD_ID, encode_batch,
                          tiny_model_environment, vocab_size)  # noqa: F401  (a fixture, applied by pytestmark)
-from tolerances import assert_bit_exact
+from tolerances import assert_bit_exact, assert_same_generation
 from turbogen import UnsupportedByTurbogen
 from turbogen.generate import generate
 
@@ -67,21 +67,6 @@ def _both(model, input_ids, attention_mask, **kwargs):
     return expected, actual
 
 
-def _assert_same(expected, actual, beams: bool = False):
-    assert torch.equal(actual.sequences, expected.sequences), (actual.sequences, expected.sequences)
-    for name in ("scores", "logits"):
-        want, got = getattr(expected, name), getattr(actual, name)
-        assert (want is None) == (got is None), name
-        if want is not None:
-            assert len(got) == len(want), name
-            for w, g in zip(want, got):
-                assert_bit_exact(g, w)
-    if beams:
-        assert torch.equal(actual.beam_indices, expected.beam_indices)
-        if expected.sequences_scores is not None:
-            assert_bit_exact(actual.sequences_scores, expected.sequences_scores)
-
-
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_greedy_matches_transformers(kind, batch):
@@ -89,7 +74,7 @@ def test_greedy_matches_transformers(kind, batch):
     ids, mask = _prompt(batch)
     expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                              return_dict_in_generate=True, output_scores=True, output_logits=True)
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
     assert actual.sequences.shape[1] > 2, "the test must generate more than a token"
     assert actual.sequences[:, 1:].unique().numel() > 1, "outputs must vary to be discriminating"
     assert isinstance(actual, transformers.generation.utils.GenerateEncoderDecoderOutput)
@@ -103,7 +88,7 @@ def test_beam_search_matches_transformers(kind):
     ids, mask = _prompt("padded")
     expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, num_beams=3, num_return_sequences=2,
                              length_penalty=1.3, return_dict_in_generate=True, output_scores=True)
-    _assert_same(expected, actual, beams=True)
+    assert_same_generation(expected, actual, beams=True)
     assert isinstance(actual, transformers.generation.utils.GenerateBeamEncoderDecoderOutput)
 
 
@@ -114,7 +99,7 @@ def test_attentions_and_hidden_states_match_transformers(kind):
     for beams in (1, 2):
         expected, actual = _both(model, ids, mask, max_new_tokens=3, num_beams=beams, return_dict_in_generate=True,
                                  output_attentions=True, output_hidden_states=True)
-        _assert_same(expected, actual, beams=beams > 1)
+        assert_same_generation(expected, actual, beams=beams > 1)
         for name in ("encoder_attentions", "encoder_hidden_states"):
             for w, g in zip(getattr(expected, name), getattr(actual, name), strict=True):
                 assert_bit_exact(g, w)
@@ -133,7 +118,7 @@ def test_decoder_start_list_and_decoder_input_ids_match_transformers(kind):
     starts = [5, 9, 17]
     expected, actual = _both(model, ids, mask, max_new_tokens=4, decoder_start_token_id=starts,
                              return_dict_in_generate=True, output_scores=True)
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
     assert actual.sequences[:, 0].tolist() == starts
     start = model.generation_config.decoder_start_token_id
     # Without the start token (it is put in front, the decoder mask grows a 1) and with it.
@@ -142,7 +127,7 @@ def test_decoder_start_list_and_decoder_input_ids_match_transformers(kind):
         expected, actual = _both(model, ids, mask, max_new_tokens=4, decoder_input_ids=decoder_ids,
                                  decoder_attention_mask=decoder_mask, return_dict_in_generate=True,
                                  output_scores=True)
-        _assert_same(expected, actual)
+        assert_same_generation(expected, actual)
         assert actual.sequences[0, :3].tolist() == [start, 20, 21]
 
 
@@ -209,7 +194,7 @@ def test_static_cache_and_no_cache_match_transformers(kind):
         for beams in (1, 3):
             expected, actual = _both(model, ids, mask, max_new_tokens=5, num_beams=beams,
                                      return_dict_in_generate=True, output_scores=True, **arguments)
-            _assert_same(expected, actual, beams=beams > 1)
+            assert_same_generation(expected, actual, beams=beams > 1)
     assert type(actual.past_key_values) is type(expected.past_key_values)  # noqa: E721  (None without a cache)
 
 

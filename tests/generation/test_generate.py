@@ -17,7 +17,7 @@ import transformers
 from conftest import TRANSFORMERS_5
 from tiny_models import EOS_ID, MODEL_KINDS, PAD_ID, encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
-from tolerances import assert_bit_exact, assert_close_across_compilations
+from tolerances import assert_bit_exact, assert_close_across_compilations, assert_same_generation
 from turbogen import GenerationConfig
 from turbogen.generate import FINISH_CHECK_LAG, compute_transition_scores, generate
 
@@ -41,26 +41,6 @@ def _both(model, input_ids, attention_mask, **kwargs):
     return expected, actual
 
 
-def _assert_same_output(expected, actual, beams: bool = False, assert_same_floats=assert_bit_exact):
-    """``actual`` has ``expected``'s tokens, beam indices and cache length, and its recorded floats (scores,
-    logits, sequence scores) pass ``assert_same_floats``: bit-exact against transformers, which makes the same
-    model calls and float operations; the cross-compilation tolerance between differently computed runs."""
-    assert torch.equal(actual.sequences, expected.sequences)
-    for name in ("scores", "logits"):
-        expected_steps, actual_steps = getattr(expected, name), getattr(actual, name)
-        assert (expected_steps is None) == (actual_steps is None), name
-        if expected_steps is not None:
-            assert len(actual_steps) == len(expected_steps), name
-            for want, got in zip(expected_steps, actual_steps):
-                assert_same_floats(got, want)
-    if beams:
-        assert torch.equal(actual.beam_indices, expected.beam_indices)
-        if expected.sequences_scores is not None:
-            assert_same_floats(actual.sequences_scores, expected.sequences_scores)
-    if expected.past_key_values is not None:
-        assert actual.past_key_values.get_seq_length() == expected.past_key_values.get_seq_length()
-
-
 def _early_eos(model, input_ids, attention_mask, steps=(2, 4, 1)) -> list[int]:
     """EOS ids that make each row stop early: for row ``i``, the token greedy search emits at step
     ``steps[i]`` (so rows finish at different steps)."""
@@ -77,7 +57,7 @@ def test_greedy_matches_transformers(kind, batch):
     input_ids, attention_mask = _prompt(batch)
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, output_logits=True)
-    _assert_same_output(expected, actual)
+    assert_same_generation(expected, actual)
     assert actual.sequences.shape == (input_ids.shape[0], input_ids.shape[1] + NEW_TOKENS)
     assert_bit_exact(compute_transition_scores(actual.sequences, actual.scores, normalize_logits=True),
                      model.compute_transition_scores(expected.sequences, expected.scores, normalize_logits=True))
@@ -108,7 +88,7 @@ def _assert_early_eos_run_matches_transformers(model) -> tuple[int, torch.Tensor
     eos = _early_eos(model, input_ids, attention_mask)
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
                              return_dict_in_generate=True, output_scores=True)
-    _assert_same_output(expected, actual)
+    assert_same_generation(expected, actual)
     assert actual.sequences.shape[1] < input_ids.shape[1] + NEW_TOKENS, "every row should have stopped early"
     return input_ids.shape[1], actual.sequences
 
@@ -135,7 +115,7 @@ def test_beam_search_matches_transformers(kind, batch, setting):
     options = {"eos_token_id": _early_eos(model, input_ids, attention_mask), **BEAM_SETTINGS[setting]}
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, output_logits=True, **options)
-    _assert_same_output(expected, actual, beams=True)
+    assert_same_generation(expected, actual, beams=True)
     assert_bit_exact(compute_transition_scores(actual.sequences, actual.scores, actual.beam_indices),
                      model.compute_transition_scores(expected.sequences, expected.scores, expected.beam_indices))
 
@@ -188,7 +168,7 @@ def test_processors_from_config_match_transformers(options):
     input_ids, attention_mask = _prompt(batch)
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, **options)
-    _assert_same_output(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -201,7 +181,7 @@ def test_stateful_penalties_follow_finished_rows_and_beams_like_transformers(num
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, num_beams=num_beams,
                              eos_token_id=_early_eos(model, input_ids, attention_mask), repetition_penalty=1.4,
                              no_repeat_ngram_size=2, return_dict_in_generate=True, output_scores=True)
-    _assert_same_output(expected, actual, beams=num_beams > 1)
+    assert_same_generation(expected, actual, beams=num_beams > 1)
 
 
 def test_custom_logits_processor_is_applied_like_transformers():
@@ -213,7 +193,7 @@ def test_custom_logits_processor_is_applied_like_transformers():
     input_ids, attention_mask = _prompt("padded")
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, return_dict_in_generate=True,
                              output_scores=True, logits_processor=transformers.LogitsProcessorList([BanToken()]))
-    _assert_same_output(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 def test_processor_signatures_are_read_once_per_class_not_per_step(monkeypatch):
@@ -248,7 +228,7 @@ def test_without_cache_matches_transformers(kind):
     input_ids, attention_mask = _prompt("padded")
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, use_cache=False, num_beams=2,
                              return_dict_in_generate=True, output_scores=True)
-    _assert_same_output(expected, actual, beams=True)
+    assert_same_generation(expected, actual, beams=True)
     assert actual.past_key_values is None
 
 
@@ -286,7 +266,7 @@ def test_all_ones_mask_is_left_out_of_model_calls_with_the_same_result(kind, mon
         assert all((mask is not None) == expect_mask for mask in masks_seen), (batch, cache_implementation)
         # Against transformers, the same model calls; the static cache against the dynamic one, differently computed
         # attention (over every preallocated slot, masked).
-        _assert_same_output(expected, actual, assert_same_floats=assert_close_across_compilations
+        assert_same_generation(expected, actual, assert_same_floats=assert_close_across_compilations
                             if cache_implementation else assert_bit_exact)
 
 
@@ -336,7 +316,7 @@ def test_model_with_own_input_preparation_matches_transformers(num_beams):
     input_ids, attention_mask = _prompt("padded")
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, num_beams=num_beams,
                              return_dict_in_generate=True, output_scores=True)
-    _assert_same_output(expected, actual, beams=num_beams > 1)
+    assert_same_generation(expected, actual, beams=num_beams > 1)
     calls_before = _PreparesItsOwnInputs.calls
     generate(model, input_ids, attention_mask=attention_mask, max_new_tokens=5)
     assert _PreparesItsOwnInputs.calls - calls_before == 5
@@ -349,7 +329,7 @@ def test_other_architectures_match_transformers(kind):
     for options in (dict(), dict(num_beams=2)):
         expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, return_dict_in_generate=True,
                                  output_scores=True, **options)
-        _assert_same_output(expected, actual, beams="num_beams" in options)
+        assert_same_generation(expected, actual, beams="num_beams" in options)
 
 
 # -- configuration resolution --------------------------------------------------------------------------------
@@ -471,7 +451,7 @@ def test_late_finish_check_discards_the_steps_run_up_to_the_length_limit(kind, l
     expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
                              return_dict_in_generate=True, output_scores=True, output_logits=True)
     assert expected.sequences.shape[1] == input_ids.shape[1] + finish_at, "the last row should finish at finish_at"
-    _assert_same_output(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 # -- the model runner ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 from conftest import TRANSFORMERS_5, skip_on_transformers_5
 from tiny_models import MODEL_KINDS, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
-from tolerances import assert_bit_exact
+from tolerances import assert_same_generation
 from turbogen import UnsupportedByTurbogen
 from turbogen.generate import generate
 
@@ -38,16 +38,6 @@ def _embeds(model, input_ids, noise: float = 0.05):
     return embeds + noise * torch.randn(embeds.shape, generator=generator, dtype=embeds.dtype)
 
 
-def _assert_same(expected, actual, beams: bool = False):
-    assert torch.equal(actual.sequences, expected.sequences)
-    assert len(actual.scores) == len(expected.scores)
-    for want, got in zip(expected.scores, actual.scores):
-        assert_bit_exact(got, want)
-    if beams:
-        assert torch.equal(actual.beam_indices, expected.beam_indices)
-        assert_bit_exact(actual.sequences_scores, expected.sequences_scores)
-
-
 def _both(model, **kwargs):
     kwargs = {"return_dict_in_generate": True, "output_scores": True, **kwargs}
     expected = model.generate(**kwargs)
@@ -70,7 +60,7 @@ def test_inputs_embeds_matches_transformers(kind, batch, method):
                              max_new_tokens=NEW_TOKENS, **METHODS[method])
     # Only the new tokens, as in transformers.
     assert actual.sequences.shape[1] <= NEW_TOKENS
-    _assert_same(expected, actual, beams=method == "beam")
+    assert_same_generation(expected, actual, beams=method == "beam")
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -83,7 +73,7 @@ def test_inputs_embeds_lengths_and_cache_match_transformers(cache):
     expected, actual = _both(model, inputs_embeds=_embeds(model, input_ids), max_length=input_ids.shape[1] + 5,
                              min_length=input_ids.shape[1] + 3, **extra)
     assert expected.sequences.shape[1] == 5
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 def test_inputs_embeds_with_their_input_ids_matches_transformers():
@@ -93,7 +83,7 @@ def test_inputs_embeds_with_their_input_ids_matches_transformers():
     expected, actual = _both(model, input_ids=input_ids, inputs_embeds=_embeds(model, input_ids),
                              attention_mask=attention_mask, max_new_tokens=NEW_TOKENS)
     assert torch.equal(actual.sequences[:, : input_ids.shape[1]], input_ids)
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 @skip_on_transformers_5("5.x feeds one-position embeddings only at the first step")
@@ -103,7 +93,7 @@ def test_one_position_embeds_match_transformers_4_57():
     model = tiny_model("llama")
     input_ids, _ = encode_batch(PROMPTS["single"])
     expected, actual = _both(model, inputs_embeds=_embeds(model, input_ids[:, -1:]), max_new_tokens=NEW_TOKENS)
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 def test_inputs_embeds_errors_like_transformers():
@@ -136,7 +126,7 @@ def test_user_position_ids_match_transformers_4_57(kind, batch, method):
     position_ids = (attention_mask.cumsum(-1) + 4).masked_fill(attention_mask == 0, 0)
     expected, actual = _both(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              max_new_tokens=NEW_TOKENS, **METHODS[method])
-    _assert_same(expected, actual, beams=method == "beam")
+    assert_same_generation(expected, actual, beams=method == "beam")
 
 
 @skip_on_transformers_5("5.x extends the user's position_ids at each step; 4.57 reuses the last prompt position")
@@ -146,7 +136,7 @@ def test_user_position_ids_with_static_cache_match_transformers_4_57():
     position_ids = (attention_mask.cumsum(-1) + 2).masked_fill(attention_mask == 0, 0)
     expected, actual = _both(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              max_new_tokens=NEW_TOKENS, cache_implementation="static")
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 def test_user_position_ids_errors():
@@ -178,7 +168,7 @@ def test_prefill_chunks_match_transformers_4_57(kind, batch, cache):
     extra = {} if cache == "dynamic" else {"cache_implementation": "static"}
     expected, actual = _both(model, input_ids=input_ids, attention_mask=attention_mask, prefill_chunk_size=2,
                              max_new_tokens=NEW_TOKENS, output_hidden_states=True, **extra)
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
     # Only the last prompt position's call is recorded, as in transformers.
     assert len(actual.hidden_states) == len(expected.hidden_states)
     assert actual.hidden_states[0][0].shape == expected.hidden_states[0][0].shape
@@ -190,7 +180,7 @@ def test_prefill_chunks_with_sampling_match_transformers_4_57():
     input_ids, attention_mask = encode_batch(PROMPTS["padded"])
     expected, actual = _both(model, input_ids=input_ids, attention_mask=attention_mask, prefill_chunk_size=3,
                              max_new_tokens=NEW_TOKENS, **METHODS["sample_top1"])
-    _assert_same(expected, actual)
+    assert_same_generation(expected, actual)
 
 
 def test_prefill_chunks_are_ignored_by_beam_search_as_in_transformers():
@@ -198,7 +188,7 @@ def test_prefill_chunks_are_ignored_by_beam_search_as_in_transformers():
     input_ids, attention_mask = encode_batch(PROMPTS["padded"])
     expected, actual = _both(model, input_ids=input_ids, attention_mask=attention_mask, prefill_chunk_size=2,
                              max_new_tokens=NEW_TOKENS, **METHODS["beam"])
-    _assert_same(expected, actual, beams=True)
+    assert_same_generation(expected, actual, beams=True)
 
 
 def test_prefill_chunk_errors_like_transformers():
