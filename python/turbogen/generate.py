@@ -152,20 +152,12 @@ def _greedy_or_sample(call: PreparedCall, runner: ModelRunner, record: Record, s
                                      call.tokens.pad, call.max_length, streamer, deferrable)
     if not config.return_dict_in_generate:
         return sequences
-    if call.encoder_outputs is not None:
-        return GenerateEncoderDecoderOutput(
-            sequences=sequences,
-            scores=record.collected_scores,
-            logits=record.collected_logits,
-            **_encoder_decoder_fields(call, record),
-            past_key_values=runner.past_key_values,
-        )
-    return GenerateDecoderOnlyOutput(
+    output_class = GenerateEncoderDecoderOutput if call.encoder_outputs is not None else GenerateDecoderOnlyOutput
+    return output_class(
         sequences=sequences,
         scores=record.collected_scores,
         logits=record.collected_logits,
-        attentions=record.attentions,
-        hidden_states=record.hidden_states,
+        **_attention_fields(call, record),
         past_key_values=runner.past_key_values,
     )
 
@@ -177,31 +169,25 @@ def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):
     sequences, sequence_scores, beam_indices = state.result(config.num_return_sequences)
     if not config.return_dict_in_generate:
         return sequences
-    if call.encoder_outputs is not None:
-        return GenerateBeamEncoderDecoderOutput(
-            sequences=sequences,
-            sequences_scores=sequence_scores if config.output_scores else None,
-            scores=record.collected_scores,
-            logits=record.collected_logits,
-            beam_indices=beam_indices,
-            **_encoder_decoder_fields(call, record),
-            past_key_values=runner.past_key_values,
-        )
-    return GenerateBeamDecoderOnlyOutput(
+    output_class = (GenerateBeamEncoderDecoderOutput if call.encoder_outputs is not None
+                    else GenerateBeamDecoderOnlyOutput)
+    return output_class(
         sequences=sequences,
         sequences_scores=sequence_scores if config.output_scores else None,
         scores=record.collected_scores,
         logits=record.collected_logits,
         beam_indices=beam_indices,
-        attentions=record.attentions,
-        hidden_states=record.hidden_states,
+        **_attention_fields(call, record),
         past_key_values=runner.past_key_values,
     )
 
 
-def _encoder_decoder_fields(call: PreparedCall, record: Record) -> dict:
-    """The encoder's and decoder's attentions and hidden states of an encoder-decoder output."""
+def _attention_fields(call: PreparedCall, record: Record) -> dict:
+    """The recorded attentions and hidden states, under a decoder-only output's field names or, with an
+    encoder, an encoder-decoder output's (the encoder's as well as the decoder's)."""
     encoder = call.encoder_outputs
+    if encoder is None:
+        return {"attentions": record.attentions, "hidden_states": record.hidden_states}
     return {
         "encoder_attentions": encoder.get("attentions") if record.wants_attentions else None,
         "encoder_hidden_states": encoder.get("hidden_states") if record.wants_hidden_states else None,
