@@ -31,6 +31,24 @@ takes about 24 minutes on one thread of a busy 2-core CPU, reaches a training lo
 and a validation loss of about 3.7 nats per token, and overwrites the model files in
 ``python/turbogen/assets/default_model/`` (its README.md is left alone). Bit-identical weights
 need the same torch build and thread count, since float reductions are not associative.
+
+The draft model (``--draft``)
+-----------------------------
+``--draft`` trains instead the embedded model's draft for speculative decoding
+(``turbogen.models.default_draft_config``: the default model cut to ONE layer, same hidden size and the
+same tokenizer), distilled from the shipped default model, which must already be in place (``--target``).
+Speculation accepts a draft token when it equals the target's, so the draft is trained to predict the
+target, not the text: it starts from the target's own embeddings, first layer and final norm, and
+minimises the KL divergence from the target's next-token distribution plus a cross-entropy on the
+target's argmax token, on a mix of book windows and the target's own continuations (greedy, greedy with a
+repetition penalty, and sampled with the shipped defaults) of book paragraphs, which are the contexts it
+drafts in. It reports the draft's greedy acceptance (the fraction of the target's greedy tokens that
+the draft predicts from the same prefix) on held-out text and on the sample prompts, and the tokens
+per verification that speculation with k drafts would then emit, and writes config.json,
+generation_config.json and model.safetensors to ``python/turbogen/assets/draft_model/`` (no tokenizer
+files: the draft uses the target's; its README.md is left alone)::
+
+    PYTHONPATH=python python scripts/train_default_model.py --draft
 """
 
 from __future__ import annotations
@@ -63,6 +81,7 @@ DEBIAN_DEB_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c0
 RDATA_MEMBER = "./usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
 
 DEFAULT_OUTPUT = REPO_ROOT / "python" / "turbogen" / "assets" / "default_model"
+DEFAULT_DRAFT_OUTPUT = REPO_ROOT / "python" / "turbogen" / "assets" / "draft_model"
 SAMPLE_PROMPTS = ("It is a truth universally acknowledged", "Mr. Darcy", "She was")
 # Plain greedy decoding, overriding the shipped sampling defaults.
 GREEDY = dict(do_sample=False, temperature=None, top_k=None, top_p=None, repetition_penalty=None, max_new_tokens=40)
@@ -319,6 +338,210 @@ def train(args: argparse.Namespace) -> None:
         print(f"greedy: {shipped_tokenizer.decode(output[0], skip_special_tokens=True)!r}", flush=True)
 
 
+# --------------------------------------------------------------------------------------------
+# The draft (--draft): distillation from the shipped target
+# --------------------------------------------------------------------------------------------
+
+# How the target continues the paragraphs whose continuations the draft trains on, with the share
+# of the pool each gets: plain greedy (the speculative benchmark), greedy under the demo's repetition
+# penalty, and sampling with the shipped defaults (a coupled-sampling draft sees these contexts).
+CONTINUATION_MODES = (
+    (0.5, dict(do_sample=False, temperature=None, top_k=None, top_p=None, repetition_penalty=None)),
+    (0.25, dict(do_sample=False, temperature=None, top_k=None, top_p=None, repetition_penalty=1.3)),
+    (0.25, dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1)),
+)
+# Drafts per verification over which the acceptance report sweeps.
+REPORTED_DRAFT_COUNTS = (1, 2, 3, 4, 5, 6, 8)
+# Tokens of each held-out paragraph that the target continues for the acceptance report (after <s>).
+HELD_OUT_PREFIX = 16
+
+
+@torch.no_grad()
+def target_continuations(target, windows: WindowSampler, count: int, generator: torch.Generator,
+                         prefix_lengths: tuple[int, int] = (4, 48), batch_size: int = 32) -> torch.Tensor:
+    """``[count, windows.length + 1]`` sequences: ``<s>`` + the start of a random paragraph (a random
+    number of tokens in ``prefix_lengths``) continued by the target to the window's length, in the
+    :data:`CONTINUATION_MODES` mix (seeded through ``generator``)."""
+    total = windows.length + 1
+    sequences = []
+    batches = math.ceil(count / batch_size)
+    cumulative_shares = [sum(share for share, _ in CONTINUATION_MODES[: i + 1]) for i in range(len(CONTINUATION_MODES))]
+    boundaries = [round(batches * share) for share in cumulative_shares]
+    for index in range(batches):
+        mode = next(settings for boundary, (_, settings) in zip(boundaries, CONTINUATION_MODES) if index < boundary)
+        prefix = int(torch.randint(prefix_lengths[0], prefix_lengths[1] + 1, (), generator=generator))
+        prompts = windows.batch(batch_size, generator)[:, : prefix + 1]
+        if mode["do_sample"]:
+            torch.manual_seed(int(torch.randint(2**31, (), generator=generator)))
+        new_tokens = total - prompts.shape[1]
+        output = target.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, pad_token_id=target.config.pad_token_id, **mode)
+        sequences.append(output[:, :total])
+    return torch.cat(sequences)[:count]
+
+
+def distillation_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, argmax_weight: float) -> torch.Tensor:
+    """KL(target || draft) of the next-token distributions, mean over positions, plus ``argmax_weight``
+    times the draft's cross-entropy on the target's argmax token (what greedy speculation accepts)."""
+    vocab = draft_logits.shape[-1]
+    draft_log_probs = torch.log_softmax(draft_logits.float().reshape(-1, vocab), dim=-1)
+    target_log_probs = torch.log_softmax(target_logits.float().reshape(-1, vocab), dim=-1)
+    kl = torch.nn.functional.kl_div(draft_log_probs, target_log_probs, log_target=True, reduction="batchmean")
+    argmax_ce = torch.nn.functional.nll_loss(draft_log_probs, target_log_probs.argmax(-1))
+    return kl + argmax_weight * argmax_ce
+
+
+@torch.no_grad()
+def greedy_acceptance(draft, target, sequences: torch.Tensor, first_generated: int) -> dict:
+    """How speculation with ``draft`` fares on the target's greedy continuations ``sequences``
+    (``[rows, length]``, generated from position ``first_generated`` on; no padding).
+
+    For greedy decoding, teacher forcing is exact: wherever the draft's argmax equals the target's
+    token, the draft's next context is the target's, so the number of drafts the target accepts
+    from position p on is the run of consecutive agreements starting at p. Returns ``agreement``
+    (the fraction of generated tokens the draft predicts) and ``tokens_per_verify[k]`` (mean tokens
+    one verification with up to k drafts emits, the target's own token included), walking each row as
+    speculation does: accept the run (at most k), emit one target token, continue after it.
+    """
+    predicted = draft(input_ids=sequences).logits.argmax(-1)[:, first_generated - 1 : -1]
+    actual = sequences[:, first_generated:]
+    agrees = (predicted == actual).tolist()
+    tokens_per_verify = {}
+    for k in REPORTED_DRAFT_COUNTS:
+        emitted = verifies = 0
+        for row in agrees:
+            position = 0
+            while position < len(row):
+                run = 0
+                while run < k and position + run < len(row) and row[position + run]:
+                    run += 1
+                step = min(run + 1, len(row) - position)
+                emitted, verifies, position = emitted + step, verifies + 1, position + step
+        tokens_per_verify[k] = emitted / verifies
+    return dict(agreement=float((predicted == actual).float().mean()), tokens_per_verify=tokens_per_verify)
+
+
+def prompt_continuations(target, tokenizer, prompts, new_tokens: int) -> list[tuple[torch.Tensor, int]]:
+    """The target's plain greedy continuation of each prompt: ``(sequence [1, length], prompt length)``."""
+    results = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        settings = dict(GREEDY, max_new_tokens=new_tokens, pad_token_id=target.config.pad_token_id)
+        output = target.generate(**inputs, **settings)
+        results.append((output, inputs["input_ids"].shape[1]))
+    return results
+
+
+def report_acceptance(draft, target, tokenizer, held_out: torch.Tensor, first_generated: int) -> None:
+    """Print the draft's greedy acceptance on held-out paragraphs and on the sample prompts."""
+    def line(name: str, result: dict) -> str:
+        per_k = ", ".join(f"k={k}: {value:.2f}" for k, value in result["tokens_per_verify"].items())
+        return f"  {name}: agreement {result['agreement']:.3f}; tokens per verify {per_k}"
+
+    held_out_result = greedy_acceptance(draft, target, held_out, first_generated)
+    print(line("held-out paragraphs, greedy continuations", held_out_result))
+    continuations = prompt_continuations(target, tokenizer, SAMPLE_PROMPTS, 128)
+    for prompt, (sequence, prompt_length) in zip(SAMPLE_PROMPTS, continuations):
+        print(line(repr(prompt), greedy_acceptance(draft, target, sequence, prompt_length)), flush=True)
+
+
+def train_draft(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+
+    target, tokenizer = models.load_model(args.target)
+    target.requires_grad_(False)
+    novels = load_novels(args.deb)
+    train_novels, validation_novels = split_novels(novels, validation_fraction=0.02)
+    train_windows = WindowSampler(tokenizer, train_novels, args.seq_len)
+    validation_windows = WindowSampler(tokenizer, validation_novels, args.seq_len)
+
+    config = models.default_draft_config(vocab_size=len(tokenizer))
+    draft = transformers.LlamaForCausalLM(config)
+    # Start from the target: its embeddings (tied, so the output layer too), first layer and final norm.
+    draft.model.embed_tokens.load_state_dict(target.model.embed_tokens.state_dict())
+    draft.model.layers[0].load_state_dict(target.model.layers[0].state_dict())
+    draft.model.norm.load_state_dict(target.model.norm.state_dict())
+    draft.generation_config = models.default_draft_generation_config()
+    draft.train()
+    print(f"draft: {sum(p.numel() for p in draft.parameters()) / 1e6:.2f} M parameters, "
+          f"{config.num_hidden_layers} layer", flush=True)
+
+    data_generator = torch.Generator().manual_seed(args.seed)
+    validation_generator = torch.Generator().manual_seed(args.seed + 1)
+    pool = target_continuations(target, train_windows, args.continuations, data_generator)
+    validation_pool = target_continuations(target, validation_windows, 64, validation_generator,
+                                           prefix_lengths=(HELD_OUT_PREFIX, HELD_OUT_PREFIX))
+    held_out = validation_pool[: 64 // 2]  # the plain greedy half: the mode comes first in the mix
+    validation_batches = [validation_windows.batch(args.batch_size, validation_generator) for _ in range(4)]
+    validation_batches += list(validation_pool.split(args.batch_size))
+    print(f"target continuations: {len(pool)} for training, {len(validation_pool)} held out "
+          f"({time.perf_counter() - started:.0f}s)", flush=True)
+
+    @torch.no_grad()
+    def validation_loss() -> float:
+        draft.eval()
+        losses = [distillation_loss(draft(input_ids=b).logits, target(input_ids=b).logits, args.argmax_weight).item()
+                  for b in validation_batches]
+        draft.train()
+        return sum(losses) / len(losses)
+
+    print(f"before training: validation loss {validation_loss():.3f}", flush=True)
+    draft.eval()
+    report_acceptance(draft, target, tokenizer, held_out, first_generated=HELD_OUT_PREFIX + 1)
+    draft.train()
+
+    decayed = [p for p in draft.parameters() if p.dim() >= 2]
+    undecayed = [p for p in draft.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.1}, {"params": undecayed, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+    generated_rows = round(args.batch_size * args.continuation_share)
+    loss_ema = None
+    for step in range(args.steps):
+        step_lr = learning_rate(step, args.steps, args.lr, args.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
+        chosen = torch.randint(len(pool), (generated_rows,), generator=data_generator)
+        batch = torch.cat([train_windows.batch(args.batch_size - generated_rows, data_generator), pool[chosen]])
+        with torch.no_grad():
+            target_logits = target(input_ids=batch).logits
+        loss = distillation_loss(draft(input_ids=batch).logits, target_logits, args.argmax_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            message = (f"step {step + 1}/{args.steps}  distillation loss (EMA) {loss_ema:.3f}  lr {step_lr:.2e}  "
+                       f"{time.perf_counter() - started:.0f}s")
+            if (step + 1) % (args.log_every * 5) == 0 or step + 1 == args.steps:
+                message += f"  validation {validation_loss():.3f}"
+            print(message, flush=True)
+
+    training_seconds = time.perf_counter() - started
+    print(f"trained in {training_seconds:.0f}s", flush=True)
+    save_draft(draft, args.output, args.save_dtype)
+    shipped, _ = models.load_draft_model(args.output)
+    for name in sorted(args.output.iterdir()):
+        print(f"  {name.name}: {name.stat().st_size / 1e6:.2f} MB")
+    print(f"the saved {args.save_dtype} draft's greedy acceptance:", flush=True)
+    report_acceptance(shipped, target, tokenizer, held_out, first_generated=HELD_OUT_PREFIX + 1)
+
+
+def save_draft(model, output: pathlib.Path, dtype_name: str) -> None:
+    """Write config, generation config and safetensors weights (no tokenizer) to ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in output.glob("*.safetensors*"):
+        stale.unlink()
+    model.to(getattr(torch, dtype_name)).save_pretrained(output, safe_serialization=True)
+    for written in output.iterdir():
+        written.chmod(0o644)  # safetensors may write owner-only files; the package ships them to everyone
+
+
 def save(model, tokenizer, output: pathlib.Path, dtype_name: str) -> None:
     """Write config, generation config, safetensors weights and tokenizer files to ``output``."""
     output.mkdir(parents=True, exist_ok=True)
@@ -331,19 +554,41 @@ def save(model, tokenizer, output: pathlib.Path, dtype_name: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deb", type=pathlib.Path, help=f"a local {DEBIAN_PACKAGE}_{DEBIAN_VERSION}_all.deb (default: apt-get download it)")
-    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--draft", action="store_true",
+                        help="train the draft model for speculative decoding, distilled from --target")
+    parser.add_argument("--target", type=pathlib.Path, default=DEFAULT_OUTPUT,
+                        help="with --draft: the trained model to distil (default: the shipped default model)")
+    parser.add_argument("--output", type=pathlib.Path, default=None,
+                        help=f"default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)}, "
+                             f"with --draft {DEFAULT_DRAFT_OUTPUT.relative_to(REPO_ROOT)}")
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=700)
-    parser.add_argument("--warmup-steps", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 24, with --draft 16")
+    parser.add_argument("--steps", type=int, default=None, help="default: 700, with --draft 1000")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="default: 40, with --draft 50")
+    parser.add_argument("--lr", type=float, default=None, help="default: 2e-3, with --draft 1e-3")
+    parser.add_argument("--continuations", type=int, default=2048,
+                        help="with --draft: target continuations generated for training")
+    parser.add_argument("--continuation-share", type=float, default=0.5,
+                        help="with --draft: the share of each batch taken from the continuations "
+                             "(the rest: book windows)")
+    parser.add_argument("--argmax-weight", type=float, default=0.5,
+                        help="with --draft: weight of the cross-entropy on the target's argmax token")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--save-dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.draft:
+        defaults = dict(output=DEFAULT_DRAFT_OUTPUT, batch_size=16, steps=1000, warmup_steps=50, lr=1e-3)
+    else:
+        defaults = dict(output=DEFAULT_OUTPUT, batch_size=24, steps=700, warmup_steps=40, lr=2e-3)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    arguments = parse_args()
+    (train_draft if arguments.draft else train)(arguments)

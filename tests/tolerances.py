@@ -157,6 +157,15 @@ def assert_draws_follow(tokens: torch.Tensor, probabilities: torch.Tensor,
             f"(total-variation distance of the frequencies: {total_variation:.4f})")
 
 
+def generate_both(model, input_ids, attention_mask, **kwargs):
+    """(transformers' result, turbogen's result) of the same ``generate`` call."""
+    from turbogen.generate import generate
+
+    expected = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+    actual = generate(model, input_ids, attention_mask=attention_mask, **kwargs)
+    return expected, actual
+
+
 def assert_same_generation(expected, actual, beams: bool = False, assert_same_floats=assert_bit_exact) -> None:
     """``actual`` (turbogen's ``return_dict_in_generate`` output) has ``expected``'s (transformers') tokens, beam
     indices and cache length, and its recorded floats (scores, logits, sequence scores) pass

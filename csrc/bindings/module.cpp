@@ -50,4 +50,5 @@ PYBIND11_MODULE(_C, m) {
   turbogen::bind_beam_step(m);
   turbogen::bind_penalties(m);
   turbogen::bind_noise(m);
+  turbogen::bind_verify(m);
 }

@@ -24,6 +24,11 @@ with 4.57's meaning:
   and :func:`legacy_cache` convert in either.
 - ``Cache.crop``: 4.57 takes the length to keep (or, if negative, how many positions to drop); 5.x takes
   only the negative form and raises for a positive one. :func:`crop_cache` uses the form both accept.
+- ``StaticCache``'s full-attention layers (``StaticLayer``): 4.57 writes at ``cache_position`` and counts the
+  cached length as the non-zero slots of row 0, but its layers have no ``crop``; 5.x writes at its own
+  ``cumulative_length`` (ignoring ``cache_position``) and marks the layers not croppable. Both are cropped
+  the same way by zeroing the dropped slots (and, in 5.x, setting ``cumulative_length``):
+  :func:`can_crop_cache`, :func:`crop_cache` and :func:`full_static_cache_layers`.
 
 Importing this module does not import transformers: the version is read from ``sys.modules`` (an object can
 only come from transformers if transformers was imported already), and the two functions that build or
@@ -46,6 +51,7 @@ __all__ = [
     "is_type_or_transformers_twin",
     "crop_cache",
     "dynamic_cache_from_legacy",
+    "full_static_cache_layers",
     "generation_config_attributes",
     "legacy_cache",
     "position_ids_from_attention_mask",
@@ -154,18 +160,52 @@ def prepare_inputs(model: Any, input_ids: torch.Tensor, model_kwargs: dict,
     return model.prepare_inputs_for_generation(input_ids, next_sequence_length=new_tokens, **model_kwargs)
 
 
+_CACHE_MODULE = "transformers.cache_utils"
+
+
+def full_static_cache_layers(cache: Any) -> Optional[list]:
+    """The layers of ``cache`` if it is exactly transformers' ``StaticCache`` with only full-attention
+    ``StaticLayer`` layers and no offloading (layers hold ``keys`` / ``values`` ``[rows, heads, max_cache_len,
+    head_dim]`` once initialised, written in place), else None."""
+    if not is_transformers_type(cache, _CACHE_MODULE, "StaticCache") or getattr(cache, "offloading", False):
+        return None
+    layers = list(getattr(cache, "layers", ()))
+    if not layers or not all(is_transformers_type(layer, _CACHE_MODULE, "StaticLayer") for layer in layers):
+        return None
+    return layers
+
+
 def can_crop_cache(cache: Any) -> bool:
     """Whether :func:`crop_cache` can always restore ``cache`` to an earlier length. Sliding-window layers
-    forget what leaves their window, so in both versions their ``crop`` fails once the window is full."""
+    forget what leaves their window, so in both versions their ``crop`` fails once the window is full.
+    transformers' ``StaticCache`` of full-attention layers can (see :func:`crop_cache`), although 4.57's layers
+    have no ``crop`` and 5.x's say they are not croppable."""
+    if full_static_cache_layers(cache) is not None:
+        return True
     return (hasattr(cache, "crop") and getattr(cache, "is_croppable", True)
             and not any(getattr(cache, "is_sliding", ())))
 
 
-def crop_cache(cache: Any, length: int) -> None:
-    """Forget every cached position from ``length`` on (nothing happens if the cache is not that long)."""
-    excess = int(cache.get_seq_length()) - length
-    if excess > 0:
-        cache.crop(-excess)
+def crop_cache(cache: Any, length: int, current: Optional[int] = None) -> None:
+    """Forget every cached position from ``length`` on (nothing happens if the cache is not that long).
+    ``current``: the cache's length when the caller knows it (saves a host read).
+
+    transformers' ``StaticCache`` of full-attention layers is cropped here: the slots ``length ... current - 1``
+    are zeroed, so that 4.57 (which counts the non-zero slots of row 0 as the length) sees the new length, and
+    5.x's ``cumulative_length`` (where its next write goes) is set to ``length``."""
+    static_layers = full_static_cache_layers(cache)
+    current = int(cache.get_seq_length()) if current is None else current
+    if current <= length:
+        return
+    if static_layers is None:
+        cache.crop(length - current)
+        return
+    for layer in static_layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
+                tensor[:, :, length:current].zero_()
+        if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
+            layer.cumulative_length.fill_(length)
 
 
 def dynamic_cache_from_legacy(legacy: Any) -> Any:

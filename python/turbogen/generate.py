@@ -11,8 +11,9 @@ numbers). Multinomial sampling uses turbogen's counter-based sampler instead of 
 distribution, reproducible draws: see "Sampling" below).
 
 This module is the facade: it resolves the call (:mod:`turbogen.generation.prepare`), picks the loop
-(:mod:`turbogen.generation.decode` for greedy search and sampling, :mod:`turbogen.generation.beam_search`
-for the beam methods), both driving the model through a :class:`~turbogen.generation.runner.ModelRunner`,
+(:mod:`turbogen.generation.decode` for greedy search and sampling, :mod:`turbogen.generation.speculative` for
+them with drafts, :mod:`turbogen.generation.beam_search` for the beam methods), all driving the model through a
+:class:`~turbogen.generation.runner.ModelRunner`,
 and packages the output. Where the model runs on an accelerator and nothing user-supplied could observe
 it, the "all rows finished" flag is read ``FINISH_CHECK_LAG`` steps late (per device type) and the extra
 steps are discarded, leaving results identical. Only the last position's logits are computed when the
@@ -37,6 +38,16 @@ other names of transformers 4.57 build transformers' own caches as it does (:fun
 ``torch.compile`` and CUDA graphs: run eagerly, transformers' models rebuild an explicit mask over every
 cache slot at each step, which costs more than the dynamic cache's growth.
 
+Speculative decoding (assisted generation: ``assistant_model``, also with ``tokenizer`` + ``assistant_tokenizer``
+for another vocabulary, ``prompt_lookup_num_tokens``, ``assistant_early_exit``), for decoder-only greedy search and
+sampling at any batch size: drafts (:mod:`turbogen.generation.candidates`) are verified several at a time and the
+output is identical to the same call without them, also when sampling with the same seed (coupled verification:
+:func:`turbogen.ops.verify`). The target runs over a ``DynamicCache`` keeping every layer whole (as transformers
+does for assisted generation) or turbogen's static cache (``cache_implementation="static"``, which transformers
+refuses here); other cache kinds, encoder-decoder models, models with their own ``prepare_inputs_for_generation``,
+``output_attentions`` / ``output_hidden_states``, ``inputs_embeds``, user ``position_ids`` and classifier-free
+guidance are refused (``UnsupportedByTurbogen``). README.md's "Speculative decoding" has the details.
+
 Sampling: every sequence has its own 64-bit seed, ``seed + row`` where ``seed`` is
 ``generation_config.seed`` or, if that is ``None``, one number drawn from torch's global RNG per call
 (so ``torch.manual_seed`` makes runs reproducible); or, with a list ``seed`` (one per prompt), ``seed[p] + j``
@@ -57,11 +68,14 @@ import torch
 from . import _transformers_compat as _compat
 from .generation.batch_state import BatchState
 from .generation.beam_search import run_beam_search
+from .generation.candidates import build_candidates
 from .generation.decode import FINISH_CHECK_LAG, run_greedy_or_sample
 from .generation.prepare import PreparedCall, prepare_call
 from .generation.record import Record
 from .generation.runner import ModelRunner, make_runner
+from .generation.speculative import can_advance_ragged, run_speculative
 from .generation.transition_scores import compute_transition_scores
+from .processors.build import sampler_filter_params
 from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
                       GenerateEncoderDecoderOutput)
 
@@ -117,8 +131,9 @@ def generate(
 
     Raises:
         ValueError: for invalid or conflicting arguments, naming them.
-        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (assisted,
-            contrastive, group beam, constrained beam, DoLa, the encoder-decoder cases listed above, ...); a
+        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (contrastive,
+            group beam, constrained beam, DoLa, the encoder-decoder cases listed above, the speculative cases listed
+            in "Speculative decoding", ...); a
             model patched with :func:`turbogen.patch` runs those with its original ``generate`` instead.
         turbogen.NonFiniteScoresError: (a ``RuntimeError``) when sampling meets scores it cannot sample from.
     """
@@ -126,14 +141,18 @@ def generate(
         call = prepare_call(model, inputs, generation_config, logits_processor, stopping_criteria,
                             prefix_allowed_tokens_fn, streamer, tokenizer, kwargs)
         record = Record(call.config, encoder_decoder=call.encoder_outputs is not None)
+        speculation = call.speculation
+        # Speculation feeds drafts past a row's end: the runner has room for them.
         runner = make_runner(model, call.input_ids, call.model_kwargs, call.cache, call.config.use_cache,
-                             call.max_length, record)
+                             call.max_length + (speculation.headroom if speculation is not None else 0), record)
         # Only now, when nothing can be refused any more (a patched model falls back on a refusal, and its
         # original generate streams the prompt itself).
         if streamer is not None:
             streamer.put(call.input_ids.cpu())
         if call.is_beam:
             result = _beam_search(call, runner, record)
+        elif speculation is not None:
+            result = _speculative(call, runner, record, streamer)
         else:
             user_code_per_step = (bool(logits_processor) or prefix_allowed_tokens_fn is not None
                                   or streamer is not None)
@@ -150,6 +169,12 @@ def _greedy_or_sample(call: PreparedCall, runner: ModelRunner, record: Record, s
     batch = BatchState.from_config(config, call.input_ids.shape[0], call.input_ids.device, call.sampler_filters)
     sequences = run_greedy_or_sample(runner, call.input_ids, batch, call.processors, call.stopping, record,
                                      call.tokens.pad, call.max_length, streamer, deferrable)
+    return _decoder_only_output(call, runner, record, sequences)
+
+
+def _decoder_only_output(call: PreparedCall, runner: ModelRunner, record: Record, sequences: torch.Tensor):
+    """The sequences, or with ``return_dict_in_generate`` the non-beam output class."""
+    config = call.config
     if not config.return_dict_in_generate:
         return sequences
     output_class = GenerateEncoderDecoderOutput if call.encoder_outputs is not None else GenerateDecoderOnlyOutput
@@ -160,6 +185,24 @@ def _greedy_or_sample(call: PreparedCall, runner: ModelRunner, record: Record, s
         **_attention_fields(call, record),
         past_key_values=runner.past_key_values,
     )
+
+
+def _speculative(call: PreparedCall, runner: ModelRunner, record: Record, streamer: Any):
+    config = call.config
+    rows = call.input_ids.shape[0]
+    batch = BatchState.from_config(config, rows, call.input_ids.device, call.sampler_filters)
+    filters = call.sampler_filters or sampler_filter_params(config)
+    candidates = build_candidates(call.speculation, call.input_ids, call.model_kwargs.get("attention_mask"),
+                                  call.max_length, call.tokens.eos, batch.seeds, filters)
+    # The returned `past_key_values` (return_dict_in_generate) is laid out as plain decoding leaves it only
+    # when the rows advanced together (ragged rows leave masked holes in the cache).
+    ragged = not config.return_dict_in_generate and can_advance_ragged(
+        runner, call.processors, call.stopping, record, streamer, rows,
+        models=(runner.model if hasattr(runner, "model") else None, call.speculation.assistant_model))
+    sequences = run_speculative(runner, call.input_ids, batch, call.processors, call.stopping, record,
+                                call.tokens.pad, call.max_length, streamer, candidates, ragged=ragged,
+                                draft_limit=call.speculation.draft_limit)
+    return _decoder_only_output(call, runner, record, sequences)
 
 
 def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):

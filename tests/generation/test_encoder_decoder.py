@@ -16,7 +16,7 @@ import transformers
 from conftest import TRANSFORMERS_5
 from tiny_models import (BOS_ID, EOS_ID, HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS, PAD_ID, encode_batch,
                          tiny_model_environment, vocab_size)  # noqa: F401  (a fixture, applied by pytestmark)
-from tolerances import assert_bit_exact, assert_same_generation
+from tolerances import assert_bit_exact, assert_same_generation, generate_both
 from turbogen import UnsupportedByTurbogen
 from turbogen.generate import generate
 
@@ -61,18 +61,12 @@ def _prompt(batch: str):
     return encode_batch(PROMPTS[batch])
 
 
-def _both(model, input_ids, attention_mask, **kwargs):
-    expected = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
-    actual = generate(model, input_ids, attention_mask=attention_mask, **kwargs)
-    return expected, actual
-
-
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_greedy_matches_transformers(kind, batch):
     model = _model(kind)
     ids, mask = _prompt(batch)
-    expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+    expected, actual = generate_both(model, ids, mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                              return_dict_in_generate=True, output_scores=True, output_logits=True)
     assert_same_generation(expected, actual)
     assert actual.sequences.shape[1] > 2, "the test must generate more than a token"
@@ -86,7 +80,7 @@ def test_greedy_matches_transformers(kind, batch):
 def test_beam_search_matches_transformers(kind):
     model = _model(kind)
     ids, mask = _prompt("padded")
-    expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, num_beams=3, num_return_sequences=2,
+    expected, actual = generate_both(model, ids, mask, max_new_tokens=NEW_TOKENS, num_beams=3, num_return_sequences=2,
                              length_penalty=1.3, return_dict_in_generate=True, output_scores=True)
     assert_same_generation(expected, actual, beams=True)
     assert isinstance(actual, transformers.generation.utils.GenerateBeamEncoderDecoderOutput)
@@ -97,7 +91,7 @@ def test_attentions_and_hidden_states_match_transformers(kind):
     model = _model(kind)
     ids, mask = _prompt("padded")
     for beams in (1, 2):
-        expected, actual = _both(model, ids, mask, max_new_tokens=3, num_beams=beams, return_dict_in_generate=True,
+        expected, actual = generate_both(model, ids, mask, max_new_tokens=3, num_beams=beams, return_dict_in_generate=True,
                                  output_attentions=True, output_hidden_states=True)
         assert_same_generation(expected, actual, beams=beams > 1)
         for name in ("encoder_attentions", "encoder_hidden_states"):
@@ -116,7 +110,7 @@ def test_decoder_start_list_and_decoder_input_ids_match_transformers(kind):
     model = _model(kind)
     ids, mask = _prompt("padded")
     starts = [5, 9, 17]
-    expected, actual = _both(model, ids, mask, max_new_tokens=4, decoder_start_token_id=starts,
+    expected, actual = generate_both(model, ids, mask, max_new_tokens=4, decoder_start_token_id=starts,
                              return_dict_in_generate=True, output_scores=True)
     assert_same_generation(expected, actual)
     assert actual.sequences[:, 0].tolist() == starts
@@ -124,7 +118,7 @@ def test_decoder_start_list_and_decoder_input_ids_match_transformers(kind):
     # Without the start token (it is put in front, the decoder mask grows a 1) and with it.
     for decoder_ids in (torch.tensor([[20, 21]] * 3), torch.tensor([[start, 20, 21]] * 3)):
         decoder_mask = torch.ones_like(decoder_ids)
-        expected, actual = _both(model, ids, mask, max_new_tokens=4, decoder_input_ids=decoder_ids,
+        expected, actual = generate_both(model, ids, mask, max_new_tokens=4, decoder_input_ids=decoder_ids,
                                  decoder_attention_mask=decoder_mask, return_dict_in_generate=True,
                                  output_scores=True)
         assert_same_generation(expected, actual)
@@ -154,7 +148,7 @@ def test_encoder_side_processors_match_transformers(kind):
     boosted = {"encoder_repetition_penalty": 50.0}
     for option in (boosted, {**boosted, "encoder_no_repeat_ngram_size": 1},
                    {"encoder_no_repeat_ngram_size": 2}, {"encoder_repetition_penalty": 0.5}):
-        expected, actual = _both(model, ids, mask, max_new_tokens=NEW_TOKENS, **option)
+        expected, actual = generate_both(model, ids, mask, max_new_tokens=NEW_TOKENS, **option)
         assert torch.equal(actual, expected), option
         if option == boosted:
             assert not torch.equal(plain, actual), "the repetition penalty must change this output"
@@ -192,7 +186,7 @@ def test_static_cache_and_no_cache_match_transformers(kind):
     ids, mask = _prompt("padded")
     for arguments in ({"cache_implementation": "static"}, {"use_cache": False}):
         for beams in (1, 3):
-            expected, actual = _both(model, ids, mask, max_new_tokens=5, num_beams=beams,
+            expected, actual = generate_both(model, ids, mask, max_new_tokens=5, num_beams=beams,
                                      return_dict_in_generate=True, output_scores=True, **arguments)
             assert_same_generation(expected, actual, beams=beams > 1)
     assert type(actual.past_key_values) is type(expected.past_key_values)  # noqa: E721  (None without a cache)

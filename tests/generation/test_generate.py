@@ -17,7 +17,7 @@ import transformers
 from conftest import TRANSFORMERS_5
 from tiny_models import EOS_ID, MODEL_KINDS, PAD_ID, encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
-from tolerances import assert_bit_exact, assert_close_across_compilations, assert_same_generation
+from tolerances import assert_bit_exact, assert_close_across_compilations, assert_same_generation, generate_both
 from turbogen import GenerationConfig
 from turbogen.generate import FINISH_CHECK_LAG, compute_transition_scores, generate
 
@@ -34,13 +34,6 @@ def _prompt(batch: str):
     return encode_batch(PROMPTS[batch])
 
 
-def _both(model, input_ids, attention_mask, **kwargs):
-    """(transformers' result, turbogen's result) of the same call."""
-    expected = model.generate(input_ids, attention_mask=attention_mask, **kwargs)
-    actual = generate(model, input_ids, attention_mask=attention_mask, **kwargs)
-    return expected, actual
-
-
 def _early_eos(model, input_ids, attention_mask, steps=(2, 4, 1)) -> list[int]:
     """EOS ids that make each row stop early: for row ``i``, the token greedy search emits at step
     ``steps[i]`` (so rows finish at different steps)."""
@@ -55,7 +48,7 @@ def _early_eos(model, input_ids, attention_mask, steps=(2, 4, 1)) -> list[int]:
 def test_greedy_matches_transformers(kind, batch):
     model = tiny_model(kind)
     input_ids, attention_mask = _prompt(batch)
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, output_logits=True)
     assert_same_generation(expected, actual)
     assert actual.sequences.shape == (input_ids.shape[0], input_ids.shape[1] + NEW_TOKENS)
@@ -86,7 +79,7 @@ def _assert_early_eos_run_matches_transformers(model) -> tuple[int, torch.Tensor
     transformers; returns the prompt length and turbogen's sequences."""
     input_ids, attention_mask = _prompt("padded")
     eos = _early_eos(model, input_ids, attention_mask)
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
                              return_dict_in_generate=True, output_scores=True)
     assert_same_generation(expected, actual)
     assert actual.sequences.shape[1] < input_ids.shape[1] + NEW_TOKENS, "every row should have stopped early"
@@ -113,7 +106,7 @@ def test_beam_search_matches_transformers(kind, batch, setting):
     input_ids, attention_mask = _prompt(batch)
     # By default, EOS ids that greedy search hits early, so hypotheses finish at different lengths.
     options = {"eos_token_id": _early_eos(model, input_ids, attention_mask), **BEAM_SETTINGS[setting]}
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, output_logits=True, **options)
     assert_same_generation(expected, actual, beams=True)
     assert_bit_exact(compute_transition_scores(actual.sequences, actual.scores, actual.beam_indices),
@@ -166,7 +159,7 @@ def test_processors_from_config_match_transformers(options):
         # penalises the pad token like any prompt token. The two agree on prompts without padding.
         batch = "single"
     input_ids, attention_mask = _prompt(batch)
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, return_dict_in_generate=True,
                              output_scores=True, **options)
     assert_same_generation(expected, actual)
 
@@ -178,7 +171,7 @@ def test_stateful_penalties_follow_finished_rows_and_beams_like_transformers(num
     model = tiny_model("llama")
     # transformers 5 exempts left padding from the repetition penalty (see the test above): one row there.
     input_ids, attention_mask = _prompt("single" if TRANSFORMERS_5 else "padded")
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, num_beams=num_beams,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, num_beams=num_beams,
                              eos_token_id=_early_eos(model, input_ids, attention_mask), repetition_penalty=1.4,
                              no_repeat_ngram_size=2, return_dict_in_generate=True, output_scores=True)
     assert_same_generation(expected, actual, beams=num_beams > 1)
@@ -191,7 +184,7 @@ def test_custom_logits_processor_is_applied_like_transformers():
 
     model = tiny_model("gpt2")
     input_ids, attention_mask = _prompt("padded")
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, return_dict_in_generate=True,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=5, return_dict_in_generate=True,
                              output_scores=True, logits_processor=transformers.LogitsProcessorList([BanToken()]))
     assert_same_generation(expected, actual)
 
@@ -226,7 +219,7 @@ def test_processor_signatures_are_read_once_per_class_not_per_step(monkeypatch):
 def test_without_cache_matches_transformers(kind):
     model = tiny_model(kind)
     input_ids, attention_mask = _prompt("padded")
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, use_cache=False, num_beams=2,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=5, use_cache=False, num_beams=2,
                              return_dict_in_generate=True, output_scores=True)
     assert_same_generation(expected, actual, beams=True)
     assert actual.past_key_values is None
@@ -281,7 +274,7 @@ def test_ragged_token_lists_are_left_padded():
 def test_hidden_states_and_attentions_match_transformers():
     model = tiny_model("gpt2", attn_implementation="eager")  # SDPA attention returns no attention weights
     input_ids, attention_mask = _prompt("padded")
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=3, return_dict_in_generate=True,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=3, return_dict_in_generate=True,
                              output_hidden_states=True, output_attentions=True)
     # transformers 5 gives padding tokens position 0 where 4.57 (turbogen's spec) gives 1, which changes what is
     # computed at padding positions only; the prompt step's padding queries are compared under 4.57 alone.
@@ -314,7 +307,7 @@ def test_model_with_own_input_preparation_matches_transformers(num_beams):
     model = _PreparesItsOwnInputs(reference.config).eval()
     model.load_state_dict(reference.state_dict())
     input_ids, attention_mask = _prompt("padded")
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, num_beams=num_beams,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=5, num_beams=num_beams,
                              return_dict_in_generate=True, output_scores=True)
     assert_same_generation(expected, actual, beams=num_beams > 1)
     calls_before = _PreparesItsOwnInputs.calls
@@ -327,7 +320,7 @@ def test_other_architectures_match_transformers(kind):
     model = tiny_model(kind)
     input_ids, attention_mask = _prompt("padded")
     for options in (dict(), dict(num_beams=2)):
-        expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=5, return_dict_in_generate=True,
+        expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=5, return_dict_in_generate=True,
                                  output_scores=True, **options)
         assert_same_generation(expected, actual, beams="num_beams" in options)
 
@@ -386,7 +379,7 @@ def test_generation_config_forms_are_equivalent():
 def test_length_resolution_matches_transformers(lengths):
     model = tiny_model("llama")
     input_ids, attention_mask = _prompt("padded")
-    expected, actual = _both(model, input_ids, attention_mask, **lengths)
+    expected, actual = generate_both(model, input_ids, attention_mask, **lengths)
     assert torch.equal(actual, expected)
 
 
@@ -448,7 +441,7 @@ def test_late_finish_check_discards_the_steps_run_up_to_the_length_limit(kind, l
     greedy = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=None,
                             do_sample=False)[:, input_ids.shape[1]:]
     eos = sorted({int(token) for token in greedy[:, finish_at - 1]})  # each row's token at the finishing step
-    expected, actual = _both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
+    expected, actual = generate_both(model, input_ids, attention_mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
                              return_dict_in_generate=True, output_scores=True, output_logits=True)
     assert expected.sequences.shape[1] == input_ids.shape[1] + finish_at, "the last row should finish at finish_at"
     assert_same_generation(expected, actual)
@@ -498,16 +491,6 @@ def test_runner_verify_equals_single_decode_steps(kind):
         assert verifying.fed_length == prompt_length + 2
         assert verifying.past_key_values.get_seq_length() == prompt_length + 2
         assert_close_across_compilations(verifying.decode(drafted[:, 2]), expected[:, 2])
-
-
-def test_runner_crop_to_different_row_lengths_is_refused():
-    model = tiny_model("llama")
-    input_ids, attention_mask = _prompt("padded")
-    runner = _runner(model, input_ids, attention_mask, input_ids.shape[1] + 4)
-    with torch.no_grad():
-        runner.prefill(input_ids)
-    with pytest.raises(ValueError, match="per-row"):
-        runner.crop(torch.tensor([2, 3, 3]))
 
 
 def test_runner_of_a_model_with_its_own_input_preparation_cannot_verify():

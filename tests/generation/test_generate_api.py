@@ -69,8 +69,7 @@ UNSUPPORTED = {
     "contrastive_search": (dict(penalty_alpha=0.6, top_k=4), "contrastive"),
     "constrained_beam_search": (dict(num_beams=2, force_words_ids=[[5]]), "constrained"),
     "dola": (dict(dola_layers="low"), "DoLa"),
-    "prompt_lookup": (dict(prompt_lookup_num_tokens=3), "assisted"),
-    "assistant_model": (dict(assistant_model="a model"), "assistant_model"),
+    "prompt_lookup_with_guidance": (dict(prompt_lookup_num_tokens=3, guidance_scale=1.5), "speculative decoding"),
     "inputs_embeds_beside_ids_of_another_length": (dict(inputs_embeds=torch.zeros(2, 4, 32)), "inputs_embeds"),
     "synced_gpus": (dict(synced_gpus=True), "synced_gpus"),
 }

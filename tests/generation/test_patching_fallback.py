@@ -128,8 +128,8 @@ REFUSALS = {
                           "generation mode group_beam_search"),
     "constrained_beam_search": (dict(num_beams=2, force_words_ids=[[5]]), "generation mode constrained_beam_search"),
     "dola": (dict(dola_layers="low"), "generation mode dola_generation"),
-    "prompt_lookup": (dict(prompt_lookup_num_tokens=3), "generation mode assisted_generation"),
-    "assistant_model": (dict(assistant_model="a model"), "assistant_model"),
+    "prompt_lookup_with_guidance": (dict(prompt_lookup_num_tokens=3, guidance_scale=1.5),
+                                    "assisted generation with guidance_scale"),
     "synced_gpus": (dict(synced_gpus=True), "synced_gpus"),
     "use_mtp": (dict(use_mtp=True), "use_mtp"),
 }

@@ -213,6 +213,30 @@ def test_sample_and_filter_logits(kind, backend):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_verify(kind, backend):
+    """Both modes, per-row filters and seeds from the caller's library; the result is a VerifyResult of its arrays."""
+    logits, params = logits_array(4, 300, seed=6).reshape(4, 3, 100), sampling_parameters()
+    seeds = np.array([3, 1, 4, 1], dtype=np.int64)
+    drafts = np.argmax(logits[:, :2], axis=-1).astype(np.int64)
+    drafts[1, 0] = -1
+    probs = np.full((4, 2, 100), 0.01, dtype=np.float32)
+    for mode, draft_probs in (("coupled", None), ("rejection", probs)):
+        with x64(kind):
+            result = ops.verify(as_kind(logits, kind), as_kind(drafts, kind),
+                                draft_probs=None if draft_probs is None else as_kind(draft_probs, kind), mode=mode,
+                                seed=as_kind(seeds, kind), offset=2, backend=backend,
+                                **{name: as_kind(value, kind) for name, value in params.items()})
+            expected = ops.verify(torch_of(logits), torch_of(drafts),
+                                  draft_probs=None if draft_probs is None else torch_of(draft_probs), mode=mode,
+                                  seed=torch_of(seeds), offset=2, backend=backend,
+                                  **{name: torch_of(value) for name, value in params.items()})
+            assert isinstance(result, ops.VerifyResult)
+            assert_same(result.accepted, expected.accepted, kind)
+            assert_same(result.tokens, expected.tokens, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sampler(kind, backend):
     logits, params = logits_array(4, 100, seed=5), sampling_parameters()
     seeds = np.array([8, 6, 7, 5], dtype=np.int64)
@@ -374,7 +398,7 @@ def test_torch_calls_are_untouched():
     x, out = torch.zeros(3), torch.ones(3)
     assert op(x, 2.0, out=out) is out
     assert calls[-1][0] is x and calls[-1][1] is out
-    for name in ("softmax", "sample", "beam_step", "apply_penalties"):
+    for name in ("softmax", "sample", "beam_step", "apply_penalties", "verify"):
         function = getattr(ops, name)
         assert inspect.signature(function) == inspect.signature(function.__wrapped__)
         assert function.__doc__ == function.__wrapped__.__doc__

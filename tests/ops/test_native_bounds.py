@@ -721,3 +721,108 @@ def test_beam_step_cuda_launcher_validates_on_the_host_or_says_cuda_is_missing()
     else:
         with pytest.raises(RuntimeError, match="without CUDA"):
             extension.launch_beam_step_cuda(bad, 0)
+
+
+# ---- launch_verify_cpu (csrc/include/turbogen/verify.h) ------------------------------------------------
+
+class VerifyBuffers:
+    """A valid VerifyArgs (3 rows, k = 2 drafts, vocab 50, rejection mode) and the tensors behind its addresses."""
+
+    def __init__(self, rows: int = 3, k: int = 2, vocab: int = 50):
+        self.logits = torch.randn(rows, k + 1, vocab)
+        self.drafts = torch.tensor([[0, 1], [-1, 2], [vocab, 3]], dtype=torch.int64)[:rows, :k].contiguous()
+        self.probs = torch.softmax(torch.randn(rows, k, vocab), -1)
+        self.temperature = torch.full((rows,), 0.8)
+        self.top_k = torch.tensor([5], dtype=torch.int64)
+        self.top_p = torch.tensor([0.9], dtype=torch.float64)
+        self.min_p = torch.tensor([0.05])
+        self.seed = torch.arange(rows, dtype=torch.int64)
+        self.offset = torch.tensor([7], dtype=torch.int64)
+        self.accepted = torch.full((rows,), 99, dtype=torch.int64)
+        self.tokens = torch.full((rows, k + 1), 99, dtype=torch.int64)
+        self.args = _apply(_ext.extension().VerifyArgs(), dict(
+            logits=self.logits.data_ptr(), rows=rows, positions=k + 1, vocab=vocab, row_stride=vocab, dtype=0,
+            draft_tokens=self.drafts.data_ptr(), draft_probs=self.probs.data_ptr(), rejection=True,
+            temperature=self.temperature.data_ptr(), temperature_per_row=True, top_k=self.top_k.data_ptr(),
+            top_p=self.top_p.data_ptr(), min_p=self.min_p.data_ptr(), seed=self.seed.data_ptr(),
+            offset=self.offset.data_ptr(), accepted=self.accepted.data_ptr(), tokens=self.tokens.data_ptr()))
+
+
+VERIFY_CASES = [
+    (dict(logits=0), "null.*logits"),
+    (dict(draft_tokens=0), "null.*draft_tokens"),
+    (dict(draft_probs=0), "null.*draft_probs"),
+    (dict(temperature=0), "null.*temperature"),
+    (dict(top_k=0), "null.*top_k"),
+    (dict(top_p=0), "null.*top_p"),
+    (dict(min_p=0), "null.*min_p"),
+    (dict(seed=0), "null.*seed"),
+    (dict(offset=0), "null.*offset"),
+    (dict(accepted=0), "null.*accepted"),
+    (dict(tokens=0), "null.*tokens"),
+    (dict(rows=-1), "sizes.*rows"),
+    (dict(positions=0), "sizes.*positions"),
+    (dict(vocab=0), "sizes.*vocab"),
+    (dict(vocab=1 << 31), "sizes.*vocab"),
+    (dict(row_stride=49), "stride"),
+    (dict(rows=1 << 40, positions=1 << 30), "sizes.*overflows"),
+    (dict(rows=1 << 30, row_stride=1 << 40), "sizes.*logits"),
+    (dict(dtype=3), "dtype"),
+]
+
+
+def test_verify_valid_arguments_run():
+    buffers = VerifyBuffers()
+    _ext.extension().launch_verify_cpu(buffers.args)
+    assert ((buffers.accepted >= 0) & (buffers.accepted <= 2)).all()
+    assert buffers.accepted[1] == 0 and buffers.accepted[2] == 0  # no draft / a draft outside the vocabulary
+    for r in range(3):
+        n = int(buffers.accepted[r])
+        assert 0 <= buffers.tokens[r, n] < 50 and (buffers.tokens[r, n + 1:] == -1).all()
+
+
+@pytest.mark.parametrize("overrides,match", VERIFY_CASES, ids=str)
+def test_verify_refuses_bad_arguments(overrides, match):
+    buffers = VerifyBuffers()
+    with pytest.raises(ValueError, match=f"launch_verify_cpu: .*{match}"):
+        _ext.extension().launch_verify_cpu(_apply(buffers.args, overrides))
+    assert (buffers.tokens == 99).all() and (buffers.accepted == 99).all()
+
+
+@pytest.mark.parametrize("name,value,match", SAMPLING_VALUE_CASES, ids=str)
+def test_verify_refuses_out_of_range_parameters(name, value, match):
+    buffers = VerifyBuffers()
+    args = _apply(buffers.args, {name: value.data_ptr(), f"{name}_per_row": False})
+    with pytest.raises(ValueError, match=f"launch_verify_cpu: .*out of range: {match}"):
+        _ext.extension().launch_verify_cpu(args)
+    assert (buffers.tokens == 99).all()
+
+
+def test_verify_coupled_mode_and_no_drafts_need_no_draft_buffers():
+    buffers = VerifyBuffers()
+    _ext.extension().launch_verify_cpu(_apply(buffers.args, dict(rejection=False, draft_probs=0)))
+    k_zero = VerifyBuffers(k=0)
+    _ext.extension().launch_verify_cpu(_apply(k_zero.args, dict(draft_tokens=0, draft_probs=0)))
+    assert k_zero.accepted.tolist() == [0, 0, 0] and bool((k_zero.tokens[:, 0] >= 0).all())
+
+
+def test_verify_empty_batch_touches_nothing():
+    buffers = VerifyBuffers()
+    _ext.extension().launch_verify_cpu(_apply(buffers.args, dict(rows=0, logits=0, draft_tokens=0, draft_probs=0,
+                                                                 seed=0, accepted=0, tokens=0)))
+
+
+def test_verify_cuda_launcher_validates_on_the_host_or_says_cuda_is_missing():
+    extension, buffers = _ext.extension(), VerifyBuffers()
+    bad = _apply(VerifyBuffers().args, dict(logits=0))
+    if extension.cuda_compiled:
+        with pytest.raises(ValueError, match="launch_verify_cuda: .*logits"):
+            extension.launch_verify_cuda(bad, 0)
+        with pytest.raises(ValueError, match="launch_verify_cuda: .*workspace"):
+            extension.launch_verify_cuda(buffers.args, 0)
+        assert extension.verify_workspace_bytes(3, 3, 50, True) > extension.verify_workspace_bytes(3, 3, 50, False) > 0
+    else:
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.launch_verify_cuda(bad, 0)
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.verify_workspace_bytes(1, 2, 10, False)

@@ -58,6 +58,17 @@ def _beam_inputs(device) -> tuple:
             False, 2, 6, 1.0, 0, False)
 
 
+def _verify_inputs(device) -> tuple:
+    """verify's validated inputs in rejection mode: 2 rows of 2 drafts (one the target's argmax), the filters as
+    _filters gives them for 2 rows, seeds and one shared offset."""
+    logits = _logits(6, 64, device).view(2, 3, 64)
+    drafts = torch.stack([logits[:, 0].argmax(-1), torch.tensor([-1, 70], device=device)], dim=1)
+    probs = torch.softmax(_logits(4, 64, device, seed=1), -1).view(2, 2, 64)
+    temperature, top_k, top_p, min_p = _filters(2, device)
+    return (logits, drafts, probs, True, temperature, top_k, top_p[:2], min_p, torch.tensor([5, 2 ** 40], device=device),
+            torch.tensor([2 ** 33 + 1], device=device))
+
+
 # Validated inputs of each declared op (what its public function passes to the registry).
 OP_INPUTS = {
     "sample": lambda device: (_logits(3, 64, device), *_filters(3, device), torch.arange(3, device=device) + 7,
@@ -69,6 +80,7 @@ OP_INPUTS = {
     "topk": lambda device: (_logits(3, 50, device), 4),
     "gumbel_noise": lambda device: (torch.arange(3, device=device) + 7, torch.tensor([2 ** 33 + 1] * 3, device=device),
                                     40),
+    "verify": lambda device: _verify_inputs(device),
 }
 
 PENALTY_STATE = _penalty_state(4, 200, "cpu")
@@ -92,6 +104,10 @@ PUBLIC_CALLS = {
     "topk": lambda logits, backend: ops.topk(logits, 4, backend=backend),
     "gumbel_noise": lambda logits, backend: ops.gumbel_noise(torch.arange(logits.shape[0]) + 3, 5, logits.shape[0],
                                                              logits.shape[1], backend=backend),
+    # Two rows of one draft each, the first draft the target's greedy token.
+    "verify": lambda logits, backend: ops.verify(logits.view(2, 2, -1), logits.view(2, 2, -1)[:, :1].argmax(-1),
+                                                 seed=torch.tensor([3, 4]), offset=5, temperature=0.7, top_k=20,
+                                                 backend=backend),
 }
 
 
@@ -107,7 +123,7 @@ def _op_backend_params(backends=("ref", "cpu", "triton", "cuda")):
 def test_every_declared_op_is_exercised_here():
     assert set(registered_ops()) == set(OP_INPUTS) == set(PUBLIC_CALLS) == {"sample", "filter_logits", "softmax",
                                                                             "topk", "gumbel_noise",
-                                                                            "apply_penalties", "beam_step"}
+                                                                            "apply_penalties", "beam_step", "verify"}
 
 
 @pytest.mark.parametrize("name,backend", _op_backend_params())

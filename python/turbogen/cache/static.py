@@ -182,14 +182,17 @@ class StaticKVLayer(_TransformersCacheLayer):
 
     def crop(self, max_length: int) -> None:
         """Keep the first ``max_length`` tokens (a negative value drops that many from the end), as transformers
-        v4.57's ``crop``; the dropped slots are zeroed so the layer is as if they had never been written."""
+        v4.57's ``crop``; the dropped slots (from the kept length to the current one) are zeroed so the layer is
+        as if they had never been written. Only those are touched, so a crop costs what it drops, not the whole
+        cache (slots past the current length are zero unless a write went back before the length, and a query
+        never sees a slot before it is written)."""
         current = self.get_seq_length()
         keep = current + max_length if max_length < 0 else max_length
         if keep >= current:
             return
         keep = max(keep, 0)
-        self.keys[:, :, keep:].zero_()
-        self.values[:, :, keep:].zero_()
+        self.keys[:, :, keep:current].zero_()
+        self.values[:, :, keep:current].zero_()
         self._length.fill_(keep)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -422,6 +425,22 @@ class StaticKVCache(_TransformersCache):
             raise TypeError(f"`max_length` must be an int, got {type(max_length).__name__}")
         for layer in self.layers:
             layer.crop(max_length)
+
+    def truncate_(self, length: int, current: int) -> None:
+        """Forget every layer's positions from ``length`` on, knowing the current length ``current`` (what
+        :meth:`crop` reads on the host, once per layer): slots ``length ... current - 1`` are zeroed in both storage
+        tensors at once and every length set to ``length``, with no host read (a runner that tracks the length
+        itself crops a device-resident cache this way without synchronising).
+
+        Raises:
+            ValueError: not ``0 <= length <= current <= max_cache_len``.
+        """
+        if not 0 <= length <= current <= self.max_cache_len:
+            raise ValueError(f"`length` and `current` must satisfy 0 <= length <= current <= max_cache_len="
+                             f"{self.max_cache_len}, got length={length}, current={current}")
+        self._keys[:, :, :, length:current].zero_()
+        self._values[:, :, :, length:current].zero_()
+        self._lengths.fill_(length)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         raise NotImplementedError(f"a StaticKVCache has a fixed batch size ({self.batch_size}); build one with "

@@ -1,5 +1,7 @@
 """``turbogen demo``: the embedded model writes with greedy search, sampling and beam search (streamed as
-it comes), then turbogen's speed is measured next to transformers' generate() and the bare forward loop.
+it comes), then greedy search runs again with speculative decoding (prompt lookup, and the embedded draft model
+drafting for the embedded model): the same text, with its speed and the target model calls it took; then
+turbogen's speed is measured next to transformers' generate() and the bare forward loop.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from .common import (
     LoadedModel,
     add_model_argument,
     encode_prompts,
+    format_table,
     help_text,
     load_model,
     positive_int,
@@ -59,6 +62,25 @@ class DemoPlan:
 
 QUICK_PLAN = DemoPlan(max_new_tokens=8, bench_new_tokens=8, repeats=1)
 
+# Speculative decoding is shown on plain greedy search (what it speeds up most; the output is the same as without
+# it), on the first showcase's prompt. Prompt lookup drafts this many tokens per step.
+SPECULATION_SETTINGS = dict(do_sample=False)
+PROMPT_LOOKUP_TOKENS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculationRun:
+    """One greedy generation of the speculation showcase, best of the plan's repeats."""
+
+    method: str
+    tokens: list  # the generated token ids
+    seconds: float
+    target_forwards: int  # calls of the target model (prefill included)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="generate with the embedded model and compare speeds",
@@ -76,18 +98,34 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     plan = QUICK_PLAN if args.quick else DemoPlan()
     plan = dataclasses.replace(plan, seed=args.seed, max_new_tokens=args.max_new_tokens or plan.max_new_tokens)
-    run_demo(load_model(args.model), plan)
+    loaded = load_model(args.model)
+    run_demo(loaded, plan, draft=_load_draft(loaded) if args.model is None else None)
     return 0
 
 
-def run_demo(loaded: LoadedModel, plan: DemoPlan = DemoPlan()) -> None:
-    """Prints the model summary, the showcases and the speed table for ``loaded`` to stdout."""
+def _load_draft(loaded: LoadedModel) -> Any:
+    """The embedded draft model for the embedded model ``loaded``, or None when either runs with random weights
+    (the draft then pairs with nothing worth showing)."""
+    from .. import models
+
+    if not loaded.is_trained or not models.default_draft_is_trained():
+        return None
+    with ProgressBar("loading the embedded draft model"):
+        draft, _, _ = models.load_default_draft_model(dtype=loaded.model.dtype)
+    return draft
+
+
+def run_demo(loaded: LoadedModel, plan: DemoPlan = DemoPlan(), draft: Any = None) -> None:
+    """Prints the model summary, the showcases, the speculative decoding showcase (prompt lookup, and ``draft``
+    as the assistant model when given) and the speed table for ``loaded`` to stdout."""
     print(f"model: {loaded.source} ({loaded.summary()})")
     if not loaded.is_trained:
         print(RANDOM_WEIGHTS_NOTE)
     for showcase in SHOWCASES:
         print(f"\n== {showcase.title}: {_describe(showcase.settings)} ==")
         _run_showcase(loaded, showcase, plan)
+    print(f"\n== speculative decoding: greedy search, {plan.max_new_tokens} new tokens ==")
+    print(_show_speculation(loaded, plan, draft))
     print()
     print(_measure_speed(loaded, plan))
 
@@ -116,6 +154,62 @@ def _run_showcase(loaded: LoadedModel, showcase: Showcase, plan: DemoPlan) -> No
         label = f"beam {rank}: "
         # Continuation lines are indented under the first, so each beam reads as one block.
         print(label + text.replace("\n", "\n" + " " * len(label)))
+
+
+def _show_speculation(loaded: LoadedModel, plan: DemoPlan, draft: Any) -> str:
+    """Greedy search on the first showcase's prompt, plainly, with prompt lookup and with ``draft`` drafting
+    (when given): the text (the same for all, which is checked), then each method's speed and target model calls.
+    """
+    import time
+
+    import torch
+
+    from ..config import GenerationConfig
+    from ..generate import generate
+
+    input_ids, attention_mask = encode_prompts(loaded.tokenizer, [SHOWCASES[0].prompt])
+    config = GenerationConfig(**SPECULATION_SETTINGS, max_new_tokens=plan.max_new_tokens)
+    methods = [("plain greedy search", {}),
+               (f"prompt lookup, {PROMPT_LOOKUP_TOKENS} drafts per step",
+                dict(prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS))]
+    if draft is not None:
+        drafts = draft.generation_config.num_assistant_tokens
+        methods.append((f"draft model ({draft.config.num_hidden_layers} layer), {drafts} drafts per step",
+                        dict(assistant_model=draft)))
+    forwards = [0]
+    hook = loaded.model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    runs: list[SpeculationRun] = []
+    try:
+        with ProgressBar("speculative decoding", total=len(methods) * (plan.repeats + 1)) as progress:
+            best: dict[str, SpeculationRun] = {}
+            # A first, untimed round: a method's first call pays one-time costs (kernels for new shapes).
+            # Then the methods take turns, so that a busy moment of the machine hits each alike.
+            for round_number in range(plan.repeats + 1):
+                for method, arguments in methods:
+                    forwards[0] = 0
+                    started = time.perf_counter()
+                    with torch.inference_mode():
+                        output = generate(loaded.model, input_ids=input_ids, attention_mask=attention_mask,
+                                          generation_config=config, use_model_defaults=False, **arguments)
+                    run = SpeculationRun(method, output[0, input_ids.shape[1]:].tolist(),
+                                         time.perf_counter() - started, forwards[0])
+                    if round_number > 0 and (method not in best or run.seconds < best[method].seconds):
+                        best[method] = run
+                    progress.advance()
+            runs = [best[method] for method, _ in methods]
+    finally:
+        hook.remove()
+    plain = runs[0]
+    rows = [[run.method, f"{run.tokens_per_second:.0f}", f"{run.tokens_per_second / plain.tokens_per_second:.2f}x",
+             run.target_forwards, f"{len(run.tokens) / max(1, run.target_forwards):.2f}",
+             "yes" if run.tokens == plain.tokens else "NO"] for run in runs]
+    text = loaded.tokenizer.decode(input_ids[0].tolist() + plain.tokens, skip_special_tokens=True)
+    table = format_table(["method", "tok/s", "speedup", "target calls", "tokens/call", "same tokens"], rows,
+                         align="lrrrrl")
+    explanation = (f"Best of {plan.repeats} after a warm-up run. A draft of several tokens costs one target model "
+                   "call to verify; every accepted draft is a token gained, and the target's own token follows the "
+                   "accepted ones, so the output is exactly plain greedy search's.")
+    return f"{text}\n\n{table}\n\n{explanation}"
 
 
 def _measure_speed(loaded: LoadedModel, plan: DemoPlan) -> str:

@@ -14,6 +14,13 @@ error and the reason, and counted in a warning. Each row's sampling seed derives
 row's key (its prompt, or ``--key-field``), not from its place in the file, so a row's result does not
 depend on how the rows are batched or spread: ``--ray N`` runs them on N Ray actors on a local Ray
 cluster (the machine's cores shared among them) and writes the same file.
+
+Speculative decoding (greedy search and sampling; the output is the same as without it, only faster when
+the drafts are often right): ``--prompt-lookup N`` drafts up to N tokens per step by finding the last few
+tokens earlier in the prompt and text (good when the output repeats the input); ``--assistant default``
+drafts with the embedded model's one-layer draft model (only with the embedded model: it shares its
+tokenizer), ``--assistant DIR`` with a smaller model from a local directory, the number of drafts per
+step being the assistant's ``num_assistant_tokens``.
 """
 
 from __future__ import annotations
@@ -45,10 +52,12 @@ DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_BATCH_SIZE = 16
 # The flags that only mean something with --input.
 FILE_FLAGS = ("output", "ray", "batch_size", "text_field", "key_field", "max_prompt_tokens")
+# --assistant's value naming the embedded model's draft.
+DEFAULT_ASSISTANT = "default"
 
 # The flags that are generation parameters (argparse destination == GenerationConfig field).
 GENERATION_FLAGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p",
-                    "repetition_penalty", "num_beams", "num_return_sequences", "seed")
+                    "repetition_penalty", "num_beams", "num_return_sequences", "seed", "prompt_lookup_num_tokens")
 # Those that only matter when sampling.
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p")
 
@@ -81,6 +90,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                             help="sequences per prompt (sampling, or at most --num-beams)")
     parameters.add_argument("--seed", type=seed_int, metavar="S",
                             help="base seed of the sampling noise: the same seed gives the same text")
+    speculation = parser.add_argument_group("speculative decoding (same output, fewer target model steps)")
+    speculative = speculation.add_mutually_exclusive_group()
+    speculative.add_argument("--prompt-lookup", type=positive_int, metavar="N", dest="prompt_lookup_num_tokens",
+                             help="draft up to N tokens per step by prompt lookup (n-gram matches in the prompt "
+                                  "and text so far)")
+    speculative.add_argument("--assistant", metavar="default|DIR", default=None,
+                             help="draft with an assistant model: 'default' for the embedded model's draft (with "
+                                  "the embedded model), or a local model directory")
     parser.add_argument("--stream", action="store_true",
                         help="print the text as it is generated (one prompt, one sequence, no beam search)")
     files = parser.add_argument_group("with --input")
@@ -131,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from ..generate import generate
     from ..streamers import TextStreamer
 
-    # The config file is read first: a mistake in it should not wait for the model to load.
+    # The config file and the assistant's path are checked first: a mistake should not wait for the model to load.
     config_file = GenerationConfig.from_pretrained(args.config) if args.config is not None else None
+    check_assistant_argument(args.assistant, args.model)
     loaded = load_model(args.model)
     if not loaded.is_trained:
         print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
@@ -143,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     input_ids, attention_mask = encode_prompts(loaded.tokenizer, args.prompt)
     call = dict(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                 use_model_defaults=False)
+    if args.assistant is not None:
+        call.update(load_assistant(args.assistant, loaded))
     if args.stream:
         # The streamer prints the prompt too, so a streamed run prints what a plain run prints.
         generate(loaded.model, streamer=TextStreamer(loaded.tokenizer, skip_special_tokens=True), **call)
@@ -152,6 +172,53 @@ def run(args: argparse.Namespace) -> int:
     texts = loaded.tokenizer.batch_decode(output, skip_special_tokens=True)
     print("\n".join(label_sequences(texts, num_prompts=len(args.prompt))))
     return 0
+
+
+def check_assistant_argument(assistant: str | None, model: str | None) -> None:
+    """Raises ValueError naming ``--assistant`` if its value cannot be an assistant for ``--model``: the embedded
+    draft with another model, or a path that is not a model directory (checked before anything loads)."""
+    import pathlib
+
+    if assistant is None:
+        return
+    if assistant == DEFAULT_ASSISTANT:
+        if model is not None:
+            raise ValueError(f"--assistant {DEFAULT_ASSISTANT} is the embedded model's draft and shares its tokenizer: "
+                             "it goes without --model; give --assistant DIR with a draft model for this one")
+        return
+    path = pathlib.Path(assistant)
+    if not path.is_dir():
+        raise ValueError(f"--assistant {assistant!r}: not {DEFAULT_ASSISTANT!r} and not a model directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--assistant {assistant!r} has no config.json: not a transformers model directory")
+
+
+def load_assistant(assistant: str, target: Any) -> dict:
+    """The ``generate()`` arguments that draft with ``assistant`` (``"default"`` or a directory) for the loaded
+    ``target``: ``assistant_model``, plus ``tokenizer`` and ``assistant_tokenizer`` when the assistant's own
+    tokenizer differs from the target's (universal assisted generation, greedy only).
+
+    An assistant directory without tokenizer files must have the target's vocabulary size: it is taken to share
+    the target's tokenizer. Raises ValueError naming ``--assistant`` otherwise.
+    """
+    from .. import models
+
+    if assistant == DEFAULT_ASSISTANT:
+        with ProgressBar("loading the embedded draft model"):
+            draft, _, is_trained = models.load_default_draft_model(dtype=target.model.dtype)
+        if not is_trained:
+            print("note: the embedded draft model's trained weights are not in this install: it drafts with random "
+                  "weights (the output is the same, only the speed suffers).", file=sys.stderr)
+        return dict(assistant_model=draft)
+    with ProgressBar(f"loading the assistant {assistant}"):
+        draft, assistant_tokenizer = models.load_draft_model(assistant, dtype=target.model.dtype)
+    if assistant_tokenizer is not None and assistant_tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        return dict(assistant_model=draft, tokenizer=target.tokenizer, assistant_tokenizer=assistant_tokenizer)
+    target_vocab, draft_vocab = target.model.config.vocab_size, draft.config.vocab_size
+    if assistant_tokenizer is None and draft_vocab != target_vocab:
+        raise ValueError(f"--assistant {assistant!r}: its vocabulary ({draft_vocab} tokens) is not the model's "
+                         f"({target_vocab}) and it has no tokenizer files to translate between them")
+    return dict(assistant_model=draft)
 
 
 def label_sequences(texts: list[str], num_prompts: int) -> list[str]:
@@ -179,6 +246,8 @@ def run_file(args: argparse.Namespace) -> int:
         raise ValueError("--input needs --output FILE (--output - writes to standard output)")
     if args.stream:
         raise ValueError("--stream prints one prompt's text as it is generated: not with --input")
+    if args.assistant is not None:
+        raise ValueError("--assistant goes with --prompt, not --input (--prompt-lookup works with both)")
     config_file = GenerationConfig.from_pretrained(args.config) if args.config is not None else None
     data = jsonl.read_rows(args.input, text_field=args.text_field or "text", key_field=args.key_field)
     config = resolve_generation_config(args, config_file or load_generation_config(args.model))

@@ -33,13 +33,9 @@ logger = logging.getLogger(__name__)
 
 # Arguments of transformers' generate() that are not generation parameters nor model inputs.
 _UNSUPPORTED_GENERATE_ARGUMENTS = {
-    "assistant_model": "assisted generation",
-    "assistant_tokenizer": "assisted generation",
     "custom_generate": "custom generation methods",
 }
 _UNSUPPORTED_MODES = {
-    GenerationMode.ASSISTED_GENERATION: "assisted generation (`assistant_model`, `prompt_lookup_num_tokens`, "
-    "`assistant_early_exit`)",
     GenerationMode.CONTRASTIVE_SEARCH: "contrastive search (`penalty_alpha` > 0 with `top_k` > 1)",
     GenerationMode.GROUP_BEAM_SEARCH: "group (diverse) beam search (`num_beam_groups` > 1)",
     GenerationMode.CONSTRAINED_BEAM_SEARCH: "constrained beam search (`constraints`, `force_words_ids`)",
@@ -79,6 +75,7 @@ class PreparedCall:
         cache: the KV cache, or ``None``.
         encoder_outputs: an encoder-decoder's encoder output (rows expanded like ``input_ids``, which are then
             the decoder's prompt), else ``None``.
+        speculation: how assisted generation drafts (:class:`SpeculationPlan`), or ``None`` without it.
     """
 
     config: GenerationConfig
@@ -92,6 +89,7 @@ class PreparedCall:
     max_length: int
     cache: Any
     encoder_outputs: Any = None
+    speculation: Optional["SpeculationPlan"] = None
 
     @property
     def prompt_length(self) -> int:
@@ -110,12 +108,17 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     negative_prompt_ids = kwargs.pop("negative_prompt_ids", None)
     negative_prompt_attention_mask = kwargs.pop("negative_prompt_attention_mask", None)
     use_model_defaults = kwargs.pop("use_model_defaults", None)
+    assistant_model = kwargs.pop("assistant_model", None)
+    assistant_tokenizer = kwargs.pop("assistant_tokenizer", None)
     _reject_unsupported_arguments(model, kwargs)
 
     config, model_kwargs = resolve_generation_config(model, generation_config, use_model_defaults, kwargs)
     _reject_unsupported_parameters(config, model_kwargs)
-    mode = config.get_generation_mode()
-    if mode in _UNSUPPORTED_MODES:
+    mode = config.get_generation_mode(assistant_model)
+    speculation = None
+    if mode == GenerationMode.ASSISTED_GENERATION:
+        speculation = plan_speculation(model, config, model_kwargs, assistant_model, assistant_tokenizer, tokenizer)
+    elif mode in _UNSUPPORTED_MODES:
         raise UnsupportedByTurbogen(f"turbogen.generate does not support {_UNSUPPORTED_MODES[mode]}.",
                                     reason=f"generation mode {mode.value}")
     is_beam = mode in (GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
@@ -199,6 +202,9 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     embedded_only = 0 if embeds is None else embeds.shape[1] - prompt_length
     if encoder_decoder:
         cache = _prepare_encoder_decoder_cache(model, config, model_kwargs, max_length)
+    elif speculation is not None:
+        cache = _speculation_cache(model, config, model_kwargs, rows=input_ids.shape[0],
+                                   max_length=max_length + speculation.headroom)
     else:
         cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0],
                                max_length=max_length + embedded_only)
@@ -211,7 +217,7 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     return PreparedCall(config=config, is_beam=is_beam, input_ids=input_ids, model_kwargs=model_kwargs,
                         tokens=tokens, processors=processors, sampler_filters=sampler_filters, stopping=stopping,
                         max_length=max_length, cache=cache,
-                        encoder_outputs=model_kwargs.get("encoder_outputs"))
+                        encoder_outputs=model_kwargs.get("encoder_outputs"), speculation=speculation)
 
 
 
@@ -764,3 +770,191 @@ def _prepare_encoder_decoder_cache(model: Any, config: GenerationConfig, model_k
         return EncoderDecoderCache(StaticCache(config=decoder_config, max_cache_len=max_length - 1),
                                    StaticCache(config=decoder_config, max_cache_len=encoder_length))
     return EncoderDecoderCache(DynamicCache(config=decoder_config), DynamicCache(config=decoder_config))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Speculative decoding (assisted generation)
+# ----------------------------------------------------------------------------------------------------------
+
+#: transformers 4.57's global defaults of the assistant settings: a call value equal to them defers to the
+#: assistant model's generation config, where transformers reads these settings.
+_ASSISTANT_DEFAULTS = {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant",
+                       "assistant_confidence_threshold": 0.4}
+#: The cache kinds speculation runs on (each row's cache must be cropped back after rejected drafts).
+_SPECULATION_CACHES = (None, "dynamic", "dynamic_full", "static")
+#: Positions a static cache holds for speculation beyond the longest sequence and the drafts' headroom.
+_STATIC_CACHE_SLACK = 32
+
+
+@dataclasses.dataclass
+class SpeculationPlan:
+    """How an assisted-generation call drafts (see :func:`plan_speculation`).
+
+    Attributes:
+        kind: ``"prompt_lookup"``, ``"assistant"``, ``"early_exit"`` or ``"universal"`` (an assistant with
+            another tokenizer).
+        num_tokens: drafts per step (``prompt_lookup_num_tokens``, else ``num_assistant_tokens``).
+        schedule, confidence_threshold: the assistant's ``num_assistant_tokens_schedule`` and
+            ``assistant_confidence_threshold``; for prompt lookup the call's schedule (turbogen's extension:
+            adaptive draft counts), default ``"constant"`` as transformers.
+        max_matching_ngram_size: prompt lookup's (default 2).
+        early_exit: ``assistant_early_exit``.
+        assistant_model, assistant_tokenizer, tokenizer: as given to ``generate``.
+        assistant_config: the generation config the assistant settings come from (the assistant's; the
+            model's own for early exit), where a ``"heuristic"`` schedule leaves its last value.
+        draft_limit: the most drafts any step proposes; ``headroom``: positions the caches hold beyond
+            ``max_length`` for them.
+    """
+
+    kind: str
+    num_tokens: int
+    schedule: str = "constant"
+    confidence_threshold: float = 0.0
+    max_matching_ngram_size: int = 2
+    early_exit: Optional[int] = None
+    assistant_model: Any = None
+    assistant_tokenizer: Any = None
+    tokenizer: Any = None
+    assistant_config: Any = None
+    draft_limit: int = 0
+
+    @property
+    def headroom(self) -> int:
+        return self.draft_limit + 1
+
+
+def plan_speculation(model: Any, config: GenerationConfig, model_kwargs: dict, assistant_model: Any,
+                     assistant_tokenizer: Any, tokenizer: Any) -> SpeculationPlan:
+    """The drafting of an assisted-generation call, with transformers 4.57's precedence (early exit, then prompt
+    lookup, then an assistant with another tokenizer, then an assistant model) and checks; ``ValueError`` for
+    invalid settings, :class:`~turbogen.errors.UnsupportedByTurbogen` for what turbogen does not speculate on.
+
+    The assistant settings (``num_assistant_tokens``, ``num_assistant_tokens_schedule``,
+    ``assistant_confidence_threshold``) come from the assistant model's generation config (the model's own for
+    early exit), as in transformers, unless the call sets them to something other than the global default
+    (transformers ignores the call's values there; turbogen honours them).
+    """
+    from .candidates import DraftSchedule, check_draft_count
+
+    def refuse(what: str, reason: str) -> None:
+        raise UnsupportedByTurbogen(f"speculative decoding (assisted generation) does not support {what}.",
+                                    reason=f"assisted generation with {reason}")
+
+    if is_encoder_decoder(model):
+        refuse("encoder-decoder models", "an encoder-decoder model")
+    if config.use_cache is False:
+        raise ValueError("assisted generate requires `use_cache=True`")
+    if config.output_attentions or config.output_hidden_states:
+        refuse("`output_attentions` / `output_hidden_states`", "output_attentions or output_hidden_states")
+    for name in ("inputs_embeds", "position_ids"):
+        if model_kwargs.get(name) is not None:
+            refuse(f"`{name}`", name)
+    if config.guidance_scale is not None and config.guidance_scale != 1:
+        refuse("classifier-free guidance (`guidance_scale`), whose processor runs a model it cannot roll back",
+               "guidance_scale")
+    if config.cache_implementation not in _SPECULATION_CACHES:
+        refuse(f"cache_implementation={config.cache_implementation!r} (only the dynamic and static caches, which "
+               "can be cropped)", f"cache_implementation={config.cache_implementation!r}")
+    _refuse_own_input_preparation(model, refuse)
+
+    if config.assistant_early_exit is not None:
+        check_draft_count(config.assistant_early_exit, "assistant_early_exit")
+        plan = SpeculationPlan(kind="early_exit", num_tokens=0, early_exit=int(config.assistant_early_exit),
+                               assistant_model=model, assistant_config=getattr(model, "generation_config", None))
+    elif config.prompt_lookup_num_tokens is not None:
+        check_draft_count(config.prompt_lookup_num_tokens, "prompt_lookup_num_tokens")
+        ngram = config.max_matching_ngram_size
+        if ngram is not None:
+            check_draft_count(ngram, "max_matching_ngram_size")
+        num = int(config.prompt_lookup_num_tokens)
+        # turbogen's extension: the call's schedule adapts prompt lookup's draft counts (default: constant).
+        schedule = config.num_assistant_tokens_schedule or "constant"
+        DraftSchedule(1, num, schedule)  # validates it
+        return SpeculationPlan(kind="prompt_lookup", num_tokens=num, max_matching_ngram_size=int(ngram or 2),
+                               schedule=schedule, draft_limit=num)
+    else:
+        if assistant_model is None:
+            raise ValueError("assisted generation needs `assistant_model`, `prompt_lookup_num_tokens` or "
+                             "`assistant_early_exit`")
+        if not hasattr(assistant_model, "config") or not callable(assistant_model):
+            raise ValueError(f"`assistant_model` must be a causal LM, got {type(assistant_model).__name__}")
+        if is_encoder_decoder(assistant_model):
+            refuse("encoder-decoder assistants", "an encoder-decoder assistant")
+        _refuse_own_input_preparation(assistant_model, refuse)
+        doc = "(see https://huggingface.co/docs/transformers/en/generation_strategies#universal-assisted-decoding)"
+        same_vocab = (getattr(text_config(model), "vocab_size", None)
+                      == getattr(text_config(assistant_model), "vocab_size", None))
+        if same_vocab and assistant_tokenizer is not None:
+            raise ValueError("`assistant_tokenizer` is not required when the main and assistant models use the same "
+                             f"tokenizer. Please omit `assistant_tokenizer` from `generate()` {doc}.")
+        if not same_vocab and (tokenizer is None or assistant_tokenizer is None):
+            raise ValueError("The main and assistant models have different tokenizers. Please provide `tokenizer` "
+                             f"and `assistant_tokenizer` to `generate()` {doc}.")
+        kind = "assistant"
+        if not same_vocab:
+            kind = "universal"
+            try:
+                from .universal import UniversalAssistantCandidates  # noqa: F401
+            except ImportError:
+                refuse("an assistant with another tokenizer (universal assisted generation) yet",
+                       "an assistant with another tokenizer")
+        plan = SpeculationPlan(kind=kind, num_tokens=0, assistant_model=assistant_model,
+                               assistant_tokenizer=assistant_tokenizer, tokenizer=tokenizer,
+                               assistant_config=getattr(assistant_model, "generation_config", None))
+    plan.num_tokens = _assistant_setting(config, plan.assistant_config, "num_assistant_tokens")
+    check_draft_count(plan.num_tokens, "num_assistant_tokens")
+    plan.num_tokens = int(plan.num_tokens)
+    plan.schedule = _assistant_setting(config, plan.assistant_config, "num_assistant_tokens_schedule")
+    threshold = _assistant_setting(config, plan.assistant_config, "assistant_confidence_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise ValueError(f"`assistant_confidence_threshold` must be a number in [0, 1], got {threshold!r}")
+    plan.confidence_threshold = float(threshold or 0.0)
+    plan.draft_limit = DraftSchedule(1, plan.num_tokens, plan.schedule).limit  # validates the schedule
+    return plan
+
+
+def _assistant_setting(config: GenerationConfig, assistant_config: Any, name: str) -> Any:
+    """The call's value of an assistant setting when it differs from the global default, else the assistant
+    generation config's (transformers reads it there), else the default."""
+    value = getattr(config, name, None)
+    default = _ASSISTANT_DEFAULTS[name]
+    if value is not None and value != default:
+        return value
+    stored = getattr(assistant_config, name, None) if assistant_config is not None else None
+    return default if stored is None else stored
+
+
+def _refuse_own_input_preparation(model: Any, refuse: Callable[[str, str], None]) -> None:
+    """Speculation feeds several positions per call, which only turbogen's own input preparation does."""
+    from transformers.generation.utils import GenerationMixin
+
+    own = getattr(type(model), "prepare_inputs_for_generation", None)
+    if own is not None and own is not GenerationMixin.prepare_inputs_for_generation:
+        refuse(f"models with their own `prepare_inputs_for_generation` ({type(model).__name__})",
+               "a model's own prepare_inputs_for_generation")
+
+
+def _speculation_cache(model: Any, config: GenerationConfig, model_kwargs: dict, rows: int, max_length: int) -> Any:
+    """The target's cache for speculation: the user's ``past_key_values`` if it can be cropped; else a
+    ``DynamicCache`` keeping every layer whole (transformers' choice for assisted generation, so that
+    sliding-window models can be cropped too), or turbogen's static cache (``cache_implementation="static"``)
+    of ``max_length - 1`` positions (``max_length`` includes the drafts' headroom)."""
+    user_cache = model_kwargs.get("past_key_values")
+    if user_cache is not None:
+        cache = _prepare_cache(model, config, model_kwargs, rows, max_length)
+        if not _compat.can_crop_cache(cache):
+            raise UnsupportedByTurbogen("speculative decoding needs a cache it can crop; the given "
+                                        f"`past_key_values` ({type(cache).__name__}) cannot be cropped.",
+                                        reason="assisted generation with an uncroppable past_key_values")
+        return cache
+    if config.cache_implementation == "static":
+        # Slack beyond the drafts' headroom: the runner compacts a full static cache's holes (rows cropped back
+        # after rejected drafts), which gets frequent when the cache is barely long enough.
+        return _prepare_cache(model, config, model_kwargs, rows, max_length + _STATIC_CACHE_SLACK)
+    model_kwargs.pop("past_key_values", None)
+    if config.use_cache is False:
+        return None
+    from transformers import DynamicCache
+
+    return DynamicCache()

@@ -22,7 +22,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import torch
 
 from .. import _transformers_compat as _compat
-from ..cache.static import reorder_rows_
+from ..cache.static import StaticKVCache, reorder_rows_
 from ..errors import UnsupportedByTurbogen
 from .prepare import accepts, forward_parameters, is_encoder_decoder
 from .record import Record
@@ -35,8 +35,10 @@ class ModelRunner(Protocol):
     """What the decode loops need from a model over a cache.
 
     ``fed_length`` is the number of sequence positions fed so far (after :meth:`prefill`, the prompt's length;
-    during decoding, the sequence length minus one, as the last chosen token is fed by the next call).
-    Logits are float32 with contiguous rows; every call records the model's optional outputs.
+    during decoding, the sequence length minus one, as the last chosen token is fed by the next call); after a
+    per-row :meth:`crop`, the longest row's. A runner whose rows can have lengths of their own (after a per-row
+    :meth:`crop`: :class:`DirectRunner`) also has ``fed_lengths``, ``[rows]`` int64, and feeds each row at its
+    own positions. Logits are float32 with contiguous rows; every call records the model's optional outputs.
     """
 
     fed_length: int
@@ -50,18 +52,21 @@ class ModelRunner(Protocol):
         logits of its last position."""
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (``[rows]``) at position ``fed_length``; ``[rows, vocab]`` logits."""
+        """Feed one token per row (``[rows]``) at position ``fed_length`` (row ``r``: ``fed_lengths[r]``);
+        ``[rows, vocab]`` logits."""
 
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``k + 1`` tokens per row (``[rows, k + 1]``) at positions ``fed_length ... fed_length + k``;
-        ``[rows, k + 1, vocab]`` logits, position ``i`` predicting the token after ``tokens[:, i]``."""
+        """Feed ``k + 1`` tokens per row (``[rows, k + 1]``) at positions ``fed_length ... fed_length + k`` (row
+        ``r``: from ``fed_lengths[r]`` on); ``[rows, k + 1, vocab]`` logits, position ``i`` predicting the token
+        after ``tokens[:, i]``."""
 
     def reorder(self, index: torch.Tensor) -> None:
         """Make row ``r`` what row ``index[r]`` was (beam search)."""
 
     def crop(self, lengths: Union[int, torch.Tensor]) -> None:
-        """Forget every fed position from ``lengths`` on: an int, or ``[rows]`` int64 (per-row lengths; a
-        runner whose cache cannot hold rows of different lengths raises ``ValueError`` unless they agree)."""
+        """Forget every fed position from ``lengths`` on: an int, or ``[rows]`` int64 (per-row lengths, each at
+        most the row's fed length; a runner whose cache cannot hold rows of different lengths raises
+        ``ValueError`` unless they agree)."""
 
 
 def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
@@ -108,19 +113,27 @@ def _last_logits(outputs: Any, positions: int = 1) -> torch.Tensor:
     return last.to(copy=True, dtype=torch.float32)
 
 
-def _common_length(lengths: Union[int, torch.Tensor], rows: int) -> int:
-    """``lengths`` as one int: an int, a 0-d tensor, or ``[rows]`` values that all agree."""
-    if not isinstance(lengths, torch.Tensor):
-        return int(lengths)
-    if lengths.dim() == 0:
-        return int(lengths)
-    if lengths.shape != (rows,):
-        raise ValueError(f"`lengths` must be an int or a tensor of shape [{rows}], got shape {tuple(lengths.shape)}")
-    low, high = torch.stack(torch.aminmax(lengths)).tolist()
-    if low != high:
-        raise ValueError(f"`lengths` differ across rows ({low} to {high}): this runner's cache keeps one length "
-                         "for every row, so per-row cropping is not supported (crop to one common length).")
-    return int(low)
+def _crop_lengths(lengths: Union[int, torch.Tensor], fed: list[int]) -> list[int]:
+    """``lengths`` (an int, a 0-d tensor or ``[rows]`` integers) as one int per row, checked against the rows'
+    fed lengths ``fed``: ``0 <= lengths[r] <= fed[r]``. One host read of a tensor (the rows are few)."""
+    rows = len(fed)
+    if isinstance(lengths, bool) or not isinstance(lengths, (int, torch.Tensor)):
+        raise ValueError(f"`lengths` must be an int or an int64 tensor of shape [{rows}], got {type(lengths).__name__}")
+    if isinstance(lengths, torch.Tensor):
+        if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+            raise ValueError(f"`lengths` must hold integers, got dtype {lengths.dtype}")
+        if lengths.shape not in ((), (rows,)):
+            raise ValueError(f"`lengths` must be an int or a tensor of shape [{rows}], "
+                             f"got shape {tuple(lengths.shape)}")
+        values = lengths.tolist()
+        lengths = values if isinstance(values, list) else [values] * rows
+    else:
+        lengths = [lengths] * rows
+    for row, (length, limit) in enumerate(zip(lengths, fed)):
+        if not 0 <= length <= limit:
+            raise ValueError(f"`lengths` must be in [0, fed length] per row: row {row} has fed {limit} positions, "
+                             f"got {length}")
+    return lengths
 
 
 #: transformers' cache classes whose layers hold plain ``keys`` / ``values`` tensors ``[rows, heads, length,
@@ -189,6 +202,48 @@ def _mask_is_redundant(prompt_mask: torch.Tensor, cache: Any) -> bool:
     return type(cache) is DynamicCache and bool(prompt_mask.all())
 
 
+def _slot_storage(cache: Any) -> Optional[tuple[str, list]]:
+    """How :class:`DirectRunner` moves the positions of ``cache`` within rows (compaction, see there):
+    ``("static", [(tensor, dim), ...])`` for a cache of fixed capacity written in place (turbogen's
+    :class:`~turbogen.cache.StaticKVCache`: its two storage tensors; transformers' ``StaticCache`` of
+    full-attention layers: every layer's keys and values), ``("dynamic", layers)`` for transformers'
+    ``DynamicCache`` of full-attention ``DynamicLayer`` layers (their tensors are replaced), or None for any
+    other cache (per-row lengths are then refused)."""
+    if type(cache) is StaticKVCache:
+        return "static", [(cache.key_cache, 3), (cache.value_cache, 3)]
+    static_layers = _compat.full_static_cache_layers(cache)
+    if static_layers is not None:
+        return "static", [(tensor, 2) for layer in static_layers
+                          for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                          if isinstance(tensor, torch.Tensor) and tensor.dim() == 4]
+    if _is_transformers(cache, ("DynamicCache",)) and not getattr(cache, "offloading", False):
+        layers = list(getattr(cache, "layers", ()))
+        if all(_is_transformers(layer, ("DynamicLayer",)) for layer in layers):
+            return "dynamic", layers
+    return None
+
+
+def _slot_capacity(cache: Any) -> Optional[int]:
+    """The positions per row a fixed-capacity cache holds (None: it grows)."""
+    if type(cache) is StaticKVCache:
+        return cache.max_cache_len
+    static_layers = _compat.full_static_cache_layers(cache)
+    if static_layers is not None:
+        return min(int(layer.max_cache_len) for layer in static_layers)
+    return None
+
+
+def _gather_slots(tensor: torch.Tensor, dim: int, index: torch.Tensor, length: int) -> torch.Tensor:
+    """``tensor``'s first ``length`` slots along ``dim`` (the rows' dimension is ``dim - 2``, heads in between,
+    a feature dimension after), row ``r``'s slot ``j`` taken from its slot ``index[r, j]``."""
+    shape = list(tensor.shape)
+    shape[dim] = index.shape[1]
+    view = [1] * tensor.dim()
+    view[dim - 2], view[dim] = index.shape
+    source = tensor.narrow(dim, 0, length)
+    return source.gather(dim, index.reshape(view).expand(shape))
+
+
 class DirectRunner:
     """Calls the model exactly as transformers' generic ``prepare_inputs_for_generation`` would, from
     tables built once: the attention mask is a ``[rows, width]`` buffer (prompt mask, then ones) sliced
@@ -209,6 +264,38 @@ class DirectRunner:
       position ids are the cache positions (the attention mask notwithstanding) and whose outputs are not
       recorded; the last position is then fed as a decoding step would. A cache is required; with a
       ``past_key_values`` already holding positions it is refused.
+
+    Per-row lengths (speculative decoding at batch > 1: each row keeps its own number of drafts).
+    ``crop(lengths)`` with a ``[rows]`` tensor of different values makes the rows *ragged*; then
+    ``fed_lengths[r]`` is row ``r``'s length, ``fed_length`` the longest, and :meth:`decode` / :meth:`verify`
+    feed row ``r``'s tokens at its positions ``fed_lengths[r]...``. How:
+
+    * the cache keeps one common length for all rows (its *slots*); a per-row crop does not move anything in
+      it: the forgotten slots of each row become *holes*, zeros of the attention mask (as padding is), and the
+      cache is only cut after the last slot any row keeps. New tokens of every row are written at the common
+      next slots; their position ids are the row's count of unmasked slots before them (what transformers
+      derives from a mask: ``cumsum(mask) - 1``), so a row's tokens get the positions and the attention they
+      would get alone. The mask and position tables are updated from the first free slot on at each crop
+      (``[rows, width]`` integers, nothing of the cache), so a decoding step reads them as before. Which slots
+      each row holds is kept on the host as runs ``[start, end)``, so a crop reads nothing back from the device
+      but its ``lengths`` (a no-op crop, every row keeping all it was fed, touches nothing).
+    * a per-row crop always passes the mask from then on (the unpadded ``DynamicCache``'s mask-free calls
+      would attend to the holes). While rows share one length nothing of this runs: a decoding step costs
+      what it did before per-row lengths existed (one more attribute test).
+    * *compaction*: holes take slots; when the next call would not fit a cache of fixed capacity (turbogen's
+      :class:`~turbogen.cache.StaticKVCache`, transformers' ``StaticCache``), or a growing cache
+      (``DynamicCache``, no cache) would hold more than twice the longest row's slots and more than the
+      ``max_length`` the runner was built for, one per-row gather moves every row's kept slots to the front
+      (keys, values, mask, positions, token types alike), rows shorter than the longest keeping holes at their
+      end. It copies the cache once per that many fed slots, never at every step. The tables grow (doubling)
+      when holes need more slots than they have.
+    * when no hole is left (every row cropped to one length past its holes, or evened by a compaction), the
+      runner is back to common lengths, on the same fast path as before any per-row crop.
+
+    Per-row crops need a cache whose slots the runner can move (``DynamicCache``, turbogen's static cache,
+    transformers' ``StaticCache`` of full-attention layers, or none) and a model taking ``position_ids``;
+    otherwise, as for sliding-window caches (:attr:`can_crop` False), :meth:`crop` raises ``ValueError``
+    unless all rows agree. Crops to one common length never use any of this while no hole exists.
     """
 
     def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
@@ -223,6 +310,7 @@ class DirectRunner:
         rows, prompt_length = input_ids.shape
         self.rows = rows
         device = input_ids.device
+        self._device = device
         kwargs = dict(model_kwargs)
         prompt_mask = kwargs.pop("attention_mask", None)
         token_type_ids = kwargs.pop("token_type_ids", None)
@@ -235,8 +323,12 @@ class DirectRunner:
             raise ValueError(f"`inputs_embeds` covers {self._embeds.shape[1]} positions, fewer than the "
                              f"{prompt_length} of `input_ids`")
         model_prompt_length = prompt_length + self._offset
+        self._model_prompt_length = model_prompt_length
         width = max_length + self._offset  # model positions
         self._width = width
+        # The last slot `_call` may feed: `width` while rows share one length; the tables' width when ragged.
+        self._limit = width
+        self._table_width = width
         if cache is None and (self._embeds is not None or user_positions is not None or self._chunk_size):
             which = ("`inputs_embeds`" if self._embeds is not None
                      else "`position_ids`" if user_positions is not None else "`prefill_chunk_size`")
@@ -248,20 +340,27 @@ class DirectRunner:
             self._constant_kwargs["logits_to_keep"] = 1
 
         self._mask = None
+        self._mask_dtype = torch.int64 if prompt_mask is None else prompt_mask.dtype
         if prompt_mask is not None:
             self._mask = torch.ones(rows, width, dtype=prompt_mask.dtype, device=device)
             self._mask[:, :model_prompt_length] = prompt_mask
         self._positions = None  # [rows, width]
         self._positions_by_step = None  # [width, rows, 1]: contiguous per-step slices
         self._accepts_positions = "position_ids" in parameters
+        # Positions after the prompt: the last user position (transformers 4.57 reuses it), else None when they
+        # follow the mask.
+        self._future_position = None
         positions = None
         if user_positions is not None:
             positions = self._user_position_table(user_positions, rows, model_prompt_length, width)
+            self._future_position = positions[:, -1:].clone()
         elif self._accepts_positions and self._mask is not None:
             positions = _compat.position_ids_from_attention_mask(self._mask)
         if positions is not None:
-            self._positions = positions
-            self._positions_by_step = positions.t().contiguous().unsqueeze(-1)
+            self._set_positions(positions)
+        # What the tables are while rows share one length, restored when a ragged batch evens out.
+        self._shared_mask_is_none = self._mask is None or _mask_is_redundant(prompt_mask, cache)
+        self._shared_positions_are_none = self._positions is None
         if self._mask is not None and _mask_is_redundant(prompt_mask, cache):
             self._mask = None
         self._token_types = None
@@ -271,6 +370,15 @@ class DirectRunner:
         self._cache_positions = torch.arange(width, device=device) if "cache_position" in parameters else None
         # Without a cache every call re-runs the whole sequence, which this copy tracks.
         self._all_ids = None if self.use_cache else input_ids
+        # Per-row lengths (see the class docstring), None while the rows share `fed_length`: the rows' sequence
+        # lengths, each row's runs of slots holding its positions (`[start, end)` in order, the gaps are holes;
+        # host lists, so a crop needs no device read), `arange(table width)`, and the slots in use (model
+        # positions; `fed_length + _offset` while rows share one length).
+        self._row_lengths: Optional[list[int]] = None
+        self._runs: Optional[list[list[list[int]]]] = None
+        self._slot_numbers: Optional[torch.Tensor] = None
+        self._slots = 0
+        self._capacity: Optional[int] = None  # of the cache's rows, when fixed (set when the rows become ragged)
 
     @staticmethod
     def _user_position_table(positions: Any, rows: int, prompt_length: int, width: int) -> torch.Tensor:
@@ -286,13 +394,26 @@ class DirectRunner:
         positions = positions.long().expand(rows, prompt_length)
         return torch.cat([positions, positions[:, -1:].expand(rows, width - prompt_length)], dim=1).contiguous()
 
+    def _set_positions(self, positions: torch.Tensor) -> None:
+        self._positions = positions
+        self._positions_by_step = positions.t().contiguous().unsqueeze(-1)
+
+    @property
+    def fed_lengths(self) -> torch.Tensor:
+        """``[rows]`` int64 (on the inputs' device): the positions fed per row; all ``fed_length`` until a
+        per-row :meth:`crop`."""
+        if self._row_lengths is None:
+            return torch.full((self.rows,), self.fed_length, dtype=torch.int64, device=self._device)
+        return torch.tensor(self._row_lengths, dtype=torch.int64, device=self._device)
+
     def _call(self, input_ids: Optional[torch.Tensor], start: int, end: int, logits_positions: int = 1, *,
               inputs_embeds: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
               record: bool = True) -> torch.Tensor:
-        """Run the model on model positions ``[start, end)`` (sequence positions plus the embeddings' offset),
-        ``input_ids`` (or ``inputs_embeds``) holding exactly those; the logits of the last ``logits_positions``
-        positions. ``position_ids`` replaces the table's; ``record=False`` keeps the outputs unrecorded."""
-        if end > self._width:
+        """Run the model on model positions ``[start, end)`` (sequence positions plus the embeddings' offset;
+        cache slots when the rows are ragged), ``input_ids`` (or ``inputs_embeds``) holding exactly those; the
+        logits of the last ``logits_positions`` positions. ``position_ids`` replaces the table's;
+        ``record=False`` keeps the outputs unrecorded."""
+        if end > self._limit:
             raise ValueError(f"cannot feed position {end - 1 - self._offset}: this runner was built for "
                              f"sequences of at most {self.max_length} tokens")
         kwargs = dict(self._constant_kwargs)
@@ -319,7 +440,10 @@ class DirectRunner:
             self.past_key_values = getattr(outputs, "past_key_values", self.past_key_values)
         if record:
             self.record.model_outputs(outputs)
-        self.fed_length = end - self._offset
+        if self._row_lengths is None:
+            self.fed_length = end - self._offset
+        else:
+            self._slots = end
         return _last_logits(outputs, logits_positions)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -350,8 +474,7 @@ class DirectRunner:
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._embeds is not None and self._embeds.shape[1] == 1:
             # transformers 4.57 keeps feeding one-position embeddings, which match the one new position.
-            start = self.fed_length + self._offset
-            return self._call(None, start, start + 1, inputs_embeds=self._embeds)
+            return self._feed(None, inputs_embeds=self._embeds)
         return self._feed(tokens[:, None])
 
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -360,34 +483,285 @@ class DirectRunner:
         logits = self._feed(tokens, logits_positions=tokens.shape[1])
         return logits if tokens.shape[1] != 1 else logits[:, None, :]
 
-    def _feed(self, tokens: torch.Tensor, logits_positions: int = 1) -> torch.Tensor:
+    def _feed(self, tokens: Optional[torch.Tensor], logits_positions: int = 1,
+              inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Feed ``tokens`` (``[rows, n]``), or the one-position ``inputs_embeds``, after every row's fed ones."""
+        if self._row_lengths is not None:
+            return self._feed_ragged(tokens, logits_positions, inputs_embeds)
         start = self.fed_length + self._offset
+        if inputs_embeds is not None:
+            return self._call(None, start, start + 1, inputs_embeds=inputs_embeds)
         end = start + tokens.shape[1]
         if self._all_ids is not None:
             self._all_ids = torch.cat([self._all_ids, tokens], dim=1)
             return self._call(self._all_ids, 0, end, logits_positions)
         return self._call(tokens, start, end, logits_positions)
 
+    def _feed_ragged(self, tokens: Optional[torch.Tensor], logits_positions: int,
+                     inputs_embeds: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`_feed` for ragged rows: the new positions go to the next common slots (after a compaction
+        when they would not fit), each row's position ids continuing its own."""
+        count = 1 if tokens is None else tokens.shape[1]
+        if self.fed_length + count + self._offset > self._width:
+            raise ValueError(f"cannot feed position {self.fed_length + count - 1}: this runner was built for "
+                             f"sequences of at most {self.max_length} tokens")
+        self._make_room(count)
+        if self._row_lengths is None:  # the compaction evened the rows out
+            return self._feed(tokens, logits_positions, inputs_embeds)
+        start = self._slots
+        end = start + count
+        if inputs_embeds is not None:
+            logits = self._call(None, start, end, inputs_embeds=inputs_embeds)
+        elif self._all_ids is not None:
+            self._all_ids = torch.cat([self._all_ids, tokens], dim=1)
+            logits = self._call(self._all_ids, 0, end, logits_positions)
+        else:
+            logits = self._call(tokens, start, end, logits_positions)
+        self._row_lengths = [length + count for length in self._row_lengths]
+        self.fed_length += count
+        for runs in self._runs:
+            if runs and runs[-1][1] == start:
+                runs[-1][1] = end
+            else:
+                runs.append([start, end])
+        return logits
+
     def reorder(self, index: torch.Tensor) -> None:
         if self.past_key_values is not None:
             self.past_key_values = _reorder_cache(self.model, self.past_key_values, index)
         elif self._all_ids is not None:
             self._all_ids = self._all_ids.index_select(0, index)
+        if self._row_lengths is not None:  # the tables differ per row only when ragged
+            table_index = index.to(self._device)
+            self._mask = self._mask.index_select(0, table_index)
+            self._set_positions(self._positions.index_select(0, table_index))
+            if self._token_types is not None:
+                self._token_types = self._token_types.index_select(0, table_index)
+            if self._future_position is not None:
+                self._future_position = self._future_position.index_select(0, table_index)
+            sources = index.tolist()
+            self._row_lengths = [self._row_lengths[source] for source in sources]
+            self._runs = [[list(run) for run in self._runs[source]] for source in sources]
+            self.fed_length = max(self._row_lengths)
 
     @property
     def can_crop(self) -> bool:
         return self.past_key_values is None or _compat.can_crop_cache(self.past_key_values)
 
     def crop(self, lengths: Union[int, torch.Tensor]) -> None:
-        length = _common_length(lengths, self.rows)
+        """Forget every fed position from ``lengths`` on: an int, or a ``[rows]`` integer tensor (row ``r`` keeps
+        its first ``lengths[r]`` positions; the rows may then differ, see the class docstring).
+
+        Raises:
+            ValueError: ``lengths`` is not an int or ``[rows]`` integers, or exceeds a row's fed length or is
+                negative; the cache cannot be cropped (sliding-window layers); rows would differ and the cache
+                or the model cannot hold per-row lengths.
+        """
+        fed = self._row_lengths if self._row_lengths is not None else [self.fed_length] * self.rows
+        lengths = _crop_lengths(lengths, fed)
+        if self.past_key_values is not None and not self.can_crop:
+            raise ValueError("this cache cannot be cropped (a sliding-window layer forgets what leaves its "
+                             "window)")
+        if lengths == fed:  # every row keeps all it was fed (every draft accepted)
+            return
+        if self._row_lengths is None and min(lengths) == max(lengths):
+            self._crop_common(lengths[0])
+        else:
+            self._crop_rows(lengths)
+
+    def _crop_common(self, length: int) -> None:
+        """Crop every row to ``length`` while no row has holes: the cache is cut there."""
+        if length == self.fed_length:
+            return
         if self.past_key_values is not None:
-            if not self.can_crop:
-                raise ValueError("this cache cannot be cropped (a sliding-window layer forgets what leaves its "
-                                 "window)")
             _compat.crop_cache(self.past_key_values, length + self._offset)
         elif self._all_ids is not None:
             self._all_ids = self._all_ids[:, :length]
-        self.fed_length = min(self.fed_length, length)
+        self.fed_length = length
+        if length + self._offset < self._model_prompt_length:
+            # Back into the prompt: the next positions are new tokens, not the prompt's padding or positions.
+            self._slots = length + self._offset
+            self._refresh_free_slots()
+
+    # --- per-row lengths (see the class docstring) -----------------------------------------------------------
+
+    def _refusal_of_rows(self) -> Optional[str]:
+        """Why this runner cannot give its rows lengths of their own, or None."""
+        cache = self.past_key_values
+        if cache is not None and _slot_storage(cache) is None:
+            return (f"this runner cannot crop the rows of a {type(cache).__name__} to different lengths (per-row "
+                    "lengths need a DynamicCache, turbogen's StaticKVCache or transformers' StaticCache of "
+                    "full-attention layers); crop to one common length")
+        if self._positions is None and not self._accepts_positions:
+            return (f"{type(self.model).__name__} takes no `position_ids`, which per-row lengths need; crop to one "
+                    "common length")
+        return None
+
+    def _become_ragged(self) -> None:
+        """Enter per-row mode: the mask and position tables exist, every slot in use holds its row's position."""
+        refusal = self._refusal_of_rows()
+        if refusal is not None:
+            raise ValueError(f"`lengths` differ across rows: {refusal}")
+        width = self._table_width
+        if self._mask is None:
+            self._mask = torch.ones(self.rows, width, dtype=self._mask_dtype, device=self._device)
+        if self._positions is None:
+            self._set_positions(_compat.position_ids_from_attention_mask(self._mask))
+        self._slot_numbers = torch.arange(width, device=self._device)
+        self._slots = self.fed_length + self._offset
+        self._row_lengths = [self.fed_length] * self.rows
+        self._runs = [[[0, self._slots]] if self._slots else [] for _ in range(self.rows)]
+        self._limit = width
+        self._capacity = None if self.past_key_values is None else _slot_capacity(self.past_key_values)
+
+    def _crop_rows(self, lengths: list[int]) -> None:
+        """Row ``r`` keeps its first ``lengths[r]`` positions (checked): its later slots become holes, and the
+        cache is cut after the last slot any row keeps."""
+        if self._row_lengths is None:
+            self._become_ragged()
+        slots = self._slots
+        # Row r keeps its runs up to its keep-th slot; every slot from the one after on is (now) a hole.
+        cuts = []
+        for runs, length in zip(self._runs, lengths):
+            keep = length + self._offset
+            for run_index, (start, end) in enumerate(runs):
+                if end - start >= keep:
+                    del runs[run_index + 1:]
+                    if keep:
+                        runs[run_index][1] = start + keep
+                    else:
+                        del runs[run_index:]
+                    break
+                keep -= end - start
+            cuts.append(runs[-1][1] if runs else 0)
+        if min(cuts) < slots:
+            cut = torch.tensor(cuts, device=self._device)
+            self._mask[:, :slots].masked_fill_(self._slot_numbers[:slots] >= cut[:, None], 0)
+        used = max(cuts)
+        if used < slots:
+            self._cut_slots(used, slots)
+        self._row_lengths = list(lengths)
+        self.fed_length = max(lengths)
+        self._refresh_free_slots()
+        self._even_out()
+
+    def _cut_slots(self, used: int, slots: int) -> None:
+        """Forget the cache's slots from ``used`` on (no row keeps any of them)."""
+        if self.past_key_values is not None:
+            if type(self.past_key_values) is StaticKVCache:
+                self.past_key_values.truncate_(used, slots)
+            else:
+                _compat.crop_cache(self.past_key_values, used, current=slots)
+        elif self._all_ids is not None:
+            self._all_ids = self._all_ids[:, :used]
+        self._slots = used
+
+    def _refresh_free_slots(self) -> None:
+        """The tables from the first free slot on: ones in the mask (held), each row's next positions (its
+        count of unmasked slots so far, on; or the last user position), the last token type."""
+        slots, width = self._slots, self._table_width
+        if self._mask is not None:
+            self._mask[:, slots:] = 1
+        if self._positions is not None:
+            if self._future_position is not None:
+                self._positions[:, slots:] = self._future_position
+            else:
+                count = (self._mask[:, :slots] != 0).sum(1, keepdim=True) if self._mask is not None else slots
+                self._positions[:, slots:] = torch.arange(width - slots, device=self._device) + count
+            self._positions_by_step[slots:] = self._positions[:, slots:].t().unsqueeze(-1)
+        if self._token_types is not None:
+            self._token_types[:, slots:] = self._token_types[:, -1:].clone()
+
+    def _even_out(self) -> None:
+        """Back to common lengths when no row has a hole left: every row's length is the slots in use (a row holds
+        as many slots as its length, all of them before the slots in use end)."""
+        if any(length + self._offset != self._slots for length in self._row_lengths):
+            return
+        self.fed_length = self._slots - self._offset
+        self._row_lengths = self._runs = self._slot_numbers = None
+        self._limit = self._width
+        if self._shared_mask_is_none:
+            self._mask = None
+        if self._shared_positions_are_none:
+            self._positions = self._positions_by_step = None
+
+    def _make_room(self, count: int) -> None:
+        """Make ``count`` more slots usable for ragged rows: compact (see the class docstring) when a
+        fixed-capacity cache would overflow, or a growing one would hold over twice the longest row's slots
+        and more than the width it was built for; grow the tables when they are too narrow."""
+        need = self._slots + count
+        longest = self.fed_length + self._offset + count
+        capacity = self._capacity
+        if need > (capacity if capacity is not None else max(2 * longest, self._width)):
+            self._compact()
+            if self._row_lengths is None:
+                return
+            need = self._slots + count
+        if capacity is not None and need > capacity:
+            raise ValueError(f"cannot feed {count} more positions: the cache holds {capacity} per row and its "
+                             f"longest row needs {need}")
+        if need > self._table_width:
+            self._grow_tables(need)
+
+    def _compact(self) -> None:
+        """Move every row's kept slots to the front, in order, in the cache and the tables (one gather each);
+        the rows shorter than the longest keep holes at their end."""
+        slots = self._slots
+        length = self.fed_length + self._offset  # the longest row's slots
+        # Each row's kept slots in order, then slot 0 for the holes at its end (a written slot: gathering it reads
+        # real data, which transformers 4.57's static layers count as cached).
+        index = []
+        for runs in self._runs:
+            row = [slot for start, end in runs for slot in range(start, end)]
+            index.append(row + [0] * (length - len(row)))
+        index = torch.tensor(index, dtype=torch.int64, device=self._device).reshape(self.rows, length)
+        held = (torch.arange(length, device=self._device)
+                < torch.tensor(self._row_lengths, device=self._device)[:, None] + self._offset)
+        cache = self.past_key_values
+        storage = None if cache is None else _slot_storage(cache)
+        if storage is not None and storage[0] == "static":
+            for tensor, dim in storage[1]:
+                tensor.narrow(dim, 0, length).copy_(_gather_slots(tensor, dim, index.to(tensor.device), slots))
+            self._cut_slots(length, slots)
+        elif storage is not None:
+            for layer in storage[1]:
+                for name in ("keys", "values"):
+                    tensor = getattr(layer, name, None)
+                    if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
+                        setattr(layer, name, _gather_slots(tensor, 2, index.to(tensor.device), slots))
+        if self._all_ids is not None:
+            self._all_ids = self._all_ids.gather(1, index.to(self._all_ids.device))
+        self._mask[:, :length] = self._mask[:, :slots].gather(1, index).masked_fill_(~held, 0)
+        self._runs = [[[0, row_length + self._offset]] if row_length + self._offset else []
+                      for row_length in self._row_lengths]
+        self._positions[:, :length] = self._positions[:, :slots].gather(1, index)
+        self._positions_by_step[:length] = self._positions[:, :length].t().unsqueeze(-1)
+        if self._token_types is not None:
+            self._token_types[:, :length] = self._token_types[:, :slots].gather(1, index)
+        self._slots = length
+        self._refresh_free_slots()
+        self._even_out()
+
+    def _grow_tables(self, need: int) -> None:
+        """Widen the mask, position, token-type and slot tables to at least ``need`` slots (doubling)."""
+        old = self._table_width
+        width = max(2 * old, need)
+        extra = width - old
+
+        def widen(table: torch.Tensor) -> torch.Tensor:
+            return torch.cat([table, table[:, -1:].expand(table.shape[0], extra)], dim=1)
+
+        self._mask = widen(self._mask)
+        self._slot_numbers = torch.arange(width, device=self._device)
+        self._positions = widen(self._positions)
+        self._positions_by_step = torch.cat(
+            [self._positions_by_step, self._positions_by_step.new_zeros(extra, self.rows, 1)], dim=0)
+        if self._token_types is not None:
+            self._token_types = widen(self._token_types)
+        if self._cache_positions is not None:
+            self._cache_positions = torch.arange(width, device=self._cache_positions.device)
+        self._table_width = self._limit = width
+        self._refresh_free_slots()
 
 
 class PreparedRunner:

@@ -6,6 +6,12 @@ itself (``scripts/train_default_model.py``) on Jane Austen's six completed novel
 byte-level BPE tokenizer. It loads offline, so ``turbogen demo`` prints readable (if
 Regency-flavoured) English on a machine that has never reached a model hub.
 
+Next to it ships its draft, ``turbogen/assets/draft_model/``: the same architecture cut to one layer,
+distilled from the default model (``scripts/train_default_model.py --draft``) and sharing its
+tokenizer, for speculative decoding (``generate(..., assistant_model=draft)``,
+``turbogen generate --assistant default``). It drafts tokens at a fraction of the target's cost per
+step; the target's verification keeps the output identical to plain decoding.
+
 The architecture, the tokenizer recipe and the sampling defaults are defined here once and used
 both by the training script and by the random-weights fallback, so that the two cannot drift.
 
@@ -35,10 +41,16 @@ __all__ = [
     "PAD_TOKEN",
     "build_byte_level_tokenizer",
     "default_generation_config",
+    "default_draft_config",
+    "default_draft_generation_config",
+    "default_draft_is_trained",
+    "default_draft_path",
     "default_model_config",
     "default_model_is_trained",
     "default_model_path",
+    "load_default_draft_model",
     "load_default_model",
+    "load_draft_model",
     "load_model",
 ]
 
@@ -52,6 +64,27 @@ MAX_POSITION_EMBEDDINGS = 512
 
 # The files without which the shipped directory is not a usable model.
 _REQUIRED_ASSET_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# The draft has no tokenizer files: it uses the default model's.
+_REQUIRED_DRAFT_FILES = ("config.json", "model.safetensors")
+# Any of these in a model directory means it has a tokenizer of its own.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+# The draft's speculation settings (its generation_config.json, which is where transformers' assisted
+# generation reads them from the assistant): drafts per verification and the confidence below which
+# the draft stops early. Chosen by measurement (assets/draft_model/README.md).
+DRAFT_NUM_ASSISTANT_TOKENS = 6
+DRAFT_CONFIDENCE_THRESHOLD = 0.0
+
+
+def _asset_path(name: str, what: str) -> pathlib.Path:
+    resource = importlib.resources.files("turbogen") / "assets" / name
+    if not isinstance(resource, pathlib.Path):
+        # e.g. a zipped install: transformers can only load from real directories.
+        raise RuntimeError(
+            f"turbogen's package files are not on the filesystem ({resource!r}); "
+            f"the {what} needs a regular (wheel or editable) install"
+        )
+    return resource
 
 
 def default_model_path() -> pathlib.Path:
@@ -61,14 +94,17 @@ def default_model_path() -> pathlib.Path:
     editable install alike. The directory may be missing or incomplete in a source checkout
     whose assets were removed; :func:`load_default_model` handles that case.
     """
-    resource = importlib.resources.files("turbogen") / "assets" / "default_model"
-    if not isinstance(resource, pathlib.Path):
-        # e.g. a zipped install: transformers can only load from real directories.
-        raise RuntimeError(
-            f"turbogen's package files are not on the filesystem ({resource!r}); "
-            "the default model needs a regular (wheel or editable) install"
-        )
-    return resource
+    return _asset_path("default_model", "default model")
+
+
+def default_draft_path() -> pathlib.Path:
+    """Return the directory of the embedded draft model (config, generation config and weights; no
+    tokenizer files, since the draft uses the default model's tokenizer) inside the installed package.
+
+    Resolved as :func:`default_model_path`; :func:`load_default_draft_model` handles a missing or
+    incomplete directory.
+    """
+    return _asset_path("draft_model", "default draft model")
 
 
 def default_model_config(vocab_size: int) -> transformers.LlamaConfig:
@@ -98,6 +134,30 @@ def default_model_config(vocab_size: int) -> transformers.LlamaConfig:
         bos_token_id=SPECIAL_TOKENS.index(BOS_TOKEN),
         eos_token_id=SPECIAL_TOKENS.index(EOS_TOKEN),
     )
+
+
+def default_draft_config(vocab_size: int) -> transformers.LlamaConfig:
+    """Return the architecture of the default model's draft for a tokenizer of ``vocab_size`` tokens.
+
+    :func:`default_model_config` with ONE layer instead of four: the same hidden size, heads and
+    tied embeddings, so training can start from the target's own embeddings, first layer and final
+    norm. On a CPU, a forward step of a model this small costs mostly per-layer overhead, so one
+    layer is what makes a draft step several times cheaper than a target step.
+    """
+    config = default_model_config(vocab_size)
+    config.num_hidden_layers = 1
+    return config
+
+
+def default_draft_generation_config() -> transformers.GenerationConfig:
+    """Return the generation config shipped with the draft: the default model's, plus the speculation
+    settings that transformers' assisted generation reads from the assistant's config
+    (``num_assistant_tokens``, a constant schedule, ``assistant_confidence_threshold``)."""
+    config = default_generation_config()
+    config.num_assistant_tokens = DRAFT_NUM_ASSISTANT_TOKENS
+    config.num_assistant_tokens_schedule = "constant"
+    config.assistant_confidence_threshold = DRAFT_CONFIDENCE_THRESHOLD
+    return config
 
 
 def default_generation_config() -> transformers.GenerationConfig:
@@ -197,6 +257,33 @@ def load_model(
     return model, tokenizer
 
 
+def load_draft_model(
+    path: str | pathlib.Path, dtype: torch.dtype = torch.float32
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase | None]:
+    """Load a draft (assistant) model for speculative decoding from a local directory, offline:
+    ``(model, tokenizer)``, the tokenizer being None when the directory has no tokenizer files (a draft
+    that shares its target's tokenizer, as the embedded draft does).
+
+    As :func:`load_model` otherwise: nothing downloaded, no remote code, nothing printed, eval mode,
+    parameters of ``dtype``; ValueError naming ``path`` if it is not a model directory.
+    """
+    if not isinstance(path, (str, pathlib.PurePath)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
+    _check_float_dtype(dtype)
+    directory = pathlib.Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"model path {str(directory)!r} is not a directory")
+    if not (directory / "config.json").is_file():
+        raise ValueError(f"model path {str(directory)!r} has no config.json: not a transformers model directory")
+    has_tokenizer = any((directory / name).is_file() for name in _TOKENIZER_FILES)
+    with _progress_bars_disabled():
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+        tokenizer = (transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+                     if has_tokenizer else None)
+    model.eval()
+    return model, tokenizer
+
+
 def default_model_is_trained() -> bool:
     """Whether this install ships the embedded model's trained weights (else :func:`load_default_model`
     falls back to random weights), without loading anything."""
@@ -226,6 +313,48 @@ def load_default_model(
         torch.manual_seed(0)
         model = transformers.LlamaForCausalLM(default_model_config(vocab_size=len(tokenizer)))
     model.generation_config = default_generation_config()
+    model.to(dtype=dtype).eval()
+    return model, tokenizer, False
+
+
+def default_draft_is_trained() -> bool:
+    """Whether this install ships the draft's trained weights AND the default model's (whose tokenizer
+    the draft uses), without loading anything; else :func:`load_default_draft_model` falls back to
+    random weights."""
+    path = default_draft_path()
+    return default_model_is_trained() and all((path / name).is_file() for name in _REQUIRED_DRAFT_FILES)
+
+
+def load_default_draft_model(
+    dtype: torch.dtype = torch.float32,
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, bool]:
+    """Load the embedded default model's draft: ``(model, tokenizer, is_trained)``.
+
+    The draft (:func:`default_draft_path`, loaded offline, in eval mode, parameters of ``dtype``) is a
+    one-layer model of the default model's family (:func:`default_draft_config`) distilled from it; the
+    tokenizer returned is the default model's own, which the draft shares (the draft directory holds
+    none), so ``generate(target, ..., assistant_model=draft)`` needs no tokenizer at all.
+
+    If the draft's assets are missing (a stripped build), returns, like :func:`load_default_model`, a
+    draft of the same architecture with seeded random weights and ``is_trained=False``, over the
+    tokenizer that :func:`load_default_model` returns (the trained one, or the byte-level fallback if
+    the default model is missing too), so the two still pair: speculation with it stays correct, since
+    the target verifies every token, but rarely gains.
+    """
+    _check_float_dtype(dtype)
+    if default_model_is_trained():
+        with _progress_bars_disabled():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    else:
+        tokenizer = build_byte_level_tokenizer(texts=(), vocab_size=len(SPECIAL_TOKENS) + 256)
+    if default_draft_is_trained():
+        model, _ = load_draft_model(default_draft_path(), dtype=dtype)
+        return model, tokenizer, True
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = transformers.LlamaForCausalLM(default_draft_config(vocab_size=len(tokenizer)))
+    model.generation_config = default_draft_generation_config()
     model.to(dtype=dtype).eval()
     return model, tokenizer, False
 

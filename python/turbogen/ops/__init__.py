@@ -7,6 +7,8 @@ cpu / triton / cuda launchers and its output allocation; the registry does the d
 sampling contract's noise (beam sampling's Gumbel-top-k); ``row_seeds`` and ``row_offsets`` turn a
 scalar seed or offset into the per-row counters of the sampling contract. ``apply_penalties`` reads the
 per-row token state of a :class:`PenaltyState`, which ``sample`` can also apply while it draws.
+``verify`` checks speculative drafts against the target's logits (coupled mode: exactly ``sample`` at each
+position; or rejection sampling) and returns a :class:`VerifyResult`.
 
 Arrays from other libraries: every op, and the methods of :class:`PenaltyState` and :class:`Sampler`, also
 takes any array that exports DLPack (numpy, JAX, CuPy; TensorFlow tensors through
@@ -27,6 +29,8 @@ from .penalties import PenaltyState, PenaltyTensors, apply_penalties
 from .sampling import Sampler, filter_logits, sample
 from .softmax import softmax
 from .topk import topk
+from .verify import VerifyResult, verify
 
 __all__ = ["BACKENDS", "BackendStatus", "BeamStepResult", "beam_step", "PenaltyState", "PenaltyTensors", "Sampler", "apply_penalties", "available_backends",
-           "filter_logits", "gumbel_noise", "row_offsets", "row_seeds", "sample", "softmax", "topk"]
+           "filter_logits", "gumbel_noise", "row_offsets", "row_seeds", "sample", "softmax", "topk",
+           "verify", "VerifyResult"]

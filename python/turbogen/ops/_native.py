@@ -203,3 +203,43 @@ def launch_gumbel_noise(backend: str, seed: torch.Tensor, offset: torch.Tensor, 
         extension.launch_gumbel_noise_cpu(args)
     else:
         extension.launch_gumbel_noise_cuda(args, _ext.cuda_stream_handle(out.device))
+
+
+def _flat_row_stride(logits: torch.Tensor) -> int:
+    """Elements between the rows of the ``[rows * positions, vocab]`` view of a ``[rows, positions, vocab]``
+    tensor (ops/verify.py guarantees that view has one stride)."""
+    rows, positions, vocab = logits.shape
+    if positions > 1:
+        return logits.stride(1)
+    return logits.stride(0) if rows > 1 else vocab
+
+
+def launch_verify(backend: str, logits: torch.Tensor, draft_tokens: torch.Tensor, draft_probs: torch.Tensor | None,
+                  rejection: bool, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  min_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, accepted: torch.Tensor,
+                  tokens: torch.Tensor) -> None:
+    """Speculative verification on ``backend`` ("cpu" or "cuda") into ``accepted`` and ``tokens``
+    (ops/verify.py gives the validated inputs)."""
+    _check_backend(backend, "verify", ("cpu", "cuda"))
+    rows, positions, vocab = logits.shape
+    if rows == 0:  # nothing to write, and empty tensors have no address
+        return
+    extension = _ext.extension()
+    args = _fill(extension.VerifyArgs(),
+                 logits=logits.data_ptr(), rows=rows, positions=positions, vocab=vocab,
+                 row_stride=_flat_row_stride(logits), dtype=_ext.dtype_code(logits.dtype),
+                 draft_tokens=draft_tokens.data_ptr() if positions > 1 else 0,
+                 draft_probs=_address(draft_probs) if rejection and positions > 1 else 0, rejection=bool(rejection),
+                 temperature=temperature.data_ptr(), temperature_per_row=_per_row(temperature),
+                 top_k=top_k.data_ptr(), top_k_per_row=_per_row(top_k),
+                 top_p=top_p.data_ptr(), top_p_per_row=_per_row(top_p),
+                 min_p=min_p.data_ptr(), min_p_per_row=_per_row(min_p),
+                 seed=seed.data_ptr(), offset=offset.data_ptr(), offset_per_row=_per_row(offset),
+                 accepted=accepted.data_ptr(), tokens=tokens.data_ptr())
+    if backend == "cpu":
+        extension.launch_verify_cpu(args)
+        return
+    workspace = torch.empty(extension.verify_workspace_bytes(rows, positions, vocab, bool(rejection)),
+                            dtype=torch.uint8, device=logits.device)
+    _fill(args, workspace=workspace.data_ptr(), workspace_bytes=workspace.numel())
+    extension.launch_verify_cuda(args, _ext.cuda_stream_handle(logits.device))

@@ -10,5 +10,6 @@ from .philox import gumbel_noise
 from .sampling import filter_logits, sample
 from .softmax import softmax
 from .topk import topk
+from .verify import verify
 
-__all__ = ["apply_penalties", "beam_step", "filter_logits", "gumbel_noise", "sample", "softmax", "topk"]
+__all__ = ["apply_penalties", "beam_step", "filter_logits", "gumbel_noise", "sample", "softmax", "topk", "verify"]

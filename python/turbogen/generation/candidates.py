@@ -1,0 +1,472 @@
+"""Candidate (draft) generators for speculative decoding: the protocol and turbogen's implementations.
+
+A :class:`CandidateGenerator` proposes, for every row of a batch, up to ``k`` draft tokens that the target
+model then verifies in one forward pass (:mod:`turbogen.generation.speculative`). Drafts only decide the
+speed: the verification emits exactly the tokens plain decoding would (coupled mode), whatever is drafted.
+
+The loop talks to a generator through three members:
+
+* ``max_drafts`` (int): the most drafts any row may get from the next :meth:`~CandidateGenerator.propose`
+  (schedules may change it between steps); ``draft_limit`` (int): the most it will ever be in this call,
+  so that the loop can size the caches (a static cache needs room for ``draft_limit`` positions past the
+  longest sequence);
+* ``propose(sequences, lengths, active)``: the drafts, ``[rows, k]`` int64 with ``k <= max_drafts``, -1
+  where a row has fewer drafts than ``k`` (a row's drafts are contiguous from column 0: after the first -1
+  every column is -1). Row ``r``'s tokens are ``sequences[r, :lengths[r]]``; ``active[r]`` is False for a
+  finished row, which must get no drafts. A row never gets more than ``max_length - lengths[r] - 1``
+  drafts (the target emits one more token; the loop trims anything beyond);
+* ``accepted(accepted, lengths)``: after verification, ``accepted[r]`` drafts of row ``r`` were accepted
+  and its sequence is now ``lengths[r]`` tokens long (prompt + generated, the target's emitted token
+  included; a stop inside the accepted run makes it shorter than ``old length + accepted + 1``). A
+  generator updates its schedule and forgets (crops) whatever its own cache holds past the new lengths.
+
+Optionally ``finish()``: called once when generation ends (e.g. to persist a heuristic schedule on the
+assistant's generation config, as transformers does).
+
+Implementations here: :class:`PromptLookupCandidates` (n-gram lookup in the row's own tokens),
+:class:`AssistantCandidates` (a smaller model with the same vocabulary, its own cache) and
+:class:`EarlyExitCandidates` (the target's first layers). ``turbogen.generation.universal`` adds an
+assistant with another tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Optional, Protocol, runtime_checkable
+
+import torch
+
+from .. import ops
+from ..config import GenerationConfig
+from ..processors.build import SamplingParams
+from .prepare import accepts
+from .record import Record
+from .runner import DirectRunner
+
+__all__ = ["AssistantCandidates", "CandidateGenerator", "DraftSchedule", "EarlyExitCandidates",
+           "PromptLookupCandidates", "SCHEDULES", "build_candidates", "check_draft_count"]
+
+#: The values of ``num_assistant_tokens_schedule`` (transformers 4.57's).
+SCHEDULES = ("constant", "heuristic", "heuristic_transient")
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    """What the speculative loop needs from a draft source (see the module docstring)."""
+
+    #: The most drafts the next :meth:`propose` may return per row.
+    max_drafts: int
+    #: The most drafts any step of this call may return per row (sizes the caches).
+    draft_limit: int
+
+    def propose(self, sequences: torch.Tensor, lengths: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """``sequences`` ``[rows, width]`` int64 (row ``r``'s tokens are ``sequences[r, :lengths[r]]``),
+        ``lengths`` ``[rows]`` int64, ``active`` ``[rows]`` bool (unfinished). Returns drafts ``[rows, k]``
+        int64, -1 where a row has fewer drafts (``k`` may be 0)."""
+        ...
+
+    def accepted(self, accepted: torch.Tensor, lengths: torch.Tensor) -> None:
+        """After verification: ``accepted`` ``[rows]`` int64 drafts accepted per row; ``lengths`` ``[rows]`` the
+        rows' new lengths (the emitted token included). Update schedules, crop own caches."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The draft-count schedule
+# ----------------------------------------------------------------------------------------------------------
+
+#: The most drafts the heuristic schedules may grow to (transformers' grow without bound; the loop must size
+#: the caches for the largest draft, and acceptance runs of more than this many tokens are rare).
+HEURISTIC_DRAFT_LIMIT = 32
+#: Back-off: after this many consecutive steps in which a row drafted one token and none was accepted, the
+#: row stops drafting for a cool-down of 1, 2, 4, ... (at most ``MAX_COOLDOWN``) steps, then tries again.
+BACKOFF_AFTER = 2
+MAX_COOLDOWN = 16
+
+
+class DraftSchedule:
+    """Per-row ``num_assistant_tokens`` with transformers 4.57's schedules, plus a back-off.
+
+    ``"constant"``: every row drafts ``num_assistant_tokens`` tokens per step. ``"heuristic"`` and
+    ``"heuristic_transient"`` (transformers' rule, per row): when every draft of a row was accepted its count
+    grows by 2 (at most :data:`HEURISTIC_DRAFT_LIMIT`, or ``num_assistant_tokens`` if larger), else it shrinks
+    by 1 (at least 1). Where speculation loses (a row whose single draft keeps being rejected costs a draft
+    pass and a wider verification for nothing), the heuristic schedules back off further: after
+    :data:`BACKOFF_AFTER` such steps in a row, the row drafts nothing for a cool-down of 1, 2, 4, ...,
+    :data:`MAX_COOLDOWN` steps (plain decoding for that row), and an accepted draft resets the cool-down.
+    Values are floats, as transformers keeps them (``20`` becomes ``22.0``).
+    """
+
+    def __init__(self, rows: int, num_assistant_tokens: int, schedule: str = "constant",
+                 limit: Optional[int] = None):
+        """``limit``: the most drafts a row may grow to (default: :data:`HEURISTIC_DRAFT_LIMIT`, or
+        ``num_assistant_tokens`` if larger, for the heuristic schedules)."""
+        check_draft_count(num_assistant_tokens, "num_assistant_tokens")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"`num_assistant_tokens_schedule` must be one of {SCHEDULES}, got {schedule!r}")
+        self.schedule = schedule
+        self.adaptive = schedule != "constant"
+        if limit is None:
+            limit = max(int(num_assistant_tokens), HEURISTIC_DRAFT_LIMIT) if self.adaptive else num_assistant_tokens
+        self.limit = int(limit)
+        self.values = torch.full((rows,), float(num_assistant_tokens), dtype=torch.float64)
+        self._failures = torch.zeros(rows, dtype=torch.int64)
+        self._cooldown = torch.zeros(rows, dtype=torch.int64)
+        self._next_cooldown = torch.ones(rows, dtype=torch.int64)
+
+    def counts(self) -> torch.Tensor:
+        """int64 ``[rows]`` (CPU): the drafts each row may propose now (0 while cooling down)."""
+        counts = self.values.clamp(max=self.limit).long()
+        return torch.where(self._cooldown > 0, 0, counts)
+
+    def update(self, proposed: torch.Tensor, accepted: torch.Tensor) -> None:
+        """After a step: row ``r`` proposed ``proposed[r]`` drafts, ``accepted[r]`` of them were accepted
+        (CPU int64 ``[rows]``)."""
+        if not self.adaptive:
+            return
+        drafted = proposed > 0
+        self._cooldown = torch.where(drafted, self._cooldown, (self._cooldown - 1).clamp(min=0))
+        all_accepted = drafted & (accepted >= proposed)
+        grown = (self.values + 2.0).clamp(max=float(self.limit))
+        shrunk = (self.values - 1.0).clamp(min=1.0)
+        self.values = torch.where(all_accepted, grown, torch.where(drafted, shrunk, self.values))
+        failed = drafted & (proposed == 1) & (accepted == 0)
+        self._failures = torch.where(failed, self._failures + 1, torch.where(drafted, 0, self._failures))
+        backs_off = self._failures >= BACKOFF_AFTER
+        self._cooldown = torch.where(backs_off, self._next_cooldown, self._cooldown)
+        self._next_cooldown = torch.where(backs_off, (self._next_cooldown * 2).clamp(max=MAX_COOLDOWN),
+                                          torch.where(drafted & (accepted > 0), 1, self._next_cooldown))
+        self._failures = torch.where(backs_off, 0, self._failures)
+
+    def persistent_value(self) -> float:
+        """The value transformers' ``"heuristic"`` schedule leaves on the assistant's generation config (the
+        largest row's, a float)."""
+        return float(self.values.max())
+
+
+def check_draft_count(value: Any, name: str) -> None:
+    """``value`` must be a positive int (a draft count), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer (the number of draft tokens per step), got "
+                         f"{value!r}")
+
+
+def _room(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Drafts each row can still take: the target emits one more token and no row exceeds ``max_length``."""
+    return (max_length - lengths - 1).clamp(min=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompt lookup
+# ----------------------------------------------------------------------------------------------------------
+
+
+class PromptLookupCandidates:
+    """Drafts copied from each row's own tokens (prompt lookup decoding), with transformers 4.57's
+    ``PromptLookupCandidateGenerator`` rules, per row: for n-gram sizes ``max_matching_ngram_size`` down to 1,
+    the row's last ``n`` tokens are searched in its sequence (left padding excluded) from the left; the first
+    occurrence followed by at least one token gives the drafts, the up to ``num_output_tokens`` tokens after it
+    (within the sequence), cut before the first EOS. No match: no drafts (a plain step for that row).
+
+    transformers also runs the logits processors on fake logits to drop drafts they forbid; turbogen does not
+    (a forbidden draft is rejected by the verification, the output is the same), so processors see no extra
+    calls.
+
+    ``schedule`` (turbogen's extension; transformers always drafts up to ``num_output_tokens``): with
+    ``"heuristic"`` / ``"heuristic_transient"`` each row's draft count follows :class:`DraftSchedule`, at most
+    ``num_output_tokens``, so that rows whose lookups keep failing stop paying for wide verifications.
+    """
+
+    def __init__(self, num_output_tokens: int, max_matching_ngram_size: int, max_length: int,
+                 eos_token_ids: Optional[torch.Tensor] = None, prompt_mask: Optional[torch.Tensor] = None,
+                 schedule: str = "constant"):
+        check_draft_count(num_output_tokens, "prompt_lookup_num_tokens")
+        check_draft_count(max_matching_ngram_size, "max_matching_ngram_size")
+        DraftSchedule(1, num_output_tokens, schedule)  # validates the schedule
+        self._schedule_name = schedule
+        self.schedule: Optional[DraftSchedule] = None  # per row, from the first proposal
+        self._proposed: Optional[torch.Tensor] = None
+        self.num_output_tokens = int(num_output_tokens)
+        self.max_matching_ngram_size = int(max_matching_ngram_size)
+        self.max_length = int(max_length)
+        self.max_drafts = self.draft_limit = self.num_output_tokens
+        self._eos = None if eos_token_ids is None else eos_token_ids.reshape(-1).cpu()
+        # Where each row's real tokens start (after its left padding).
+        self._starts = None if prompt_mask is None else (prompt_mask.cpu() == 0).long().cumprod(1).sum(1)
+
+    def propose(self, sequences: torch.Tensor, lengths: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        lengths_host = lengths.cpu()
+        rows = sequences.shape[0]
+        if self.schedule is None:
+            self.schedule = DraftSchedule(rows, self.num_output_tokens, self._schedule_name,
+                                          limit=self.num_output_tokens)
+        room = torch.minimum(_room(lengths_host, self.max_length), self.schedule.counts())
+        room = torch.where(active.cpu(), room, 0)
+        width = int(lengths_host.max()) if rows else 0
+        tokens = sequences[:, :width].cpu()
+        found = []
+        for row in range(rows):
+            count = int(room[row])
+            if count == 0:
+                found.append(None)
+                continue
+            start = 0 if self._starts is None else int(self._starts[row])
+            found.append(self._lookup(tokens[row, start:int(lengths_host[row])], count))
+        k = max((len(f) for f in found if f is not None), default=0)
+        drafts = torch.full((rows, k), -1, dtype=torch.long)
+        for row, chosen in enumerate(found):
+            if chosen is not None and len(chosen):
+                drafts[row, :len(chosen)] = chosen
+        self._proposed = (drafts >= 0).sum(dim=1)
+        return drafts.to(sequences.device)
+
+    def _lookup(self, ids: torch.Tensor, count: int) -> Optional[torch.Tensor]:
+        """The drafts for one row's tokens ``ids`` (1-D), at most ``count``."""
+        length = ids.shape[0]
+        for size in range(min(self.max_matching_ngram_size, length - 1), 0, -1):
+            windows = ids.unfold(0, size, 1)  # [length - size + 1, size]
+            # The last window is the n-gram itself, with nothing after it.
+            matches = (windows[:-1] == ids[-size:]).all(dim=1).nonzero()
+            if matches.numel() == 0:
+                continue
+            begin = int(matches[0]) + size
+            chosen = ids[begin:min(begin + self.num_output_tokens, length)][:count]
+            if self._eos is not None:
+                eos_at = torch.isin(chosen, self._eos).nonzero()
+                if eos_at.numel():
+                    chosen = chosen[:int(eos_at[0])]
+            return chosen
+        return None
+
+    def accepted(self, accepted: torch.Tensor, lengths: torch.Tensor) -> None:
+        if self.schedule is not None and self._proposed is not None:
+            self.schedule.update(self._proposed, torch.minimum(accepted.cpu(), self._proposed))
+        self._proposed = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A draft model
+# ----------------------------------------------------------------------------------------------------------
+
+
+class AssistantCandidates:
+    """Drafts from an assistant model sharing the target's vocabulary, over its own cache.
+
+    Each step, every drafting row first feeds the assistant what it has not seen of the row (its accepted
+    tokens and the target's last token), then the assistant drafts up to the row's count
+    (:class:`DraftSchedule`) one token per forward pass: the argmax (greedy search), or, when sampling, the
+    sampling contract's draw with the target's per-row seeds and offsets and the call's temperature / top-k /
+    top-p / min-p, so that wherever the two models' distributions agree the draft is the token the target will
+    draw (coupled verification then accepts it). A row stops drafting after an EOS token or, with
+    ``confidence_threshold > 0``, after a draft whose probability under the assistant is below it (transformers'
+    ``assistant_confidence_threshold``, judged per row rather than on row 0; its ROC-based adaptation is not
+    reproduced). The assistant's cache keeps the accepted drafts it fed and forgets the rest per row.
+
+    Args:
+        assistant_model: a causal LM taking the target's token ids (decoder-only, generic input preparation).
+        prompt_ids: ``[rows, P]`` the prompt (left-padded); ``prompt_mask`` its attention mask or ``None``.
+        max_length: the longest sequence of the call (prompt included).
+        eos_token_ids: 1-D int64 EOS ids, or ``None``.
+        num_assistant_tokens, schedule: see :class:`DraftSchedule`.
+        confidence_threshold: see above; 0 or ``None`` switches it off.
+        seeds: the target's ``[rows]`` int64 sampling seeds, ``None`` for greedy drafts; ``filters`` the
+            :class:`~turbogen.processors.build.SamplingParams` the drafts are drawn with.
+        assistant_config: the generation config a ``"heuristic"`` schedule's last value is written back to
+            (``num_assistant_tokens``), as transformers does; ``None``: nowhere.
+    """
+
+    def __init__(self, assistant_model: Any, *, prompt_ids: torch.Tensor, prompt_mask: Optional[torch.Tensor],
+                 max_length: int, eos_token_ids: Optional[torch.Tensor], num_assistant_tokens: int,
+                 schedule: str = "constant", confidence_threshold: Optional[float] = None,
+                 seeds: Optional[torch.Tensor] = None, filters: Any = None, assistant_config: Any = None):
+        rows, self.prompt_length = prompt_ids.shape
+        self.schedule = DraftSchedule(rows, num_assistant_tokens, schedule)
+        self.draft_limit = self.schedule.limit
+        self.max_length = int(max_length)
+        self._eos = eos_token_ids.reshape(-1) if eos_token_ids is not None else None
+        self.confidence_threshold = float(confidence_threshold or 0.0)
+        self._assistant_config = assistant_config
+        self._sampler = None
+        if seeds is not None:
+            params = filters if filters is not None else SamplingParams()
+            self._temperature = params.temperature
+            self._sampler = ops.Sampler(rows, prompt_ids.device, temperature=params.temperature,
+                                        top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seeds)
+        kwargs = {}
+        if prompt_mask is not None and accepts(assistant_model, "attention_mask"):
+            kwargs["attention_mask"] = prompt_mask
+        self.runner = DirectRunner(self._model(assistant_model), prompt_ids, kwargs, self._new_cache(),
+                                   use_cache=True, max_length=self.max_length + self.draft_limit + 1,
+                                   record=Record(GenerationConfig()))
+        self._valid: Optional[torch.Tensor] = None  # [rows] CPU: positions the assistant holds correctly
+        self._proposed = torch.zeros(rows, dtype=torch.long)
+        self._lengths = None
+        self._fed_drafts = 0
+
+    @property
+    def max_drafts(self) -> int:
+        return int(self.schedule.counts().max()) if self.schedule.values.numel() else 0
+
+    def _model(self, model: Any) -> Any:
+        return model
+
+    @staticmethod
+    def _new_cache() -> Any:
+        from transformers import DynamicCache
+
+        # Every layer keeps every position, so that the cache can be cropped (transformers' "dynamic_full").
+        return DynamicCache()
+
+    def propose(self, sequences: torch.Tensor, lengths: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        rows = sequences.shape[0]
+        device = sequences.device
+        lengths_host = lengths.cpu()
+        counts = torch.minimum(self.schedule.counts(), _room(lengths_host, self.max_length))
+        counts = torch.where(active.cpu(), counts, 0)
+        self._proposed = counts
+        self._lengths = lengths_host
+        self._fed_drafts = 0
+        k = int(counts.max()) if rows else 0
+        if k == 0:  # nothing fed: the assistant catches up at the next draft
+            self._lengths = None
+            return torch.full((rows, 0), -1, dtype=torch.long, device=device)
+        if self._valid is None:  # first draft: the prompt
+            self.runner.prefill(sequences[:, :self.prompt_length])
+            self._valid = torch.full((rows,), self.prompt_length, dtype=torch.long)
+        # Feed every row the same number of positions (what the most behind row lacks), from its own end.
+        catch_up = max(int((lengths_host - self._valid).max()), 1)
+        starts = (lengths_host - catch_up).clamp(min=0)
+        self.runner.crop(_as_lengths(starts))
+        index = (starts[:, None] + torch.arange(catch_up)).to(device)
+        logits = self.runner.verify(sequences.gather(1, index))[:, -1]
+        drafts = torch.full((rows, k), -1, dtype=torch.long, device=device)
+        counts_device = counts.to(device)
+        alive = counts_device > 0
+        offsets = (lengths - self.prompt_length).to(device)
+        for position in range(k):
+            tokens, confident = self._draw(logits, offsets + position)
+            drafts[:, position] = torch.where(alive, tokens, -1)
+            alive = alive & (counts_device > position + 1)
+            if self._eos is not None:
+                alive = alive & ~torch.isin(tokens, self._eos.to(device))
+            if confident is not None:
+                alive = alive & confident
+            if position + 1 == k or not bool(alive.any()):
+                break
+            logits = self.runner.decode(tokens)
+            self._fed_drafts += 1
+        # What each row actually drafted (a row may stop early): the schedule judges those.
+        self._proposed = (drafts >= 0).sum(dim=1).cpu()
+        return drafts
+
+    def _draw(self, logits: torch.Tensor, offsets: torch.Tensor):
+        """The drafts ``[rows]`` from the assistant's ``logits`` and, with a confidence threshold, whether each
+        row's draft is at least that probable."""
+        if self._sampler is None:
+            tokens = torch.argmax(logits, dim=-1)
+            scaled = logits
+        else:
+            tokens = self._sampler(logits, offsets).clamp_(min=0)
+            scaled = logits / self._temperature if self._temperature not in (0.0, 1.0) else logits
+        if self.confidence_threshold <= 0:
+            return tokens, None
+        probability = scaled.float().softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+        return tokens, probability >= self.confidence_threshold
+
+    def accepted(self, accepted: torch.Tensor, lengths: torch.Tensor) -> None:
+        accepted = accepted.cpu()
+        self.schedule.update(self._proposed, torch.minimum(accepted, self._proposed))
+        if self._valid is None or self._lengths is None:
+            return
+        grown = (lengths.cpu() - self._lengths).clamp(min=0)
+        # The accepted drafts this row fed the assistant are still right; nothing after them.
+        kept = torch.minimum(torch.minimum(accepted, grown), torch.full_like(grown, self._fed_drafts))
+        kept = torch.where(self._proposed > 0, kept, 0)
+        # Every row was fed its tokens up to its old length (the catch-up), then its drafts.
+        self._valid = torch.minimum(self._lengths + kept, lengths.cpu())
+        self._lengths = None
+
+    def finish(self) -> None:
+        """transformers' ``"heuristic"`` schedule leaves its last value on the assistant's generation config."""
+        if self.schedule.schedule == "heuristic" and self._assistant_config is not None:
+            self._assistant_config.num_assistant_tokens = self.schedule.persistent_value()
+
+
+def _as_lengths(lengths: torch.Tensor):
+    """Per-row lengths for a runner's ``crop``: an int when every row agrees (any runner takes it), else the
+    ``[rows]`` tensor (a runner with per-row lengths)."""
+    low, high = int(lengths.min()), int(lengths.max())
+    return low if low == high else lengths
+
+
+class _EarlyExitModel:
+    """The target model truncated to its first ``layers`` decoder layers, as transformers 4.57's
+    ``EarlyExitCandidateGenerator`` runs it: the base model's ``config.num_hidden_layers`` is set to ``layers``
+    for the duration of each call (models whose forward loops over ``self.layers[: num_hidden_layers]``, such
+    as Llama, then skip the later layers and apply the final norm and head to the early hidden states; others
+    run whole)."""
+
+    def __init__(self, model: Any, layers: int):
+        self._model = model
+        self.config = model.config
+        self._layers = layers
+        base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+        self._base_config = getattr(base, "config", model.config)
+
+        @functools.wraps(model.forward)
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with self._truncated():
+                return model(*args, **kwargs)
+
+        self.forward = forward
+
+    @contextlib.contextmanager
+    def _truncated(self):
+        original = self._base_config.num_hidden_layers
+        self._base_config.num_hidden_layers = self._layers
+        try:
+            yield
+        finally:
+            self._base_config.num_hidden_layers = original
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+
+class EarlyExitCandidates(AssistantCandidates):
+    """Self-speculation: drafts from the target's own first ``assistant_early_exit`` layers (own cache), for
+    models trained for early exit (LayerSkip); otherwise as :class:`AssistantCandidates`."""
+
+    def __init__(self, model: Any, assistant_early_exit: int, **kwargs: Any):
+        check_draft_count(assistant_early_exit, "assistant_early_exit")
+        self._early_exit = int(assistant_early_exit)
+        super().__init__(model, **kwargs)
+
+    def _model(self, model: Any) -> Any:
+        return _EarlyExitModel(model, self._early_exit)
+
+
+def build_candidates(plan: Any, input_ids: torch.Tensor, prompt_mask: Optional[torch.Tensor], max_length: int,
+                     eos_token_ids: Optional[torch.Tensor], seeds: Optional[torch.Tensor],
+                     filters: Any) -> CandidateGenerator:
+    """The candidate generator of a :class:`~turbogen.generation.prepare.SpeculationPlan` for the prompt
+    ``input_ids`` (``[rows, P]``, left-padded; ``prompt_mask`` its attention mask). ``seeds``: the target's
+    per-row sampling seeds (``None``: greedy), ``filters``: the sampling filters an assistant drafts with."""
+    if plan.kind == "prompt_lookup":
+        return PromptLookupCandidates(plan.num_tokens, plan.max_matching_ngram_size, max_length, eos_token_ids,
+                                      prompt_mask=prompt_mask, schedule=plan.schedule)
+    common = dict(prompt_ids=input_ids, prompt_mask=prompt_mask, max_length=max_length,
+                  eos_token_ids=eos_token_ids, num_assistant_tokens=plan.num_tokens, schedule=plan.schedule)
+    if plan.kind == "universal":
+        from .universal import UniversalAssistantCandidates
+
+        return UniversalAssistantCandidates(plan.assistant_model, target_tokenizer=plan.tokenizer,
+                                            assistant_tokenizer=plan.assistant_tokenizer,
+                                            assistant_config=plan.assistant_config,
+                                            confidence_threshold=plan.confidence_threshold, **common)
+    common.update(confidence_threshold=plan.confidence_threshold, seeds=seeds, filters=filters,
+                  assistant_config=plan.assistant_config)
+    if plan.kind == "early_exit":
+        return EarlyExitCandidates(plan.assistant_model, plan.early_exit, **common)
+    return AssistantCandidates(plan.assistant_model, **common)
