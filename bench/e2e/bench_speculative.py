@@ -21,8 +21,10 @@ every row generates all 128 tokens.
 Runners, taking turns round by round (:func:`turbogen.cli.benchmark.round_seconds`, one untimed warm-up each):
 ``plain`` (turbogen greedy), ``lookup`` (turbogen, ``prompt_lookup_num_tokens``), ``assisted`` (turbogen with the
 shipped draft; embedded model only), and at batch 1 the same three through transformers' own ``generate()``
-(``hf-*``; transformers refuses speculation at batch > 1). Before timing, every speculative runner's sequences
-are compared with plain greedy's.
+(``hf-*``; transformers refuses speculation at batch > 1), and ``lookup-h`` / ``assisted-h``: turbogen with
+``num_assistant_tokens_schedule="heuristic_transient"``, whose draft counts adapt per row and are capped by a
+governor that times the steps (:class:`turbogen.generation.candidates.WidthGovernor`). Before timing, every
+speculative runner's sequences are compared with plain greedy's.
 
 Reported per runner: new tokens/s (best and median round), target forwards per call, and for the speculative
 ones at batch 1 the acceptance rate (accepted drafts / proposed drafts), counted by a forward hook on the
@@ -160,6 +162,9 @@ def runner_calls(model, draft, input_ids, attention_mask, batch: int) -> dict[st
         calls[name] = lambda extra=extra: generate(model, **common, **extra)
         if batch == 1:
             calls[f"hf-{name}"] = lambda extra=extra: model.generate(**common, **extra)
+        if extra:  # turbogen's adaptive draft counts (the governed heuristic schedule)
+            adaptive = {**extra, "num_assistant_tokens_schedule": "heuristic_transient"}
+            calls[f"{name}-h"] = lambda extra=adaptive: generate(model, **common, **extra)
     return {name: e2e._in_inference_mode(e2e._with_model_defaults(model, config, call))
             for name, call in calls.items()}
 

@@ -23,7 +23,7 @@ from tolerances import assert_close_across_compilations
 from turbogen.errors import UnsupportedByTurbogen
 from turbogen.generate import generate
 from turbogen.generation.candidates import (AssistantCandidates, DraftSchedule, HEURISTIC_DRAFT_LIMIT,
-                                            PromptLookupCandidates)
+                                            PromptLookupCandidates, WidthGovernor)
 
 pytestmark = pytest.mark.usefixtures("tiny_model_environment")
 # The module (``turbogen.generate`` the attribute is the function).
@@ -434,6 +434,61 @@ def test_heuristic_schedule_grows_shrinks_and_backs_off():
     constant = DraftSchedule(1, 4, "constant")
     constant.update(torch.tensor([4]), torch.tensor([0]))
     assert constant.counts().tolist() == [4]
+
+
+class _FakeClock:
+    """A clock the simulated steps advance by their modelled cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _simulate_governor(step_seconds, acceptance: float, limit: int = 8, rows: int = 4, steps: int = 200):
+    """The governor's caps over ``steps`` simulated steps: a step verifying ``k`` drafts costs
+    ``step_seconds(k)``; each drafted row accepts each draft with probability ``acceptance`` until its first
+    rejection (the geometric model)."""
+    clock = _FakeClock()
+    governor = WidthGovernor(limit, clock=clock)
+    generator = torch.Generator().manual_seed(0)
+    caps = []
+    for _ in range(steps):
+        governor.start_step()
+        k = governor.cap
+        caps.append(k)
+        proposed = torch.full((rows,), k, dtype=torch.long)
+        hits = torch.rand(rows, max(k, 1), generator=generator) < acceptance
+        accepted = torch.where(proposed > 0, hits.long().cumprod(dim=1).sum(dim=1), 0).clamp(max=k)
+        clock.now += step_seconds(k)
+        governor.observe(proposed, accepted)
+    return caps
+
+
+def test_width_governor_backs_off_where_verification_is_expensive():
+    """A large batch on a CPU: every draft position costs as much as the step itself and a third of the drafts
+    are accepted, so plain steps (k = 0) are the fastest; outside its probes the governor settles there."""
+    caps = _simulate_governor(lambda k: 1.0 + 1.0 * k, acceptance=0.33)
+    settled = caps[50:]
+    assert sum(1 for k in settled if k == 0) >= 0.9 * len(settled), caps
+
+
+def test_width_governor_keeps_drafting_where_verification_is_cheap():
+    """Batch 1 on a CPU: extra positions are nearly free and most drafts are right, so the governor keeps the
+    drafts wide (apart from its probes of width 0)."""
+    caps = _simulate_governor(lambda k: 1.0 + 0.01 * k, acceptance=0.9)
+    settled = caps[50:]
+    assert sum(1 for k in settled if k >= 6) >= 0.9 * len(settled), caps
+
+
+def test_width_governor_caps_governed_schedules_only():
+    governed = DraftSchedule(2, 4, "heuristic", governed=True)
+    assert governed.governor is not None
+    governed.governor.cap = 1
+    assert governed.counts().tolist() == [1, 1]
+    assert DraftSchedule(2, 4, "constant", governed=True).governor is None  # "constant" drafts what it is told
+    assert DraftSchedule(2, 4, "heuristic").governor is None
 
 
 def test_heuristic_schedule_backs_off_where_drafts_are_useless(monkeypatch):

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Optional, Protocol, runtime_checkable
+import time
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -45,7 +46,7 @@ from .record import Record
 from .runner import DirectRunner
 
 __all__ = ["AssistantCandidates", "CandidateGenerator", "DraftSchedule", "EarlyExitCandidates",
-           "PromptLookupCandidates", "SCHEDULES", "build_candidates", "check_draft_count"]
+           "PromptLookupCandidates", "SCHEDULES", "WidthGovernor", "build_candidates", "check_draft_count"]
 
 #: The values of ``num_assistant_tokens_schedule`` (transformers 4.57's).
 SCHEDULES = ("constant", "heuristic", "heuristic_transient")
@@ -85,6 +86,88 @@ BACKOFF_AFTER = 2
 MAX_COOLDOWN = 16
 
 
+class WidthGovernor:
+    """Caps the drafts of every row where a wider verification costs more time than its accepted drafts save.
+
+    Per-row acceptance does not depend on the batch, but the cost of verifying ``k`` drafts does: on a CPU a
+    batch-1 step is dominated by per-call overhead (``k`` is nearly free), a batch of 8 by arithmetic (each
+    draft position costs a row of compute whether accepted or not). So the governor measures, at run time:
+
+    * the seconds per step at each verified width (exponential averages; one step is the time between two
+      :meth:`observe` calls, i.e. drafting + verification + bookkeeping), fitted by a line
+      ``t(k) = t0 + slope * k``;
+    * the probability ``alpha`` that a draft is accepted given the previous one was (the geometric model's
+      maximum-likelihood estimate: accepted drafts / (accepted drafts + rejections), decayed so it follows
+      the text);
+
+    and sets :attr:`cap` to the ``k`` in ``0 .. limit`` that maximises the expected tokens per step
+    ``(1 - alpha ** (k + 1)) / (1 - alpha)`` per second ``t(k)``. ``cap == 0`` is a plain decoding step. To keep
+    both ends of the line measured it tries width 0 once early and, every :data:`PROBE_EVERY` steps, the end of
+    the range it is not using. Only the speed depends on it: the verification decides the tokens.
+    """
+
+    #: Steps between two probes of the unused end of the width range.
+    PROBE_EVERY = 16
+    #: Weight of the past in the averages of step times and acceptance (per step).
+    DECAY = 0.8
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.perf_counter):
+        self.limit = int(limit)
+        self.cap = self.limit
+        self._clock = clock
+        self._seconds: dict[int, float] = {}  # verified width (drafts) -> average seconds per step
+        self._accepted = 0.0
+        self._rejections = 0.0
+        self._last: Optional[float] = None
+        self._steps = 0
+
+    def start_step(self) -> None:
+        """Called when a step begins drafting (the first step's start; later steps start where the previous
+        one was observed)."""
+        if self._last is None:
+            self._last = self._clock()
+
+    def observe(self, proposed: torch.Tensor, accepted: torch.Tensor) -> None:
+        """After a step: ``proposed[r]`` drafts of row ``r`` were verified, ``accepted[r]`` accepted (CPU int64)."""
+        now = self._clock()
+        width = int(proposed.max()) if proposed.numel() else 0
+        if self._last is not None and self._steps > 0:  # the first step may include the caller's set-up
+            previous = self._seconds.get(width)
+            seconds = now - self._last
+            self._seconds[width] = seconds if previous is None else self.DECAY * previous + (1 - self.DECAY) * seconds
+        self._last = now
+        drafted = proposed > 0
+        self._accepted = self.DECAY * self._accepted + float(accepted[drafted].sum())
+        self._rejections = self.DECAY * self._rejections + float((drafted & (accepted < proposed)).sum())
+        self._steps += 1
+        self.cap = self._choose()
+
+    def _choose(self) -> int:
+        if 0 not in self._seconds:
+            return 0 if self._steps >= 2 else self.limit  # measure a plain step once, early
+        if len(self._seconds) < 2:
+            return self.limit
+        best = self._best_width()
+        if self._steps % self.PROBE_EVERY == 0:  # refresh the end of the range not in use
+            return self.limit if best < self.limit / 2 else 0
+        return best
+
+    def _best_width(self) -> int:
+        widths = torch.tensor(sorted(self._seconds), dtype=torch.float64)
+        seconds = torch.tensor([self._seconds[int(w)] for w in widths], dtype=torch.float64)
+        t0 = self._seconds[0]
+        others = widths > 0
+        # Least squares through (0, t0): each extra draft position costs `slope` seconds.
+        slope = float((widths[others] * (seconds[others] - t0)).sum() / (widths[others] ** 2).sum())
+        slope = max(slope, 0.0)
+        total = self._accepted + self._rejections
+        alpha = min(self._accepted / total, 0.999) if total > 0 else 0.0
+        k = torch.arange(self.limit + 1, dtype=torch.float64)
+        tokens = (1 - alpha ** (k + 1)) / (1 - alpha)
+        rate = tokens / (t0 + slope * k)
+        return int(torch.argmax(rate))
+
+
 class DraftSchedule:
     """Per-row ``num_assistant_tokens`` with transformers 4.57's schedules, plus a back-off.
 
@@ -95,13 +178,16 @@ class DraftSchedule:
     pass and a wider verification for nothing), the heuristic schedules back off further: after
     :data:`BACKOFF_AFTER` such steps in a row, the row drafts nothing for a cool-down of 1, 2, 4, ...,
     :data:`MAX_COOLDOWN` steps (plain decoding for that row), and an accepted draft resets the cool-down.
+    With ``governed=True`` the heuristic schedules also cap every row by a :class:`WidthGovernor`, which
+    backs off where wide verifications cost more than they save (large batches on a CPU).
     Values are floats, as transformers keeps them (``20`` becomes ``22.0``).
     """
 
     def __init__(self, rows: int, num_assistant_tokens: int, schedule: str = "constant",
-                 limit: Optional[int] = None):
+                 limit: Optional[int] = None, governed: bool = False):
         """``limit``: the most drafts a row may grow to (default: :data:`HEURISTIC_DRAFT_LIMIT`, or
-        ``num_assistant_tokens`` if larger, for the heuristic schedules)."""
+        ``num_assistant_tokens`` if larger, for the heuristic schedules). ``governed``: the generators' schedules
+        measure their steps (:class:`WidthGovernor`); a schedule on its own just counts."""
         check_draft_count(num_assistant_tokens, "num_assistant_tokens")
         if schedule not in SCHEDULES:
             raise ValueError(f"`num_assistant_tokens_schedule` must be one of {SCHEDULES}, got {schedule!r}")
@@ -114,10 +200,15 @@ class DraftSchedule:
         self._failures = torch.zeros(rows, dtype=torch.int64)
         self._cooldown = torch.zeros(rows, dtype=torch.int64)
         self._next_cooldown = torch.ones(rows, dtype=torch.int64)
+        self.governor = WidthGovernor(self.limit) if governed and self.adaptive else None
 
     def counts(self) -> torch.Tensor:
         """int64 ``[rows]`` (CPU): the drafts each row may propose now (0 while cooling down)."""
-        counts = self.values.clamp(max=self.limit).long()
+        cap = self.limit
+        if self.governor is not None:
+            self.governor.start_step()
+            cap = self.governor.cap
+        counts = self.values.clamp(max=cap).long()
         return torch.where(self._cooldown > 0, 0, counts)
 
     def update(self, proposed: torch.Tensor, accepted: torch.Tensor) -> None:
@@ -125,6 +216,8 @@ class DraftSchedule:
         (CPU int64 ``[rows]``)."""
         if not self.adaptive:
             return
+        if self.governor is not None:
+            self.governor.observe(proposed, accepted)
         drafted = proposed > 0
         self._cooldown = torch.where(drafted, self._cooldown, (self._cooldown - 1).clamp(min=0))
         all_accepted = drafted & (accepted >= proposed)
@@ -200,7 +293,7 @@ class PromptLookupCandidates:
         rows = sequences.shape[0]
         if self.schedule is None:
             self.schedule = DraftSchedule(rows, self.num_output_tokens, self._schedule_name,
-                                          limit=self.num_output_tokens)
+                                          limit=self.num_output_tokens, governed=True)
         room = torch.minimum(_room(lengths_host, self.max_length), self.schedule.counts())
         room = torch.where(active.cpu(), room, 0)
         width = int(lengths_host.max()) if rows else 0
@@ -281,7 +374,7 @@ class AssistantCandidates:
                  schedule: str = "constant", confidence_threshold: Optional[float] = None,
                  seeds: Optional[torch.Tensor] = None, filters: Any = None, assistant_config: Any = None):
         rows, self.prompt_length = prompt_ids.shape
-        self.schedule = DraftSchedule(rows, num_assistant_tokens, schedule)
+        self.schedule = DraftSchedule(rows, num_assistant_tokens, schedule, governed=True)
         self.draft_limit = self.schedule.limit
         self.max_length = int(max_length)
         self._eos = eos_token_ids.reshape(-1) if eos_token_ids is not None else None

@@ -456,7 +456,7 @@ class UniversalAssistantCandidates:
 
         rows, self.prompt_length = prompt_ids.shape
         self.rows = rows
-        self.schedule = DraftSchedule(rows, num_assistant_tokens, schedule)
+        self.schedule = DraftSchedule(rows, num_assistant_tokens, schedule, governed=True)
         self.draft_limit = self.schedule.limit if draft_limit is None else min(int(draft_limit), self.schedule.limit)
         mask = None if prompt_mask is None else prompt_mask.to("cpu") != 0
         prompt = prompt_ids.to("cpu")

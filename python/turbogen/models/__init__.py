@@ -242,14 +242,7 @@ def load_model(
     Raises ValueError naming ``path`` if it is not a directory or has no ``config.json``, and
     TypeError/ValueError if ``dtype`` is not a floating-point torch dtype.
     """
-    if not isinstance(path, (str, pathlib.PurePath)):
-        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
-    _check_float_dtype(dtype)
-    directory = pathlib.Path(path)
-    if not directory.is_dir():
-        raise ValueError(f"model path {str(directory)!r} is not a directory")
-    if not (directory / "config.json").is_file():
-        raise ValueError(f"model path {str(directory)!r} has no config.json: not a transformers model directory")
+    directory = _model_directory(path, dtype)
     with _progress_bars_disabled():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
@@ -267,6 +260,18 @@ def load_draft_model(
     As :func:`load_model` otherwise: nothing downloaded, no remote code, nothing printed, eval mode,
     parameters of ``dtype``; ValueError naming ``path`` if it is not a model directory.
     """
+    directory = _model_directory(path, dtype)
+    has_tokenizer = any((directory / name).is_file() for name in _TOKENIZER_FILES)
+    with _progress_bars_disabled():
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+        tokenizer = (transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+                     if has_tokenizer else None)
+    model.eval()
+    return model, tokenizer
+
+
+def _model_directory(path: object, dtype: object) -> pathlib.Path:
+    """``path`` as a model directory (``config.json`` inside), after checking ``path`` and ``dtype``."""
     if not isinstance(path, (str, pathlib.PurePath)):
         raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
     _check_float_dtype(dtype)
@@ -275,13 +280,7 @@ def load_draft_model(
         raise ValueError(f"model path {str(directory)!r} is not a directory")
     if not (directory / "config.json").is_file():
         raise ValueError(f"model path {str(directory)!r} has no config.json: not a transformers model directory")
-    has_tokenizer = any((directory / name).is_file() for name in _TOKENIZER_FILES)
-    with _progress_bars_disabled():
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
-        tokenizer = (transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
-                     if has_tokenizer else None)
-    model.eval()
-    return model, tokenizer
+    return directory
 
 
 def default_model_is_trained() -> bool:
