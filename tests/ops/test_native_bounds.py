@@ -410,7 +410,8 @@ class PenaltyBuffers:
         self.rows, self.vocab, self.window = rows, vocab, window
         words = (vocab + 31) // 32
         self.logits = torch.randn(rows, vocab)
-        self.out = torch.empty(rows, vocab)
+        # A sentinel, not torch.empty: uninitialised memory may hold NaN, and NaN != NaN breaks "left untouched".
+        self.out = torch.full((rows, vocab), -7.0)
         self.mask = torch.full((rows, words), -1, dtype=torch.int32)  # every bit, past the vocabulary too
         self.seen = torch.randint(0, 3, (rows, vocab), dtype=torch.int32)
         self.generated = torch.randint(0, 3, (rows, vocab), dtype=torch.int32)
