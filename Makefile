@@ -1,7 +1,8 @@
 # Two entry points, each doing all set-up on a fresh machine into ./.venv:
 #   make demo   - the main job (turbogen demo on the embedded default model)
 #   make test   - the test suite, against transformers 4.57 (./.venv) and then 5.x (./.venv-hf5), then the
-#                 op tests against an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension
+#                 op tests against an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension;
+#                 the three builds two at a time, each stage's tests spread over the cores (pytest-xdist)
 # torch is installed first and pinned (a CPU build is on local disk); asking pip for plain `torch`
 # would pull a multi-GB CUDA build.
 
@@ -37,28 +38,49 @@ SANITIZE_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -pri
 EXPECT := TURBOGEN_EXPECT_BACKENDS=ref,cpu,triton
 MAIN_BUILD_HAS_CUDA := $(if $(filter ON on 1 TRUE true YES yes,$(TURBOGEN_CUDA)),1,0)
 
-.PHONY: demo test test-hf5 test-sanitize bench info install clean
+.PHONY: demo test test-builds test-hf5 test-sanitize bench info install clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/turbogen demo
 
+# Each stage spreads its tests over the cores with pytest-xdist (torch runs one thread per process:
+# tests/conftest.py). --dist loadgroup hands out single tests, except that tests sharing an xdist_group run in
+# one worker, one after another (the Ray tests, which start a local cluster). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
+PYTEST    = -m pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+# The builds `make test` needs, BUILD_JOBS at a time: pip unpacking wheels (one core) beside a compiler.
+BUILD_JOBS ?= 2
+TEST_BUILDS = $(VENV)/.installed $(VENV_HF5)/.installed $(SANITIZE_BUILD)/.built
+# What runs ninja (pip's build backend, cmake --build) runs without make's jobserver flags: make does not hand
+# the jobserver to such a command, and ninja then reports "Could not initialize jobserver".
+NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS
+
 # The suite runs against transformers 4.57 (the behavioural spec), then against 5.x; tests/conftest.py skips,
-# with the reason, the few comparisons that only hold for 4.57.
-test: $(VENV)/.installed $(VENV_HF5)/.installed
-	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=$(MAIN_BUILD_HAS_CUDA) $(PY) -m pytest -q tests
-	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF5) -m pytest -q tests
-	$(MAKE) test-sanitize
+# with the reason, the few comparisons that only hold for 4.57. The 5.x run leaves out the op tests (marked ops
+# by tests/conftest.py: the ops never call transformers), except those that compare with transformers
+# (marked transformers).
+test: test-builds
+	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=$(MAIN_BUILD_HAS_CUDA) $(PY) $(PYTEST) tests
+	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF5) $(PYTEST) -m "not ops or transformers" tests
+	$(MAKE) --no-print-directory test-sanitize
+
+test-builds:
+	@start=$$(date +%s); $(MAKE) --no-print-directory -j$(BUILD_JOBS) --output-sync=target $(TEST_BUILDS) \
+	    && echo "test-builds: done in $$(( $$(date +%s) - start )) s"
 
 # The op tests (every op, every cpu entry point, bad arguments included) with the C++ kernels built with
-# -fsanitize=address,undefined: any out-of-bounds access or undefined behaviour aborts the run. The
-# Triton tests are left out (pure Python under the interpreter, nothing for the sanitizers to see).
-# --capture=sys leaves file descriptor 2 alone, so a report printed just before the abort is not lost.
+# -fsanitize=address,undefined: any out-of-bounds access or undefined behaviour aborts the run. Left out: the
+# Triton tests (pure Python under the interpreter, nothing for the sanitizers to see) and the tests of the
+# reference backend (marked ref_backend by tests/conftest.py: torch only, no turbogen C++).
+# --capture=sys leaves file descriptor 2 alone, so a report printed just before the abort is not lost (an
+# xdist worker's stderr is the run's).
 test-sanitize: $(SANITIZE_BUILD)/.built
 	test -f "$(SANITIZED_MODULE)"
-	$(SANITIZE_ENV) $(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY) -m pytest -q -p no:cacheprovider --capture=sys tests/ops -k "not triton"
+	$(SANITIZE_ENV) $(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY) $(PYTEST) -p no:cacheprovider --capture=sys \
+	    -m "not ref_backend" -k "not triton" tests/ops
 
 test-hf5: $(VENV_HF5)/.installed
-	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF5) -m pytest -q tests
+	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF5) $(PYTEST) -m "not ops or transformers" tests
 
 bench: $(VENV)/.installed
 	$(PIP) install matplotlib
@@ -73,11 +95,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)" numpy
 
+# The build tools in the venv: the editable install's and the sanitizer build's.
+$(VENV)/.build-tools: $(PY)
+	$(PIP) install $(BUILD_DEPS)
+	touch $@
+
 # Editable install with the build tools in the venv (no build isolation), so `make` rebuilds the
 # extension in place whenever a C++/CUDA source changes. TURBOGEN_CUDA / TURBOGEN_CUDA_ARCHS pass through.
-$(VENV)/.installed: $(PY) $(SOURCES) $(MODULE_LIST)
-	$(PIP) install $(BUILD_DEPS)
-	$(PIP) install --no-build-isolation -e ".[test]"
+$(VENV)/.installed: $(VENV)/.build-tools $(SOURCES) $(MODULE_LIST)
+	$(NO_JOBSERVER) $(PIP) install --no-build-isolation -e ".[test]"
 	touch $@
 
 $(PY_HF5):
@@ -88,15 +114,16 @@ $(PY_HF5):
 # install already compiles (and, in CI, checks) the CUDA sources.
 $(VENV_HF5)/.installed: $(PY_HF5) $(SOURCES) $(MODULE_LIST)
 	$(PIP_HF5) install $(BUILD_DEPS)
-	TURBOGEN_CUDA=OFF $(PIP_HF5) install --no-build-isolation -C build-dir=build/hf5 -e ".[test-hf5]"
+	$(NO_JOBSERVER) TURBOGEN_CUDA=OFF $(PIP_HF5) install --no-build-isolation -C build-dir=build/hf5 -e ".[test-hf5]"
 	touch $@
 
-# Configured by hand (not through pip) with the venv's build tools, into its own directory.
-$(SANITIZE_BUILD)/.built: $(VENV)/.installed $(SOURCES)
+# Configured by hand (not through pip) with the venv's build tools, into its own directory: it needs neither the
+# editable install nor torch, so it builds beside them.
+$(SANITIZE_BUILD)/.built: $(VENV)/.build-tools $(SOURCES)
 	$(VENV)/bin/cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM="$(abspath $(VENV)/bin/ninja)" \
 	    -DCMAKE_BUILD_TYPE=Release -DTURBOGEN_SANITIZE=ON -DTURBOGEN_CUDA=OFF \
 	    -DPython_EXECUTABLE="$(abspath $(PY))" -Dpybind11_DIR="$$($(PY) -m pybind11 --cmakedir)"
-	$(VENV)/bin/cmake --build $(SANITIZE_BUILD)
+	$(NO_JOBSERVER) $(VENV)/bin/cmake --build $(SANITIZE_BUILD)
 	touch $@
 
 clean:

@@ -9,13 +9,22 @@ changed on purpose what a test compares against, the comparison is skipped under
 
 Tests of a backend this process lacks are skipped with the reason. Under CI (``CI=true``) a backend
 the build promised must be there, or the run fails before any test: a broken build must not pass
-as "all passed, some skipped" (:func:`promised_backends_missing`).
+as "all passed, some skipped" (:func:`promised_backends_missing`). With pytest-xdist (``make test``
+runs each stage with ``-n auto``) the check runs in the controller and again in every worker.
+
+Every test under ``tests/ops`` is marked ``ops`` here (:func:`pytest_collection_modifyitems`): the
+ops and their references never call transformers, so the transformers 5 run of ``make test``
+selects ``-m "not ops or transformers"``, keeping the op tests marked ``transformers`` (those that
+compare with it). A test parametrized with ``backend="ref"`` is marked ``ref_backend`` (torch only, no
+turbogen C++: the sanitizer stage leaves these out). Tests that must not run beside one another in two xdist workers share an
+``xdist_group`` (the Ray tests, which start a local cluster); ``make test`` runs ``--dist loadgroup``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import pathlib
 import re
 from collections.abc import Mapping
 
@@ -104,3 +113,18 @@ def pytest_sessionstart(session):
     if missing:
         pytest.exit("CI=true and the build is incomplete: " + "; ".join(missing),
                     returncode=pytest.ExitCode.TESTS_FAILED)
+
+
+_OPS_TESTS = pathlib.Path(__file__).resolve().parent / "ops"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Marks every test under tests/ops ``ops`` and every test of ``backend="ref"`` ``ref_backend``, before
+    ``-m`` selects (see the module docstring)."""
+    for item in items:
+        if _OPS_TESTS in pathlib.Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.ops)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend") == "ref":
+            item.add_marker(pytest.mark.ref_backend)

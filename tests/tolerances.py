@@ -184,4 +184,12 @@ def assert_same_generation(expected, actual, beams: bool = False, assert_same_fl
         if expected.sequences_scores is not None:
             assert_same_floats(actual.sequences_scores, expected.sequences_scores)
     if getattr(expected, "past_key_values", None) is not None:
-        assert actual.past_key_values.get_seq_length() == expected.past_key_values.get_seq_length()
+        assert _cache_length(actual.past_key_values) == _cache_length(expected.past_key_values)
+
+
+def _cache_length(cache) -> int:
+    """Positions a returned cache holds: a ``Cache`` object, or legacy ``((key, value), ...)`` tuples (what
+    transformers 4.45 returns by default)."""
+    if isinstance(cache, (tuple, list)):
+        return cache[0][0].shape[-2]
+    return cache.get_seq_length()

@@ -33,6 +33,7 @@ void bind_beam_step(pybind11::module_& m);
 void bind_penalties(pybind11::module_& m);
 void bind_noise(pybind11::module_& m);
 void bind_verify(pybind11::module_& m);
+void bind_paged_attention(pybind11::module_& m);
 
 // Turns a failed Status into a Python ValueError naming the launcher and the argument.
 inline void raise_on_error(const Status& status, const char* launcher) {

@@ -51,4 +51,5 @@ PYBIND11_MODULE(_C, m) {
   turbogen::bind_penalties(m);
   turbogen::bind_noise(m);
   turbogen::bind_verify(m);
+  turbogen::bind_paged_attention(m);
 }

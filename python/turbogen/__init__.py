@@ -6,24 +6,33 @@ are Triton, CUDA C++ and C++ CPU kernels (``turbogen.ops``), with a pure-torch r
 """
 
 from . import ops, ref
-from .config import CompileConfig, GenerationConfig, GenerationMode, WatermarkingConfig, as_generation_config
+from .config import (BaseWatermarkingConfig, CompileConfig, GenerationConfig, GenerationMode,
+                     SynthIDTextWatermarkingConfig, WatermarkingConfig, as_generation_config)
 from .errors import TurbogenFallbackWarning, UnsupportedByTurbogen
 from .generate import compute_transition_scores, generate
 from .generation.batch_state import NonFiniteScoresError
+from .generation.compiled import DecodeStep
 from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
                       GenerateEncoderDecoderOutput)
 from .patching import is_patched, patch, unpatch
+from .processors.synthid import SynthIDTextWatermarkLogitsProcessor
 from .stopping import (ConfidenceCriteria, EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
                        StoppingCriteriaList, StopStringCriteria, validate_stopping_criteria)
 from .streamers import AsyncTextIteratorStreamer, BaseStreamer, TextIteratorStreamer, TextStreamer
+from .watermarking import (BayesianDetectorConfig, BayesianDetectorModel, SynthIDTextWatermarkDetector,
+                           WatermarkDetector, WatermarkDetectorOutput)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncTextIteratorStreamer",
     "BaseStreamer",
+    "BaseWatermarkingConfig",
+    "BayesianDetectorConfig",
+    "BayesianDetectorModel",
     "CompileConfig",
     "ConfidenceCriteria",
+    "DecodeStep",
     "EosTokenCriteria",
     "GenerateBeamDecoderOnlyOutput",
     "GenerateBeamEncoderDecoderOutput",
@@ -37,10 +46,15 @@ __all__ = [
     "StopStringCriteria",
     "StoppingCriteria",
     "StoppingCriteriaList",
+    "SynthIDTextWatermarkDetector",
+    "SynthIDTextWatermarkLogitsProcessor",
+    "SynthIDTextWatermarkingConfig",
     "TextIteratorStreamer",
     "TextStreamer",
     "TurbogenFallbackWarning",
     "UnsupportedByTurbogen",
+    "WatermarkDetector",
+    "WatermarkDetectorOutput",
     "WatermarkingConfig",
     "__version__",
     "as_generation_config",

@@ -30,6 +30,14 @@ with 4.57's meaning:
   the same way by zeroing the dropped slots (and, in 5.x, setting ``cumulative_length``):
   :func:`can_crop_cache`, :func:`crop_cache` and :func:`full_static_cache_layers`.
 
+transformers 4.45 (the oracle of contrastive search and the other strategies 4.57 moved to the Hub) is supported
+too; the helpers in the last section absorb what differs there: ``_supports_default_dynamic_cache`` is an
+instance method, ``DynamicCache`` takes no config and keeps ``key_cache``/``value_cache`` lists, the mixin's
+``_reorder_cache`` only raises, ``num_logits_to_keep``, ``torch_dtype``, the repetition penalty has no
+``prompt_ignore_length``, the Llama family overrides ``prepare_inputs_for_generation`` with the standard preparation,
+a generate-made ``DynamicCache`` is returned as legacy tuples by default, and beam search returns
+``beam_indices`` as wide as the sequences and pads a hypothesis that ended early.
+
 Importing this module does not import transformers: the version is read from ``sys.modules`` (an object can
 only come from transformers if transformers was imported already), and the two functions that build or
 inspect transformers caches import it when called.
@@ -46,18 +54,34 @@ import torch
 __all__ = [
     "TRANSFORMERS_PROCESSORS_MODULE",
     "UNSUPPORTED_TRANSFORMERS_5_PARAMETERS",
+    "cache_batch_repeat_interleave",
+    "cache_batch_select_indices",
+    "beam_indices_as_installed",
+    "beam_sequences_as_installed",
     "can_crop_cache",
     "is_transformers_type",
     "is_type_or_transformers_twin",
     "crop_cache",
     "dynamic_cache_from_legacy",
     "full_static_cache_layers",
+    "from_pretrained_dtype",
     "generation_config_attributes",
+    "is_dynamic_cache",
+    "is_encoder_decoder_model",
+    "is_transformers_4_45",
     "legacy_cache",
+    "returns_legacy_cache",
+    "logits_to_keep_name",
+    "model_reorder_cache",
+    "new_dynamic_cache",
     "position_ids_from_attention_mask",
+    "prompt_ignore_length",
     "prepare_inputs",
+    "prepares_own_inputs",
     "start_prepared_inputs",
+    "supports_default_dynamic_cache",
     "transformers_major_version",
+    "transformers_version",
 ]
 
 #: Where transformers' logits processors live (its class of a name stands in for turbogen's of that name).
@@ -213,6 +237,9 @@ def dynamic_cache_from_legacy(legacy: Any) -> Any:
     ``DynamicCache`` take those pairs as their first argument (4.57's ``from_legacy_cache`` does just that)."""
     from transformers import DynamicCache
 
+    version = transformers_version()
+    if version is not None and version < (4, 56):
+        return DynamicCache.from_legacy_cache(tuple(legacy))  # 4.45: DynamicCache(num_hidden_layers)
     return DynamicCache(tuple(legacy))
 
 
@@ -223,4 +250,213 @@ def legacy_cache(cache: Any) -> Any:
 
     if not isinstance(cache, DynamicCache):
         return cache
+    if not hasattr(cache, "layers"):  # 4.45: key_cache / value_cache lists
+        return tuple((cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache)))
     return tuple((layer.keys, layer.values) for layer in cache.layers)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transformers 4.45 (the oracle of contrastive search, diverse/constrained beam search and DoLa)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def transformers_version() -> tuple[int, ...] | None:
+    """``(major, minor)`` of the transformers already imported, or ``None`` when it is not imported."""
+    module = sys.modules.get("transformers")
+    version = getattr(module, "__version__", None)
+    if version is None:
+        return None
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def is_transformers_4_45() -> bool:
+    """Whether the imported transformers is 4.45.x."""
+    return transformers_version() == (4, 45)
+
+
+def is_encoder_decoder_model(model: Any) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def is_dynamic_cache(cache: Any) -> bool:
+    """Whether ``cache`` is exactly transformers' ``DynamicCache`` (each version's; not a subclass)."""
+    return is_transformers_type(cache, _CACHE_MODULE, "DynamicCache")
+
+
+def _cache_tensor_lists(cache: Any) -> list[tuple[Any, str]]:
+    """``(holder, attribute)`` of every key and value tensor of a ``DynamicCache``: 4.45 keeps them in the lists
+    ``key_cache`` / ``value_cache``, 4.57 and 5.x in ``layers[i].keys`` / ``.values``."""
+    if hasattr(cache, "layers"):
+        return [(layer, name) for layer in cache.layers for name in ("keys", "values")]
+    return [(cache, name) for name in ("key_cache", "value_cache")]
+
+
+def cache_batch_repeat_interleave(cache: Any, repeats: int) -> None:
+    """Repeat every row of ``cache`` ``repeats`` times in place (``DynamicCache.batch_repeat_interleave``, which
+    4.45, 4.57 and 5.x all have; done by hand where a version lacks it)."""
+    method = getattr(cache, "batch_repeat_interleave", None)
+    if callable(method):
+        method(repeats)
+        return
+    _apply_to_cache_rows(cache, lambda tensor: tensor.repeat_interleave(repeats, dim=0))
+
+
+def cache_batch_select_indices(cache: Any, indices: torch.Tensor) -> None:
+    """Keep only the rows ``indices`` of ``cache``, in place (``DynamicCache.batch_select_indices``)."""
+    method = getattr(cache, "batch_select_indices", None)
+    if callable(method):
+        method(indices)
+        return
+    _apply_to_cache_rows(cache, lambda tensor: tensor[indices, ...])
+
+
+def _apply_to_cache_rows(cache: Any, function) -> None:
+    for holder, name in _cache_tensor_lists(cache):
+        value = getattr(holder, name, None)
+        if isinstance(value, list):
+            setattr(holder, name, [function(t) if isinstance(t, torch.Tensor) and t.numel() else t for t in value])
+        elif isinstance(value, torch.Tensor) and value.numel():
+            setattr(holder, name, function(value))
+
+
+def supports_default_dynamic_cache(model: Any) -> Optional[bool]:
+    """Whether transformers' ``generate`` gives ``model`` a ``DynamicCache`` by default, or ``None`` when the model
+    does not say (``_supports_default_dynamic_cache`` missing). 4.57 and 5.x define it as a classmethod; 4.45 as an
+    instance method (calling it on the class raises ``TypeError``), so it is called on the instance, which
+    both accept. (Under 4.45 it is false for models such as GPT-2 that only return legacy tuples.)"""
+    method = getattr(model, "_supports_default_dynamic_cache", None)
+    if method is None:
+        return None
+    return bool(method())
+
+
+def new_dynamic_cache(decoder_config: Any = None, offloading: bool = False) -> Any:
+    """A fresh transformers ``DynamicCache`` as the installed version's ``generate`` builds it by default.
+
+    4.57 and 5.x take the model's config (sliding-window layers become sliding layers) and ``offloading``;
+    4.45's ``DynamicCache()`` takes neither (every layer full, as 4.45's generate builds it) and offloads with a
+    separate class, ``OffloadedCache``. ``decoder_config=None``: every layer full in every version."""
+    import transformers
+
+    if transformers_version() is not None and transformers_version() < (4, 56):
+        return transformers.OffloadedCache() if offloading else transformers.DynamicCache()
+    if decoder_config is None:
+        return transformers.DynamicCache(offloading=offloading) if offloading else transformers.DynamicCache()
+    return transformers.DynamicCache(config=decoder_config, offloading=offloading)
+
+
+def model_reorder_cache(model: Any) -> Optional[Any]:
+    """The model's own ``_reorder_cache(cache, beam_idx)`` hook, or ``None`` when it has none of its own.
+
+    4.45's ``GenerationMixin`` defines a ``_reorder_cache`` that raises ``NotImplementedError`` (models with a
+    ``Cache`` rely on ``Cache.reorder_cache``; models with legacy tuples, such as GPT-2, override it); that base
+    method counts as none. 4.57 and 5.x define none in the mixin."""
+    method = getattr(type(model), "_reorder_cache", None)
+    if method is None:
+        return None
+    generation_utils = sys.modules.get("transformers.generation.utils")
+    mixin = getattr(generation_utils, "GenerationMixin", None)
+    if mixin is not None and getattr(mixin, "_reorder_cache", None) is method:
+        return None
+    return getattr(model, "_reorder_cache")
+
+
+def prompt_ignore_length(processor: Any) -> Any:
+    """A repetition penalty's ``prompt_ignore_length`` (turbogen's, or transformers' since 4.56); ``None`` for
+    transformers 4.45's ``RepetitionPenaltyLogitsProcessor``, which has no such attribute (it penalises every token
+    of the sequence, as ``None`` does)."""
+    return getattr(processor, "prompt_ignore_length", None)
+
+
+def logits_to_keep_name(parameters: Any) -> Optional[str]:
+    """The name under which a model's ``forward`` (its parameter names ``parameters``) takes how many trailing
+    positions to compute logits for: ``logits_to_keep`` (4.57, 5.x), ``num_logits_to_keep`` (4.45, where generate
+    passes 1 too), or ``None``."""
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in parameters:
+            return name
+    return None
+
+
+def returns_legacy_cache(return_legacy_cache: Any, user_cache_given: bool, cache: Any) -> bool:
+    """Whether ``generate`` returns ``cache`` (the output's ``past_key_values``) as legacy tuples.
+
+    4.57 and 5.x: only when ``return_legacy_cache=True``. 4.45: unless ``return_legacy_cache=False``, also by
+    default when the user passed no cache and ``cache`` is exactly a ``DynamicCache`` (its deprecation-period
+    rule, ``GenerationMixin.generate``'s end)."""
+    if return_legacy_cache is True:
+        return True
+    if not is_transformers_4_45() or return_legacy_cache is False:
+        return False
+    return not user_cache_given and is_dynamic_cache(cache)
+
+
+def from_pretrained_dtype(dtype: Any) -> dict:
+    """The keyword ``from_pretrained`` takes the weights' dtype under: ``dtype`` (4.56+, 5.x), ``torch_dtype``
+    (4.45, which passes an unknown ``dtype`` on to the model's config: a ``torch.dtype`` there breaks saving it as
+    JSON and reaches the model's ``__init__``)."""
+    version = transformers_version()
+    if version is not None and version < (4, 56):
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def beam_indices_as_installed(beam_indices: Optional[torch.Tensor], sequence_length: int) -> Optional[torch.Tensor]:
+    """Beam search's ``beam_indices`` (``[rows, generated steps]``, -1 past a row's end: 4.57's and 5.x's layout)
+    as the installed transformers returns them: 4.45's ``BeamSearchScorer.finalize`` makes them as wide as the
+    sequences (prompt included), the extra columns -1."""
+    if beam_indices is None or not is_transformers_4_45() or beam_indices.shape[-1] >= sequence_length:
+        return beam_indices
+    padding = beam_indices.new_full((*beam_indices.shape[:-1], sequence_length - beam_indices.shape[-1]), -1)
+    return torch.cat([beam_indices, padding], dim=-1)
+
+
+#: Causal LMs whose 4.45 ``prepare_inputs_for_generation`` override is the standard decoder-only preparation
+#: (positions from the mask, ``cache_position``, ``num_logits_to_keep``), which 4.57 serves with the mixin's
+#: generic method; GPT-2 is not among them: under 4.45 it returns legacy tuples, which turbogen's direct runner
+#: does not keep.
+_STANDARD_4_45_PREPARATION = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"})
+
+
+def prepares_own_inputs(model: Any) -> bool:
+    """Whether ``model`` prepares its own inputs for generation, i.e. its class overrides
+    ``GenerationMixin.prepare_inputs_for_generation`` with a preparation turbogen must follow step by step.
+    Under 4.45, where every model overrides it, the standard overrides of :data:`_STANDARD_4_45_PREPARATION` do not
+    count (turbogen's own preparation computes the same inputs)."""
+    from transformers.generation.utils import GenerationMixin
+
+    own = getattr(type(model), "prepare_inputs_for_generation", None)
+    if own is None or own is GenerationMixin.prepare_inputs_for_generation:
+        return False
+    if is_transformers_4_45() and type(model).__name__ in _STANDARD_4_45_PREPARATION:
+        defined_by = getattr(own, "__qualname__", "").split(".")[0]
+        return defined_by != type(model).__name__
+    return True
+
+
+def beam_sequences_as_installed(sequences: torch.Tensor, beam_indices: Optional[torch.Tensor], prompt_length: int,
+                                pad_token: Optional[torch.Tensor], eos_tokens: Optional[torch.Tensor]) -> torch.Tensor:
+    """Beam search's returned ``sequences`` (4.57's layout: a hypothesis that ended early is followed by its EOS
+    token repeated) as the installed transformers returns them: 4.45's ``BeamSearchScorer.finalize`` writes the
+    first EOS id after the hypothesis and the pad token after that. ``beam_indices``: ``[rows, steps]``, -1 past
+    a row's end (its count of non-negative entries is the row's generated length, EOS included)."""
+    if not is_transformers_4_45() or beam_indices is None or pad_token is None or eos_tokens is None:
+        return sequences
+    eos = eos_tokens.reshape(-1)
+    if eos.numel() == 0:
+        return sequences
+    lengths = prompt_length + (beam_indices[:, : sequences.shape[1] - prompt_length] >= 0).sum(dim=1)
+    width = sequences.shape[1]
+    if bool((lengths >= width).all()):
+        return sequences
+    sequences = sequences.clone()
+    columns = torch.arange(width, device=sequences.device)
+    last = (lengths - 1).to(sequences.device)
+    # Only hypotheses that ended on an EOS id (a row ending at the length limit keeps its tokens).
+    ended = (lengths < width).to(sequences.device) & torch.isin(
+        sequences.gather(1, last[:, None].clamp(min=0))[:, 0], eos.to(sequences.device))
+    sequences = torch.where(ended[:, None] & (columns[None, :] > last[:, None]),
+                            pad_token.to(sequences.device, sequences.dtype), sequences)
+    eos_at_end = ended[:, None] & (columns[None, :] == last[:, None])
+    return torch.where(eos_at_end, eos[0].to(sequences.device, sequences.dtype), sequences)

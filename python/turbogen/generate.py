@@ -33,10 +33,36 @@ encoder's input ids. Not supported (``UnsupportedByTurbogen``): encoders reading
 
 KV cache (decoder-only): transformers' ``DynamicCache`` by default; ``cache_implementation="static"`` builds turbogen's
 :class:`~turbogen.cache.StaticKVCache` for ``batch * max(num_beams, num_return_sequences)`` rows and
-``max_length - 1`` positions (the last token is never fed back), written in place by ``cache_position``; the
+``max_length - 1`` positions (the last token is never fed back; a compiled call: the capacity bucket below),
+written in place by ``cache_position``; the
 other names of transformers 4.57 build transformers' own caches as it does (:func:`turbogen.cache.make_cache`). Results are those of the dynamic cache. The static cache exists for
 ``torch.compile`` and CUDA graphs: run eagerly, transformers' models rebuild an explicit mask over every
 cache slot at each step, which costs more than the dynamic cache's growth.
+
+Compilation (:mod:`turbogen.generation.compiled`), transformers 4.57's rules: never with ``disable_compile``; only
+over turbogen's static cache (``cache_implementation="static"``, or an empty ``StaticKVCache`` as
+``past_key_values``); on CUDA always, on other devices when a ``compile_config`` is given (transformers needs its
+private ``_compile_all_devices`` there, also honoured). ``compile_config``'s ``backend``, ``mode``, ``options``,
+``fullgraph`` and ``dynamic`` are passed to ``torch.compile``. What compiles:
+
+==================================================  ==========================================================
+call                                                compiled
+==================================================  ==========================================================
+greedy / sampling whose processors are the          the whole decode step (:class:`turbogen.DecodeStep`: model
+sampler's filters, the penalties on repeated        call, penalties, n-gram ban, fused sampling, padding,
+tokens and the n-gram ban, stopping on length /     sequence write, stop flags), one graph, no host sync; the
+time / EOS, no streamer, nothing recorded           prefill eager
+other greedy / sampling (processors reading the     the model call alone, with fixed-shape inputs
+history, user code per step, recorded outputs);     (transformers' behaviour)
+beam search and beam sampling
+speculative decoding; encoder-decoder models;       eager
+models with their own input preparation
+==================================================  ==========================================================
+
+A compiled call's static cache has a bucketed capacity (the next power of two ``>= max(64, max_length - 1)``) and
+is kept on the model with the compiled step, so later calls with the same rows and bucket never recompile
+(whatever the prompt length, ``max_new_tokens`` or sampling values); its ``past_key_values`` is that shared
+cache. Results equal the eager run's (greedy token for token, sampling the same draws for the same seed).
 
 Speculative decoding (assisted generation: ``assistant_model``, also with ``tokenizer`` + ``assistant_tokenizer``
 for another vocabulary, ``prompt_lookup_num_tokens``, ``assistant_early_exit``), for decoder-only greedy search and
@@ -69,10 +95,14 @@ from . import _transformers_compat as _compat
 from .generation.batch_state import BatchState
 from .generation.beam_search import run_beam_search
 from .generation.candidates import build_candidates
-from .generation.decode import FINISH_CHECK_LAG, run_greedy_or_sample
+from .config import GenerationMode
+from .generation.contrastive import contrastive_from_call
+from .generation.compiled import (DecodeStep, compile_decision, shared_decode_step, shared_model_call,
+                                  whole_step_refusal)
+from .generation.decode import FINISH_CHECK_LAG, run_decode_step, run_greedy_or_sample
 from .generation.prepare import PreparedCall, prepare_call
 from .generation.record import Record
-from .generation.runner import ModelRunner, make_runner
+from .generation.runner import DirectRunner, ModelRunner, make_runner
 from .generation.speculative import can_advance_ragged, run_speculative
 from .generation.transition_scores import compute_transition_scores
 from .processors.build import sampler_filter_params
@@ -131,17 +161,32 @@ def generate(
 
     Raises:
         ValueError: for invalid or conflicting arguments, naming them.
-        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (contrastive,
-            group beam, constrained beam, DoLa, the encoder-decoder cases listed above, the speculative cases listed
+        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (group
+            beam, constrained beam, DoLa, the encoder-decoder cases listed above, the speculative cases listed
             in "Speculative decoding", ...); a
             model patched with :func:`turbogen.patch` runs those with its original ``generate`` instead.
         turbogen.NonFiniteScoresError: (a ``RuntimeError``) when sampling meets scores it cannot sample from.
     """
+    user_cache = kwargs.get("past_key_values") is not None
     with torch.no_grad():
         call = prepare_call(model, inputs, generation_config, logits_processor, stopping_criteria,
                             prefix_allowed_tokens_fn, streamer, tokenizer, kwargs)
         record = Record(call.config, encoder_decoder=call.encoder_outputs is not None)
+        if call.config.get_generation_mode() == GenerationMode.CONTRASTIVE_SEARCH:
+            # transformers 4.45.2's contrastive search (4.57 moved it to the Hub); it streams the prompt itself.
+            return _legacy_cache_if_asked(call, contrastive_from_call(model, call, record, streamer), user_cache)
         speculation = call.speculation
+        user_code_per_step = (bool(logits_processor) or prefix_allowed_tokens_fn is not None
+                              or streamer is not None)
+        if not call.is_beam and speculation is None:
+            step = _compiled_step(model, call, record, user_code_per_step)
+            if step is not None:
+                batch = BatchState.from_config(call.config, call.input_ids.shape[0], call.input_ids.device,
+                                               call.sampler_filters)
+                sequences = run_decode_step(step, call.input_ids, call.model_kwargs.get("attention_mask"),
+                                            call.processors, call.stopping, batch, call.tokens.pad)
+                result = _decoder_only_output(call, step.cache, record, sequences)
+                return _legacy_cache_if_asked(call, result, user_cache)
         # Speculation feeds drafts past a row's end: the runner has room for them.
         runner = make_runner(model, call.input_ids, call.model_kwargs, call.cache, call.config.use_cache,
                              call.max_length + (speculation.headroom if speculation is not None else 0), record)
@@ -154,25 +199,52 @@ def generate(
         elif speculation is not None:
             result = _speculative(call, runner, record, streamer)
         else:
-            user_code_per_step = (bool(logits_processor) or prefix_allowed_tokens_fn is not None
-                                  or streamer is not None)
             result = _greedy_or_sample(call, runner, record, streamer,
                                        deferrable=call.stopping.rows_are_pure and not user_code_per_step)
-    if call.config.return_legacy_cache is True and isinstance(result, (GenerateDecoderOnlyOutput,
-                                                                          GenerateBeamDecoderOnlyOutput)):
+    return _legacy_cache_if_asked(call, result, user_cache)
+
+
+def _legacy_cache_if_asked(call: PreparedCall, result: Any, user_cache: bool = False) -> Any:
+    """``return_legacy_cache``; under transformers 4.45 also its default conversion of a generate-made
+    ``DynamicCache`` (``_compat.returns_legacy_cache``)."""
+    if isinstance(result, (GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)) and \
+            _compat.returns_legacy_cache(call.config.return_legacy_cache, user_cache, result.past_key_values):
         result.past_key_values = _compat.legacy_cache(result.past_key_values)
     return result
 
 
+def _records_steps(record: Record) -> bool:
+    return record.wants_scores or record.wants_logits or record.wants_attentions or record.wants_hidden_states
+
+
+def _compiled_step(model: Any, call: PreparedCall, record: Record, user_code_per_step: bool) -> Optional[DecodeStep]:
+    """The compiled :class:`~turbogen.DecodeStep` that runs this greedy/sampling call whole, or None (the call
+    runs through a runner: eagerly, or with the model call alone compiled). User processors, a prefix function and
+    streamers run per step: never inside the compiled step."""
+    cache = call.cache
+    compile_config = compile_decision(call.config, cache, call.input_ids.device) if cache is not None else None
+    if compile_config is None or user_code_per_step or _records_steps(record):
+        return None
+    if whole_step_refusal(model, call.processors, call.stopping, call.model_kwargs, call.config) is not None:
+        return None
+    if cache.batch_size != call.input_ids.shape[0] or cache.max_cache_len < call.max_length - 1:
+        return None
+    if int(cache.get_seq_length()) != 0:  # a given cache already holding positions: the runner continues it
+        return None
+    return shared_decode_step(model, cache, bool(call.config.do_sample), compile_config)
+
+
 def _greedy_or_sample(call: PreparedCall, runner: ModelRunner, record: Record, streamer: Any, deferrable: bool):
     config = call.config
+    # The whole step cannot compile (see `_compiled_step`): the model call alone may, as in transformers.
+    _compile_model_call(call, runner)
     batch = BatchState.from_config(config, call.input_ids.shape[0], call.input_ids.device, call.sampler_filters)
     sequences = run_greedy_or_sample(runner, call.input_ids, batch, call.processors, call.stopping, record,
                                      call.tokens.pad, call.max_length, streamer, deferrable)
-    return _decoder_only_output(call, runner, record, sequences)
+    return _decoder_only_output(call, runner.past_key_values, record, sequences)
 
 
-def _decoder_only_output(call: PreparedCall, runner: ModelRunner, record: Record, sequences: torch.Tensor):
+def _decoder_only_output(call: PreparedCall, past_key_values: Any, record: Record, sequences: torch.Tensor):
     """The sequences, or with ``return_dict_in_generate`` the non-beam output class."""
     config = call.config
     if not config.return_dict_in_generate:
@@ -183,7 +255,7 @@ def _decoder_only_output(call: PreparedCall, runner: ModelRunner, record: Record
         scores=record.collected_scores,
         logits=record.collected_logits,
         **_attention_fields(call, record),
-        past_key_values=runner.past_key_values,
+        past_key_values=past_key_values,
     )
 
 
@@ -202,14 +274,27 @@ def _speculative(call: PreparedCall, runner: ModelRunner, record: Record, stream
     sequences = run_speculative(runner, call.input_ids, batch, call.processors, call.stopping, record,
                                 call.tokens.pad, call.max_length, streamer, candidates, ragged=ragged,
                                 draft_limit=call.speculation.draft_limit)
-    return _decoder_only_output(call, runner, record, sequences)
+    return _decoder_only_output(call, runner.past_key_values, record, sequences)
+
+
+def _compile_model_call(call: PreparedCall, runner: ModelRunner) -> None:
+    """Compile the runner's one-token model calls when this call compiles (the model call alone, as in
+    transformers: the loop around it stays eager)."""
+    cache = runner.past_key_values
+    compile_config = compile_decision(call.config, cache, call.input_ids.device) if cache is not None else None
+    if compile_config is not None and isinstance(runner, DirectRunner):
+        runner.compile_decode(shared_model_call(runner.model, cache, compile_config))
 
 
 def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):
     config = call.config
+    _compile_model_call(call, runner)
     state = run_beam_search(runner, call.input_ids, config, call.processors, call.stopping, record, call.tokens,
                             call.max_length)
     sequences, sequence_scores, beam_indices = state.result(config.num_return_sequences)
+    # transformers 4.45: a hypothesis that ended early is followed by EOS then padding (4.57: its EOS repeated).
+    sequences = _compat.beam_sequences_as_installed(sequences, beam_indices, call.prompt_length, call.tokens.pad,
+                                                    call.tokens.eos)
     if not config.return_dict_in_generate:
         return sequences
     output_class = (GenerateBeamEncoderDecoderOutput if call.encoder_outputs is not None
@@ -219,7 +304,7 @@ def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):
         sequences_scores=sequence_scores if config.output_scores else None,
         scores=record.collected_scores,
         logits=record.collected_logits,
-        beam_indices=beam_indices,
+        beam_indices=_compat.beam_indices_as_installed(beam_indices, sequences.shape[1]),  # 4.45: as wide as sequences
         **_attention_fields(call, record),
         past_key_values=runner.past_key_values,
     )

@@ -161,6 +161,7 @@ def test_ray_missing_says_how_to_install_it(tiny_model_dir, tmp_path, capsys, mo
 
 
 @pytest.mark.skipif(not ray_data_available(), reason="Ray Data is not installed (turbogen[ray])")
+@pytest.mark.xdist_group("ray")
 def test_ray_with_one_actor_writes_the_local_file(tiny_model_dir, tmp_path, capsys):
     """One Ray start for the whole file: sampling, mixed text and id prompts, and an error row."""
     source = _write_jsonl(tmp_path / "in.jsonl", [*ROWS, {"text": "", "id": 6}])

@@ -668,9 +668,16 @@ def test_as_generation_config_normalises_all_accepted_forms(hf):
 def test_as_generation_config_rejects_other_types(hf):
     with pytest.raises(TypeError, match="got builtins.list"):
         as_generation_config([("top_k", 3)])
-    synth_id = hf.SynthIDTextWatermarkingConfig(ngram_len=5, keys=[1, 2])
     with pytest.raises(ValueError, match="`watermarking_config` must be a WatermarkingConfig"):
-        as_generation_config(hf.GenerationConfig(do_sample=True, watermarking_config=synth_id))
+        GenerationConfig(watermarking_config=3)
+
+
+def test_as_generation_config_converts_a_synthid_config(hf):
+    from turbogen import SynthIDTextWatermarkingConfig
+
+    synth_id = hf.SynthIDTextWatermarkingConfig(ngram_len=5, keys=[1, 2])
+    converted = as_generation_config(hf.GenerationConfig(do_sample=True, watermarking_config=synth_id))
+    assert converted.watermarking_config == SynthIDTextWatermarkingConfig(ngram_len=5, keys=[1, 2])
 
 
 def test_from_model_config_matches_transformers(hf):

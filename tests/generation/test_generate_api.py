@@ -66,7 +66,6 @@ def test_conflicting_settings_raise_naming_the_argument(prompt, case):
 
 UNSUPPORTED = {
     "group_beam_search": (dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.5), "group"),
-    "contrastive_search": (dict(penalty_alpha=0.6, top_k=4), "contrastive"),
     "constrained_beam_search": (dict(num_beams=2, force_words_ids=[[5]]), "constrained"),
     "dola": (dict(dola_layers="low"), "DoLa"),
     "prompt_lookup_with_guidance": (dict(prompt_lookup_num_tokens=3, guidance_scale=1.5), "speculative decoding"),

@@ -25,7 +25,8 @@ ROWS = [{"id": index, "text": text} for index, text in enumerate([
 MAX_PROMPT_TOKENS = 12
 
 # Ray Data's own DataContext copies trip over its deprecated fields; nothing of ours.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+# xdist_group: one worker runs every test that starts Ray (a local cluster per process), one after another.
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"), pytest.mark.xdist_group("ray")]
 
 
 def _stop_unless_loopback_only() -> list:

@@ -827,3 +827,194 @@ def test_verify_cuda_launcher_validates_on_the_host_or_says_cuda_is_missing():
             extension.launch_verify_cuda(bad, 0)
         with pytest.raises(RuntimeError, match="without CUDA"):
             extension.verify_workspace_bytes(1, 2, 10, False)
+
+
+# ---- the paged KV cache entry points (csrc/include/turbogen/paged_attention.h) ----------------------------------
+
+class PagedBuffers:
+    """A valid WriteKVArgs and PagedAttentionArgs: 2 sequences (a decode token over 5 keys, a 3-token chunk over 7
+    keys), 6 blocks of 4 slots, 4 heads over 2 kv heads, head_dim 8; the output is a sentinel until written."""
+
+    def __init__(self):
+        self.key_cache = torch.randn(6, 4, 2, 8)
+        self.value_cache = torch.randn(6, 4, 2, 8)
+        self.query = torch.randn(4, 4, 8)
+        self.tables = torch.tensor([[0, 1, 5], [2, 3, -1]], dtype=torch.int32)
+        self.cu = torch.tensor([0, 1, 4], dtype=torch.int32)
+        self.lens = torch.tensor([5, 7], dtype=torch.int32)
+        self.out = torch.full((4, 4, 8), -7.0)
+        self.key = torch.randn(3, 2, 8)
+        self.value = torch.randn(3, 2, 8)
+        self.slots = torch.tensor([23, -1, 0], dtype=torch.int64)
+
+    def attention(self):
+        return _apply(_ext.extension().PagedAttentionArgs(), dict(
+            query=self.query.data_ptr(), key_cache=self.key_cache.data_ptr(), value_cache=self.value_cache.data_ptr(),
+            block_tables=self.tables.data_ptr(), cu_seqlens_q=self.cu.data_ptr(), seq_lens=self.lens.data_ptr(),
+            out=self.out.data_ptr(), total_q=4, heads=4, kv_heads=2, head_dim=8, num_blocks=6, block_size=4,
+            num_seqs=2, max_blocks_per_seq=3, dtype=0, scale=0.35, sliding_window=0, softcap=0.0))
+
+    def write_kv(self):
+        return _apply(_ext.extension().WriteKVArgs(), dict(
+            key=self.key.data_ptr(), value=self.value.data_ptr(), key_cache=self.key_cache.data_ptr(),
+            value_cache=self.value_cache.data_ptr(), slot_mapping=self.slots.data_ptr(), tokens=3, kv_heads=2,
+            head_dim=8, num_slots=24, dtype=0))
+
+
+def test_paged_entry_points_run():
+    from turbogen.ref import paged
+
+    buffers = PagedBuffers()
+    _ext.extension().launch_paged_attention_cpu(buffers.attention())
+    expected = paged.paged_attention(buffers.query, buffers.key_cache, buffers.value_cache, buffers.tables,
+                                     buffers.cu, buffers.lens, 0.35)
+    torch.testing.assert_close(buffers.out, expected, rtol=1e-5, atol=1e-5)
+    key_cache = buffers.key_cache.clone()
+    _ext.extension().launch_write_kv_cpu(buffers.write_kv())
+    assert torch.equal(buffers.key_cache.view(24, 2, 8)[23], buffers.key[0])
+    assert torch.equal(buffers.key_cache.view(24, 2, 8)[0], buffers.key[2])
+    assert torch.equal(buffers.key_cache.view(24, 2, 8)[1:23], key_cache.view(24, 2, 8)[1:23])
+
+
+PAGED_ATTENTION_CASES = [
+    (dict(query=0), "null.*query"),
+    (dict(key_cache=0), "null.*key_cache"),
+    (dict(value_cache=0), "null.*value_cache"),
+    (dict(block_tables=0), "null.*block_tables"),
+    (dict(cu_seqlens_q=0), "null.*cu_seqlens_q"),
+    (dict(seq_lens=0), "null.*seq_lens"),
+    (dict(out=0), "null.*out"),
+    (dict(total_q=-1), "sizes.*total_q"),
+    (dict(num_seqs=-1), "sizes.*num_seqs"),
+    (dict(num_seqs=0), "sizes.*num_seqs >= 1"),
+    (dict(heads=3), "sizes.*multiple of kv_heads"),
+    (dict(heads=0), "sizes.*multiple of kv_heads"),
+    (dict(kv_heads=0), "sizes.*kv_heads"),
+    (dict(head_dim=0), "sizes.*head_dim"),
+    (dict(num_blocks=-1), "sizes.*num_blocks"),
+    (dict(block_size=0), "sizes.*block_size"),
+    (dict(max_blocks_per_seq=-1), "sizes.*max_blocks_per_seq"),
+    (dict(max_blocks_per_seq=1 << 40), "sizes.*int32"),
+    (dict(total_q=1 << 40), "sizes"),
+    (dict(head_dim=1 << 62), "sizes.*overflows"),
+    (dict(num_blocks=1 << 60), "sizes.*key_cache"),
+    (dict(dtype=3), "dtype"),
+    (dict(scale=float("nan")), "out of range.*scale"),
+    (dict(scale=float("inf")), "out of range.*scale"),
+    (dict(softcap=-1.0), "out of range.*softcap"),
+    (dict(softcap=float("nan")), "out of range.*softcap"),
+    (dict(sliding_window=-1), "out of range.*sliding_window"),
+    # index values in host memory
+    (dict(total_q=3), "out of range.*cu_seqlens_q"),
+    (dict(total_q=5), "out of range.*cu_seqlens_q"),
+    (dict(num_blocks=3), "out of range.*block_tables entry"),
+    (dict(max_blocks_per_seq=1), "out of range.*seq_lens"),
+    (dict(block_size=2), "out of range.*seq_lens"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", PAGED_ATTENTION_CASES, ids=str)
+def test_paged_attention_refuses_bad_arguments(overrides, match):
+    buffers = PagedBuffers()
+    with pytest.raises(ValueError, match=f"launch_paged_attention_cpu: .*{match}"):
+        _ext.extension().launch_paged_attention_cpu(_apply(buffers.attention(), overrides))
+    assert (buffers.out == -7.0).all()
+
+
+@pytest.mark.parametrize("field,index,value,match", [
+    ("cu", 0, 1, "cu_seqlens_q\\[0\\] must be 0"),
+    ("cu", 1, 5, "cu_seqlens_q"),
+    ("cu", 2, 3, "cu_seqlens_q must end at total_q"),
+    ("cu", 1, -1, "cu_seqlens_q must be non-decreasing"),
+    ("lens", 1, 2, "seq_lens\\[s\\] must be >="),
+    ("lens", 0, 13, "seq_lens\\[s\\] must be <="),
+    ("lens", 0, -(1 << 31), "seq_lens"),
+    ("tables", (1, 1), -1, "block_tables entry"),
+    ("tables", (0, 1), 6, "block_tables entry"),
+    ("tables", (1, 0), (1 << 31) - 1, "block_tables entry"),
+])
+def test_paged_attention_checks_index_values_before_reading(field, index, value, match):
+    buffers = PagedBuffers()
+    getattr(buffers, field)[index] = value
+    with pytest.raises(ValueError, match=f"launch_paged_attention_cpu: .*out of range: {match}"):
+        _ext.extension().launch_paged_attention_cpu(buffers.attention())
+    assert (buffers.out == -7.0).all()
+
+
+def test_paged_attention_unread_table_entries_may_hold_anything():
+    buffers = PagedBuffers()
+    buffers.tables[0, 2] = -(1 << 31)  # sequence 0 reads 2 blocks, sequence 1 reads 2
+    buffers.tables[1, 2] = (1 << 31) - 1
+    _ext.extension().launch_paged_attention_cpu(buffers.attention())
+    assert torch.isfinite(buffers.out).all()
+
+
+def test_paged_attention_empty_touches_nothing():
+    buffers = PagedBuffers()
+    buffers.cu.zero_()
+    _ext.extension().launch_paged_attention_cpu(_apply(buffers.attention(), dict(
+        total_q=0, query=0, out=0, key_cache=0, value_cache=0, block_tables=0, seq_lens=0)))
+    _ext.extension().launch_paged_attention_cpu(_apply(buffers.attention(), dict(
+        total_q=0, num_seqs=0, query=0, out=0, seq_lens=0)))
+
+
+WRITE_KV_CASES = [
+    (dict(key=0), "null.*key"),
+    (dict(value=0), "null.*value"),
+    (dict(key_cache=0), "null.*key_cache"),
+    (dict(value_cache=0), "null.*value_cache"),
+    (dict(slot_mapping=0), "null.*slot_mapping"),
+    (dict(tokens=-1), "sizes.*tokens"),
+    (dict(kv_heads=0), "sizes.*kv_heads"),
+    (dict(head_dim=0), "sizes.*head_dim"),
+    (dict(num_slots=-1), "sizes.*num_slots"),
+    (dict(head_dim=1 << 62), "sizes.*overflows"),
+    (dict(tokens=1 << 60), "sizes.*key"),
+    (dict(num_slots=1 << 60), "sizes.*key_cache"),
+    (dict(dtype=5), "dtype"),
+    (dict(num_slots=23), "out of range.*slot_mapping"),
+    (dict(num_slots=0, key_cache=0, value_cache=0), "out of range.*slot_mapping"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", WRITE_KV_CASES, ids=str)
+def test_write_kv_refuses_bad_arguments(overrides, match):
+    buffers = PagedBuffers()
+    before = buffers.key_cache.clone(), buffers.value_cache.clone()
+    with pytest.raises(ValueError, match=f"launch_write_kv_cpu: .*{match}"):
+        _ext.extension().launch_write_kv_cpu(_apply(buffers.write_kv(), overrides))
+    assert torch.equal(buffers.key_cache, before[0]) and torch.equal(buffers.value_cache, before[1])
+
+
+@pytest.mark.parametrize("slot", [-2, 24, 1 << 62, -(1 << 63)])
+def test_write_kv_checks_every_slot_before_writing(slot):
+    buffers = PagedBuffers()
+    buffers.slots[-1] = slot  # the last token: the others would be written first
+    before = buffers.key_cache.clone()
+    with pytest.raises(ValueError, match="launch_write_kv_cpu: .*slot_mapping"):
+        _ext.extension().launch_write_kv_cpu(buffers.write_kv())
+    assert torch.equal(buffers.key_cache, before)
+
+
+def test_write_kv_empty_touches_nothing():
+    buffers = PagedBuffers()
+    _ext.extension().launch_write_kv_cpu(_apply(buffers.write_kv(), dict(tokens=0, key=0, value=0, slot_mapping=0,
+                                                                          key_cache=0, value_cache=0)))
+
+
+def test_paged_cuda_launchers_validate_on_the_host_or_say_cuda_is_missing():
+    extension, buffers = _ext.extension(), PagedBuffers()
+    bad_attention = _apply(buffers.attention(), dict(query=0))
+    bad_write = _apply(buffers.write_kv(), dict(key=0))
+    if extension.cuda_compiled:
+        with pytest.raises(ValueError, match="launch_paged_attention_cuda: .*query"):
+            extension.launch_paged_attention_cuda(bad_attention, 0)
+        with pytest.raises(ValueError, match="launch_paged_attention_cuda: .*head_dim must be <= 256"):
+            extension.launch_paged_attention_cuda(_apply(buffers.attention(), dict(head_dim=512)), 0)
+        with pytest.raises(ValueError, match="launch_write_kv_cuda: .*key"):
+            extension.launch_write_kv_cuda(bad_write, 0)
+    else:
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.launch_paged_attention_cuda(bad_attention, 0)
+        with pytest.raises(RuntimeError, match="without CUDA"):
+            extension.launch_write_kv_cuda(bad_write, 0)

@@ -36,6 +36,7 @@ def _expected(logits, history, repetition, presence, frequency, seen_from, gener
 
 # --- the reference ----------------------------------------------------------------------------------
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reference_is_transformers_repetition_penalty(dtype):
     transformers = pytest.importorskip("transformers")

@@ -69,6 +69,25 @@ def _verify_inputs(device) -> tuple:
             torch.tensor([2 ** 33 + 1], device=device))
 
 
+def _paged_inputs(device) -> tuple:
+    """paged_attention's validated inputs: 2 sequences (a decode token over 5 keys, a 3-token prefill chunk over 7
+    keys), blocks of 4 slots, 4 heads over 2 kv heads, head_dim 8, softcap 30, no window."""
+    generator = torch.Generator().manual_seed(0)
+    key_cache, value_cache = (torch.randn(6, 4, 2, 8, generator=generator).to(device) for _ in range(2))
+    query = torch.randn(4, 4, 8, generator=generator).to(device)
+    return (query, key_cache, value_cache, torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device),
+            torch.tensor([0, 1, 4], dtype=torch.int32, device=device),
+            torch.tensor([5, 7], dtype=torch.int32, device=device), 0.35, 0, 30.0)
+
+
+def _write_kv_inputs(device) -> tuple:
+    """write_kv's validated inputs: 3 tokens (one skipped, slot -1) into caches of 3 blocks of 2 slots."""
+    generator = torch.Generator().manual_seed(0)
+    key, value = (torch.randn(3, 2, 8, generator=generator).to(device) for _ in range(2))
+    return (key, value, torch.zeros(3, 2, 2, 8, device=device), torch.zeros(3, 2, 2, 8, device=device),
+            torch.tensor([4, -1, 1], device=device))
+
+
 # Validated inputs of each declared op (what its public function passes to the registry).
 OP_INPUTS = {
     "sample": lambda device: (_logits(3, 64, device), *_filters(3, device), torch.arange(3, device=device) + 7,
@@ -81,20 +100,87 @@ OP_INPUTS = {
     "gumbel_noise": lambda device: (torch.arange(3, device=device) + 7, torch.tensor([2 ** 33 + 1] * 3, device=device),
                                     40),
     "verify": lambda device: _verify_inputs(device),
+    "paged_attention": _paged_inputs,
+    "write_kv": _write_kv_inputs,
 }
 
-PENALTY_STATE = _penalty_state(4, 200, "cpu")
+# Made before compiling (a decode step receives it built), one per device, for the logits of the compile test.
+PENALTY_STATES = {device: _penalty_state(4, 200, device)
+                  for device in ("cpu",) + (("cuda",) if torch.cuda.is_available() else ())}
+
+
+def _partial_penalty_inputs(rows: int, vocab: int, device, **penalties) -> tuple:
+    """PenaltyTensors for only some penalties: the count a penalty leaves unused is None."""
+    return tuple(_penalty_state(rows, vocab, device).tensors(**penalties))
+
+
+# More validated inputs, as a decode step passes them: the outputs' shapes and dtypes (the fake implementation)
+# depend on them. (op, inputs for the device)
+OP_INPUT_VARIANTS = {
+    # generate()'s sampler: per-row [rows] offsets, no logprobs (an empty logprobs output), repetition only.
+    "sample-row-offsets-no-logprobs": ("sample", lambda device: (
+        _logits(3, 64, device), *_filters(3, device), torch.arange(3, device=device) + 7,
+        torch.tensor([4, 2 ** 33, 9], device=device), False,
+        *_partial_penalty_inputs(3, 64, device, repetition_penalty=1.3))),
+    "sample-float16-no-penalties": ("sample", lambda device: (
+        _logits(3, 64, device).half(), *_filters(3, device), torch.arange(3, device=device) + 7,
+        torch.tensor([5], device=device), True, *(None,) * 6)),
+    "sample-no-rows": ("sample", lambda device: (
+        _logits(0, 64, device), *_filters(1, device), torch.zeros(0, dtype=torch.int64, device=device),
+        torch.tensor([5], device=device), True, *(None,) * 6)),
+    "filter_logits-bfloat16-penalties": ("filter_logits", lambda device: (
+        _logits(3, 64, device).bfloat16(), *_filters(3, device), *_penalty_inputs(3, 64, device))),
+    "apply_penalties-float16-presence-only": ("apply_penalties", lambda device: (
+        _logits(3, 64, device).half(), *_partial_penalty_inputs(3, 64, device, presence_penalty=0.5))),
+}
+
+
+def _variant_backend_params():
+    """(variant, backend) for every input variant and each backend of its op, skipped where unavailable."""
+    cases = []
+    for variant, (name, _) in sorted(OP_INPUT_VARIANTS.items()):
+        op = registered_ops()[name]
+        for param in backend_params(tuple(b for b in ("ref", "cpu", "triton", "cuda") if b in op.backends)):
+            cases.append(pytest.param(variant, *param.values, id=f"{variant}-{param.id}", marks=param.marks))
+    return cases
+
+
+def _paged_attention_call(logits: torch.Tensor, backend: str) -> torch.Tensor:
+    """The logits as 4 query tokens of 4 heads (head_dim 50) over caches of 6 blocks of 4 slots made from them: a
+    decode token over 5 keys and a 3-token prefill chunk over 7 keys."""
+    query = logits.view(4, 4, 50)
+    key_cache = logits[:, :50].repeat(6, 2).view(6, 4, 2, 50)
+    value_cache = logits[:, 50:100].repeat(6, 2).view(6, 4, 2, 50)
+    device = logits.device
+    return ops.paged_attention(query, key_cache, value_cache,
+                               torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device),
+                               torch.tensor([0, 1, 4], dtype=torch.int32, device=device),
+                               torch.tensor([5, 7], dtype=torch.int32, device=device), softcap=30.0, backend=backend)
+
+
+def _write_kv_call(logits: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits as 4 tokens of 2 kv heads (head_dim 50) written into fresh caches of 3 blocks of 2 slots (one
+    token skipped); the caches are the result."""
+    key_cache = torch.zeros(3, 2, 2, 50, device=logits.device)
+    value_cache = torch.zeros_like(key_cache)
+    ops.write_kv(logits[:, :100].reshape(4, 2, 50), logits[:, 100:].reshape(4, 2, 50), key_cache, value_cache,
+                 torch.tensor([5, -1, 0, 2], device=logits.device), backend=backend)
+    return key_cache, value_cache
+
+
+def _row_seeds(logits: torch.Tensor) -> torch.Tensor:
+    return torch.arange(logits.shape[0], device=logits.device) + 3
 
 
 # Each op called through its public function, as a compiled decode step would call it.
 PUBLIC_CALLS = {
     "sample": lambda logits, backend: ops.sample(logits, temperature=0.7, top_k=20, top_p=0.9, min_p=0.02,
-                                                 seed=torch.arange(logits.shape[0]) + 3, offset=5,
-                                                 return_logprobs=True, backend=backend),
+                                                 seed=_row_seeds(logits), offset=5, return_logprobs=True,
+                                                 backend=backend),
     "filter_logits": lambda logits, backend: ops.filter_logits(logits, temperature=0.7, top_k=20, top_p=0.9,
                                                                min_p=0.02, backend=backend),
-    # The state is made before compiling (a decode step receives it built), for the logits of the compile test.
-    "apply_penalties": lambda logits, backend: ops.apply_penalties(logits, PENALTY_STATE, repetition_penalty=1.3,
+    "apply_penalties": lambda logits, backend: ops.apply_penalties(logits, PENALTY_STATES[logits.device.type],
+                                                                   repetition_penalty=1.3,
                                                                    frequency_penalty=0.5, backend=backend),
     "beam_step": lambda logits, backend: ops.beam_step(logits, *_beam_state(2, 2, logits.device),
                                                        torch.tensor([7], device=logits.device), generated_length=3,
@@ -102,12 +188,14 @@ PUBLIC_CALLS = {
                                                        backend=backend),
     "softmax": lambda logits, backend: ops.softmax(logits, 0.5, backend=backend),
     "topk": lambda logits, backend: ops.topk(logits, 4, backend=backend),
-    "gumbel_noise": lambda logits, backend: ops.gumbel_noise(torch.arange(logits.shape[0]) + 3, 5, logits.shape[0],
-                                                             logits.shape[1], backend=backend),
+    "gumbel_noise": lambda logits, backend: ops.gumbel_noise(_row_seeds(logits), 5, logits.shape[0], logits.shape[1],
+                                                             backend=backend),
     # Two rows of one draft each, the first draft the target's greedy token.
     "verify": lambda logits, backend: ops.verify(logits.view(2, 2, -1), logits.view(2, 2, -1)[:, :1].argmax(-1),
-                                                 seed=torch.tensor([3, 4]), offset=5, temperature=0.7, top_k=20,
+                                                 seed=_row_seeds(logits)[:2], offset=5, temperature=0.7, top_k=20,
                                                  backend=backend),
+    "paged_attention": _paged_attention_call,
+    "write_kv": _write_kv_call,
 }
 
 
@@ -123,13 +211,20 @@ def _op_backend_params(backends=("ref", "cpu", "triton", "cuda")):
 def test_every_declared_op_is_exercised_here():
     assert set(registered_ops()) == set(OP_INPUTS) == set(PUBLIC_CALLS) == {"sample", "filter_logits", "softmax",
                                                                             "topk", "gumbel_noise",
-                                                                            "apply_penalties", "beam_step", "verify"}
+                                                                            "apply_penalties", "beam_step", "verify",
+                                                                            "paged_attention", "write_kv"}
 
 
 @pytest.mark.parametrize("name,backend", _op_backend_params())
 def test_custom_op_passes_opcheck(name, backend):
     """Schema, fake implementation (the output allocation) and the real outputs agree."""
     torch.library.opcheck(getattr(torch.ops.turbogen, name).default, (*OP_INPUTS[name](device_for(backend)), backend))
+
+
+@pytest.mark.parametrize("variant,backend", _variant_backend_params())
+def test_custom_op_input_variants_pass_opcheck(variant, backend):
+    name, make_inputs = OP_INPUT_VARIANTS[variant]
+    torch.library.opcheck(getattr(torch.ops.turbogen, name).default, (*make_inputs(device_for(backend)), backend))
 
 
 def _assert_same(actual, expected, assert_same_floats):
@@ -146,11 +241,13 @@ def _assert_same(actual, expected, assert_same_floats):
         assert torch.equal(actual, expected)
 
 
-@pytest.mark.parametrize("name,backend", _op_backend_params(("ref", "cpu")))
+# The GPU backends where a GPU exists (the Triton interpreter is too slow to compile every op through inductor).
+@pytest.mark.parametrize("name,backend", _op_backend_params(
+    ("ref", "cpu") + (("triton", "cuda") if torch.cuda.is_available() else ())))
 def test_public_function_compiles_fullgraph(name, backend):
     # Every case compiles the same lambda: start from empty caches so no recompilation limit is reached.
     torch.compiler.reset()
-    logits = _logits(4, 200, "cpu", seed=1)
+    logits = _logits(4, 200, device_for(backend), seed=1)
     graphs = []
 
     def recording_backend(graph_module, example_inputs):

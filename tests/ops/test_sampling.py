@@ -79,6 +79,7 @@ def draw(backend: str, logits, seed, offset=0, **filters):
 
 # ---- the reference is transformers ----------------------------------------------------------------
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("vocab", [17, 1000, 32003])
 @pytest.mark.parametrize("mix", [m for m in MIXES if m[0] > 0], ids=str)
 def test_reference_filter_matches_transformers(vocab, mix):
@@ -89,6 +90,7 @@ def test_reference_filter_matches_transformers(vocab, mix):
     assert torch.equal(actual, expected)
 
 
+@pytest.mark.transformers
 def test_reference_per_row_parameters_match_transformers_row_by_row():
     rows, vocab = 16, 1000
     logits = random_logits(rows, vocab, seed=3)
@@ -101,6 +103,7 @@ def test_reference_per_row_parameters_match_transformers_row_by_row():
         assert torch.equal(actual[r:r + 1], expected), f"row {r}"
 
 
+@pytest.mark.transformers
 def test_reference_logprobs_are_transformers_log_softmax():
     logits = random_logits(32, 500, seed=5)
     tokens, logprobs = ref_sampling.sample(logits, temperature=0.8, top_k=40, top_p=0.9, seed=11,
@@ -205,6 +208,7 @@ def test_batch_invariance(backend):
 DISTRIBUTION_CASES = [dict(), dict(temperature=1.5), dict(temperature=1.5, top_k=20, top_p=0.9, min_p=0.1)]
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("filters", DISTRIBUTION_CASES, ids=str)
 def test_draws_follow_transformers_distribution(backend, filters):
@@ -224,6 +228,7 @@ def test_draws_follow_transformers_distribution(backend, filters):
     assert_draws_follow(tokens.cpu(), probs)
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("backend", backend_params())
 def test_logprobs_are_log_softmax_of_filtered_logits(backend):
     device = device_for(backend)
@@ -373,6 +378,7 @@ def tied_rows(device) -> tuple[torch.Tensor, torch.Tensor]:
     return logits.to(device), top_p.to(device)
 
 
+@pytest.mark.transformers
 def test_reference_top_p_boundary_on_tied_tokens_is_transformers():
     """transformers removes a token whose ascending cumulative probability is <= 1 - top_p (so the
     token exactly on the boundary goes); among tied tokens the reference keeps the lowest indices."""

@@ -100,6 +100,14 @@ def make_cache(cache_implementation: Optional[str], model: Any, batch_size: int,
                                         reason=f"cache_implementation={name!r}")
         raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS} (None means 'dynamic'), "
                          f"got {cache_implementation!r}")
+    from .. import _transformers_compat as _compat
+
+    if name not in ("dynamic", "dynamic_full") and _compat.is_transformers_4_45():
+        # 4.45's models size their causal mask by transformers' own StaticCache only, and its cache classes take
+        # other arguments: only the default cache is supported there.
+        raise UnsupportedByTurbogen(f"cache_implementation={name!r} is not supported with transformers 4.45 "
+                                    "(only 'dynamic'); use transformers >= 4.57 for it",
+                                    reason=f"cache_implementation={name!r} with transformers 4.45")
     batch_size = positive_int(batch_size, "batch_size")
     max_cache_len = positive_int(max_cache_len, "max_cache_len")
     config = getattr(model, "config", None)
@@ -129,11 +137,10 @@ def make_cache(cache_implementation: Optional[str], model: Any, batch_size: int,
         return StaticCache(config=decoder_config, max_cache_len=max_cache_len, offloading=offloading)
     if name == "quantized":
         return _quantized_cache(decoder_config, cache_config)
-    from transformers import DynamicCache
-
     if name == "dynamic_full":  # no config: every layer a full one, even on a sliding-window model
-        return DynamicCache()
-    return DynamicCache(config=decoder_config, offloading=offloading)
+        return _compat.new_dynamic_cache(None, offloading=False)
+    # transformers 4.45's DynamicCache takes neither `config` nor `offloading` (OffloadedCache instead).
+    return _compat.new_dynamic_cache(decoder_config, offloading=offloading)
 
 
 def _storage_dtype_and_device(model: Any, dtype: Optional[torch.dtype],

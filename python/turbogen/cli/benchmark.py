@@ -22,11 +22,14 @@ Everything here needs transformers; it is imported on first use only.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import statistics
 import time
 from typing import Callable, Iterable, Optional
 
 import torch
+
+from .. import _transformers_compat as _compat
 
 # The decoding methods timed end to end, as generation parameters. "sampling" is a typical chat setting;
 # "sampling_without_penalty" is the same without its repetition penalty, to price the penalty alone
@@ -178,7 +181,8 @@ def forward_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n
     cache = DynamicCache()
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                past_key_values=cache, use_cache=True,
+                **{_compat.logits_to_keep_name(inspect.signature(model.forward).parameters) or "logits_to_keep": 1})
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     mask = attention_mask
     position = position_ids[:, -1:]

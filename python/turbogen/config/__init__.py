@@ -6,7 +6,7 @@
   ``as_generation_config``.
 - ``validation``: the rules relating parameters to each other; ``checks``: the value checks.
 - ``mode``: ``GenerationMode`` and how a configuration selects it.
-- ``watermarking``, ``compile``: the nested ``WatermarkingConfig`` and ``CompileConfig``.
+- ``watermarking``, ``compile``: the nested watermarking configs and ``CompileConfig``.
 - ``engine``: ``EngineConfig``, the continuous-batching engine's settings (not a generation
   parameter: transformers has no counterpart).
 
@@ -18,10 +18,11 @@ from .engine import EngineConfig
 from .generation import GENERATION_CONFIG_NAME, MIRRORED_TRANSFORMERS_VERSION, GenerationConfig, as_generation_config
 from .mode import GenerationMode
 from .parameters import ALL_CACHE_IMPLEMENTATIONS, PARAMETER_GROUPS, PARAMETERS, TURBOGEN_PARAMETERS, Parameter
-from .watermarking import WatermarkingConfig
+from .watermarking import BaseWatermarkingConfig, SynthIDTextWatermarkingConfig, WatermarkingConfig
 
 __all__ = [
     "ALL_CACHE_IMPLEMENTATIONS",
+    "BaseWatermarkingConfig",
     "CompileConfig",
     "EngineConfig",
     "GENERATION_CONFIG_NAME",
@@ -31,6 +32,7 @@ __all__ = [
     "PARAMETERS",
     "PARAMETER_GROUPS",
     "Parameter",
+    "SynthIDTextWatermarkingConfig",
     "TURBOGEN_PARAMETERS",
     "WatermarkingConfig",
     "as_generation_config",

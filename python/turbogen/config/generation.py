@@ -21,12 +21,14 @@ Differences from transformers, all deliberate:
   message) are reported here as one ``UserWarning`` via ``warnings.warn`` whose message lists
   every flagged field with its explanation.
 - ``to_dict()`` returns plain, JSON-ready data (``watermarking_config`` as a dict rather than a
-  ``WatermarkingConfig`` object); the JSON written is the same.
+  watermarking config object); the JSON written is the same.
 - Loading is local only (there is no network): ``from_pretrained`` takes a directory or a JSON
   file path, and Hub download options raise a ``TypeError`` instead of being silently ignored.
 - Value types transformers would only trip over while comparing (``max_new_tokens="5"``) raise a
   ``TypeError`` naming the field rather than Python's bare comparison error.
-- Only ``WatermarkingConfig`` watermarking is supported (not SynthID text watermarking).
+- A ``watermarking_config`` dict with ``ngram_len`` or ``keys`` becomes a
+  ``SynthIDTextWatermarkingConfig`` (transformers makes every dict a ``WatermarkingConfig`` and so
+  cannot load back a saved SynthID config); any other dict is a ``WatermarkingConfig``, as there.
 - ``save_pretrained`` returns the path it wrote; ``push_to_hub=True`` raises
   :class:`~turbogen.UnsupportedByTurbogen` (nothing is uploaded: no hub is reachable offline).
 - No ``_original_object_hash`` is recorded (transformers uses it to detect edits of a config
@@ -52,7 +54,7 @@ from ._support import transformers_class, warn
 from .mode import GenerationMode, generation_mode
 from .parameters import DEFAULTS, PARAMETERS_BY_NAME, parameters_docstring
 from .validation import OUTPUT_FLAGS, check_values, find_ignored_or_suspicious_flags
-from .watermarking import WatermarkingConfig
+from .watermarking import BaseWatermarkingConfig
 
 __all__ = ["GENERATION_CONFIG_NAME", "MIRRORED_TRANSFORMERS_VERSION", "GenerationConfig", "as_generation_config"]
 
@@ -170,7 +172,7 @@ class GenerationConfig:
           - ``max_new_tokens <= 0``;
           - ``cache_implementation`` is not a known cache;
           - ``compile_config`` is not a ``CompileConfig``;
-          - ``watermarking_config`` is not a valid ``WatermarkingConfig``;
+          - ``watermarking_config`` is not a valid watermarking config;
           - ``num_return_sequences != 1`` with greedy search (``num_beams == 1``, ``do_sample is False``),
             or ``num_return_sequences > num_beams`` with beam search;
           - a ``generate()``-only argument (``streamer``, ``logits_processor``, ...) was stored in the config;
@@ -221,7 +223,7 @@ class GenerationConfig:
         ``transformers_version`` is stamped with ``MIRRORED_TRANSFORMERS_VERSION``, the format written.
         """
         output = {key: deepcopy(value) for key, value in self.__dict__.items() if key not in _NOT_SERIALIZED}
-        if isinstance(output.get("watermarking_config"), WatermarkingConfig):
+        if isinstance(output.get("watermarking_config"), BaseWatermarkingConfig):
             output["watermarking_config"] = output["watermarking_config"].to_dict()
         output["transformers_version"] = MIRRORED_TRANSFORMERS_VERSION
         self.dict_dtype_to_str(output)

@@ -229,8 +229,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               "rewrite the prompt's last tokens into their best extensions."),
     Parameter("guidance_scale", None, LOGITS, "float",
               "classifier-free guidance scale; guidance is on when > 1."),
-    Parameter("watermarking_config", None, LOGITS, "WatermarkingConfig or dict",
-              "watermark the output; a dict is converted to ``WatermarkingConfig``.",
+    Parameter("watermarking_config", None, LOGITS, "BaseWatermarkingConfig or dict",
+              "watermark the output: a ``WatermarkingConfig`` (green list) or a "
+              "``SynthIDTextWatermarkingConfig``; a dict is converted to ``WatermarkingConfig``, or to "
+              "``SynthIDTextWatermarkingConfig`` when it has ``ngram_len`` or ``keys``.",
               check=optional(check_watermarking_config), coerce=coerce_watermarking_config),
     # -- outputs --------------------------------------------------------------------------------
     Parameter("num_return_sequences", 1, OUTPUTS, "int",

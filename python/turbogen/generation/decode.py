@@ -42,7 +42,7 @@ from .record import Record
 from .runner import ModelRunner
 
 __all__ = ["FINISH_CHECK_LAG", "DecodeState", "DecodeSetup", "decode_n_tokens", "decode_one_token", "prefill",
-           "run_greedy_or_sample"]
+           "run_decode_step", "run_greedy_or_sample"]
 
 # The "all rows finished" flag is read this many steps late, per device type (see the module docstring).
 # Reading it is free on the CPU; elsewhere a one-step lag keeps the device busy while the host waits.
@@ -247,3 +247,35 @@ def run_greedy_or_sample(runner: ModelRunner, input_ids: torch.Tensor, batch: Ba
     if streamer is not None:
         streamer.end()
     return state.sequences[:, : state.length].contiguous()
+
+
+def run_decode_step(step: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], processors: Any,
+                    stopping: StoppingPlan, batch: BatchState, pad_token: Optional[torch.Tensor],
+                    deferrable: bool = True) -> torch.Tensor:
+    """Greedy search or sampling driven by a :class:`~turbogen.generation.compiled.DecodeStep` (the compiled
+    whole step): the same tokens and the same end as :func:`run_greedy_or_sample` (the finish flag read
+    ``FINISH_CHECK_LAG`` steps late where ``deferrable``, the steps past the end forgotten), but every step is one
+    call of ``step`` on its own buffers. Returns a copy of the ``[rows, length]`` sequences, prompt included."""
+    step.start(input_ids, attention_mask, processors, stopping, batch, pad_token)
+    prompt_length = step.prompt_length
+    lag = FINISH_CHECK_LAG[step.device.type] if deferrable else 0
+    watcher = FinishWatcher(lag, step.device, flags=step.flags.shape[0])
+    judges_rows = bool(stopping.row_criteria)
+    index = 0  # the step whose token was just written (0: the prefill's)
+    while True:
+        if judges_rows:
+            # The flags buffer is overwritten by the next step: a late read needs its own copy.
+            finished_step = watcher.push(index, step.flags if lag == 0 else step.flags.clone())
+            if finished_step is not None:
+                step.finish(prompt_length + finished_step + 1)
+                break
+        index += 1
+        if stopping.stops_all(step.length):
+            finished_step = watcher.flush() if judges_rows else None
+            if finished_step is not None:
+                step.finish(prompt_length + finished_step + 1)
+            elif step.samples and not bool(step.flags[-1]):  # no flag was read after the last step
+                raise_non_finite_scores()
+            break
+        step()
+    return step.sequences[:, : step.length].clone()

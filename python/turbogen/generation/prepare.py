@@ -36,7 +36,6 @@ _UNSUPPORTED_GENERATE_ARGUMENTS = {
     "custom_generate": "custom generation methods",
 }
 _UNSUPPORTED_MODES = {
-    GenerationMode.CONTRASTIVE_SEARCH: "contrastive search (`penalty_alpha` > 0 with `top_k` > 1)",
     GenerationMode.GROUP_BEAM_SEARCH: "group (diverse) beam search (`num_beam_groups` > 1)",
     GenerationMode.CONSTRAINED_BEAM_SEARCH: "constrained beam search (`constraints`, `force_words_ids`)",
     GenerationMode.DOLA_GENERATION: "DoLa decoding (`dola_layers`)",
@@ -205,6 +204,11 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     elif speculation is not None:
         cache = _speculation_cache(model, config, model_kwargs, rows=input_ids.shape[0],
                                    max_length=max_length + speculation.headroom)
+    elif embedded_only == 0 and _compiles_over_fresh_static_cache(config, model_kwargs, input_ids.device):
+        # A compiled run: the model's shared cache of the capacity bucket (its addresses are in the graphs).
+        from .compiled import capacity_bucket, shared_static_cache
+
+        cache = shared_static_cache(model, input_ids.shape[0], capacity_bucket(max_length))
     else:
         cache = _prepare_cache(model, config, model_kwargs, rows=input_ids.shape[0],
                                max_length=max_length + embedded_only)
@@ -590,6 +594,15 @@ def _resolve_lengths(model: Any, config: GenerationConfig, call_kwargs: dict, pr
                       UserWarning, stacklevel=4)
 
 
+def _compiles_over_fresh_static_cache(config: GenerationConfig, model_kwargs: dict, device: torch.device) -> bool:
+    """Whether this call compiles over a static cache ``generate`` builds (then the capacity is bucketed and the
+    cache kept on the model: :mod:`turbogen.generation.compiled`)."""
+    from .compiled import compile_decision
+
+    return (model_kwargs.get("past_key_values") is None and config.use_cache is not False
+            and compile_decision(config, None, device) is not None)
+
+
 def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, rows: int, max_length: int) -> Any:
     """The KV cache for this call: the user's ``past_key_values``, else a fresh one per ``cache_implementation``
     and ``cache_config`` (:func:`turbogen.cache.make_cache`: the cache transformers 4.57 builds for that name,
@@ -604,8 +617,8 @@ def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, row
         return user_cache
     if config.use_cache is False:
         return None
-    supports_dynamic = getattr(type(model), "_supports_default_dynamic_cache", None)
-    if supports_dynamic is not None and not supports_dynamic():
+    # 4.45 defines it as an instance method (False for models returning only legacy tuples, e.g. GPT-2).
+    if _compat.supports_default_dynamic_cache(model) is False:
         return None
     from ..cache import make_cache
 
@@ -927,10 +940,7 @@ def _assistant_setting(config: GenerationConfig, assistant_config: Any, name: st
 
 def _refuse_own_input_preparation(model: Any, refuse: Callable[[str, str], None]) -> None:
     """Speculation feeds several positions per call, which only turbogen's own input preparation does."""
-    from transformers.generation.utils import GenerationMixin
-
-    own = getattr(type(model), "prepare_inputs_for_generation", None)
-    if own is not None and own is not GenerationMixin.prepare_inputs_for_generation:
+    if _compat.prepares_own_inputs(model):
         refuse(f"models with their own `prepare_inputs_for_generation` ({type(model).__name__})",
                "a model's own prepare_inputs_for_generation")
 

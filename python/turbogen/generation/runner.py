@@ -79,14 +79,11 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
     prefill: see :class:`DirectRunner`) and ``prefill_chunk_size`` (a generation option, not a model input:
     the prefill runs in chunks of that many positions); :class:`PreparedRunner` refuses both with
     :class:`~turbogen.errors.UnsupportedByTurbogen`."""
-    from transformers.generation.utils import GenerationMixin
-
     if is_encoder_decoder(model):
         # The decoder's inputs (decoder ids, masks, encoder outputs, the two-part cache) follow transformers'
         # own preparation step by step; the encoder ran once in `prepare_call`.
         return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
-    own_preparation = getattr(type(model), "prepare_inputs_for_generation", None)
-    if own_preparation is not None and own_preparation is not GenerationMixin.prepare_inputs_for_generation:
+    if _compat.prepares_own_inputs(model):  # (4.45: Llama-family overrides count as the standard preparation)
         for name in ("inputs_embeds", "prefill_chunk_size"):
             if model_kwargs.get(name) is not None:
                 raise UnsupportedByTurbogen(
@@ -179,8 +176,9 @@ def _reorder_cache(model: Any, cache: Any, index: torch.Tensor) -> Any:
     are gathered in place, and with ``index`` on the host only the rows that move are copied (none for the
     identity). Any other cache uses its own ``reorder_cache``.
     """
-    if hasattr(model, "_reorder_cache"):
-        return model._reorder_cache(cache, index)
+    own_hook = _compat.model_reorder_cache(model)  # 4.45's mixin has a base hook that only raises
+    if own_hook is not None:
+        return own_hook(cache, index)
     tensors = _layer_tensors(cache)
     if tensors is None:
         cache.reorder_cache(index)
@@ -335,9 +333,11 @@ class DirectRunner:
             raise ValueError(f"{which} needs a KV cache (`use_cache=True`)")
         self._constant_kwargs = {"use_cache": self.use_cache, **kwargs}
         # Only the positions whose logits are used are computed, when the model allows choosing them.
-        self._keeps_logits = "logits_to_keep" in parameters and "logits_to_keep" not in kwargs
+        # (transformers 4.45 names it `num_logits_to_keep`.)
+        self._logits_to_keep = _compat.logits_to_keep_name(parameters)
+        self._keeps_logits = self._logits_to_keep is not None and self._logits_to_keep not in kwargs
         if self._keeps_logits:
-            self._constant_kwargs["logits_to_keep"] = 1
+            self._constant_kwargs[self._logits_to_keep] = 1
 
         self._mask = None
         self._mask_dtype = torch.int64 if prompt_mask is None else prompt_mask.dtype
@@ -370,6 +370,11 @@ class DirectRunner:
         self._cache_positions = torch.arange(width, device=device) if "cache_position" in parameters else None
         # Without a cache every call re-runs the whole sequence, which this copy tracks.
         self._all_ids = None if self.use_cache else input_ids
+        # The compiled model call of one-token decoding steps and its fixed-shape inputs (see `compile_decode`).
+        self._compiled_model = None
+        self._compiled_mask: Optional[torch.Tensor] = None
+        self._compiled_positions: Optional[torch.Tensor] = None
+        self._compiled_ids: Optional[torch.Tensor] = None
         # Per-row lengths (see the class docstring), None while the rows share `fed_length`: the rows' sequence
         # lengths, each row's runs of slots holding its positions (`[start, end)` in order, the gaps are holes;
         # host lists, so a crop needs no device read), `arange(table width)`, and the slots in use (model
@@ -379,6 +384,30 @@ class DirectRunner:
         self._slot_numbers: Optional[torch.Tensor] = None
         self._slots = 0
         self._capacity: Optional[int] = None  # of the cache's rows, when fixed (set when the rows become ragged)
+
+    def compile_decode(self, compiled_model: Any) -> bool:
+        """Run every one-token decoding step through ``compiled_model(model, input_ids, kwargs)`` (a compiled
+        model call: :func:`turbogen.generation.compiled.shared_model_call`) with fixed-shape inputs: the mask
+        as wide as the cache (ones past the prompt), the ``[rows, 1]`` token ids and positions and the ``[1]``
+        cache position of the step, copied into buffers of their own. Only over turbogen's
+        :class:`~turbogen.cache.StaticKVCache`, with common row lengths, without embeddings or token types;
+        returns whether it applies (else every call stays eager)."""
+        cache = self.past_key_values
+        if (type(cache) is not StaticKVCache or not self.use_cache or self._embeds is not None
+                or self._token_types is not None or self._offset):
+            return False
+        capacity = cache.max_cache_len
+        # Contiguous buffers of their own (strides are part of a graph's guards, and the tables' depend on
+        # max_length): the mask with ones past the table, the step's positions copied in at each step.
+        if self._mask is not None:
+            width = min(capacity, self._mask.shape[1])
+            self._compiled_mask = self._mask.new_ones(self.rows, capacity)
+            self._compiled_mask[:, :width] = self._mask[:, :width]
+        if self._positions is not None:
+            self._compiled_positions = torch.empty(self.rows, 1, dtype=torch.int64, device=self._device)
+        self._compiled_ids = torch.empty(self.rows, 1, dtype=torch.int64, device=self._device)
+        self._compiled_model = compiled_model
+        return True
 
     @staticmethod
     def _user_position_table(positions: Any, rows: int, prompt_length: int, width: int) -> torch.Tensor:
@@ -418,11 +447,16 @@ class DirectRunner:
                              f"sequences of at most {self.max_length} tokens")
         kwargs = dict(self._constant_kwargs)
         if self._keeps_logits and logits_positions != 1:
-            kwargs["logits_to_keep"] = logits_positions
+            kwargs[self._logits_to_keep] = logits_positions
+        compiled = (self._compiled_model if end - start == 1 and self._row_lengths is None and position_ids is None
+                    and inputs_embeds is None else None)
         if self._mask is not None:
-            kwargs["attention_mask"] = self._mask[:, :end]
+            # A compiled call gets the fixed-shape [rows, capacity] mask (ones past the end: see StaticKVCache).
+            kwargs["attention_mask"] = self._compiled_mask if compiled is not None else self._mask[:, :end]
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
+        elif self._positions is not None and compiled is not None:
+            kwargs["position_ids"] = self._compiled_positions.copy_(self._positions_by_step[start])
         elif self._positions is not None:
             kwargs["position_ids"] = (self._positions_by_step[start] if end - start == 1
                                       else self._positions[:, start:end].contiguous())
@@ -434,6 +468,8 @@ class DirectRunner:
             kwargs["past_key_values"] = self.past_key_values
         if inputs_embeds is not None:
             outputs = self.model(inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+        elif compiled is not None:
+            outputs = compiled(self.model, self._compiled_ids.copy_(input_ids), kwargs)
         else:
             outputs = self.model(input_ids=input_ids, return_dict=True, **kwargs)
         if self.use_cache:  # the model may have created the cache itself
@@ -781,8 +817,9 @@ class PreparedRunner:
         self._kwargs["use_cache"] = bool(use_cache)
         if cache is not None:
             self._kwargs["past_key_values"] = cache
-        if "logits_to_keep" in forward_parameters(model) and "logits_to_keep" not in self._kwargs:
-            self._kwargs["logits_to_keep"] = 1
+        keep = _compat.logits_to_keep_name(forward_parameters(model))  # 4.45: num_logits_to_keep
+        if keep is not None and keep not in self._kwargs:
+            self._kwargs[keep] = 1
         self._cached_at_prefill = 0 if cache is None else int(cache.get_seq_length())
         self.fed_length = self._cached_at_prefill
         self._encoder_decoder = is_encoder_decoder(model)

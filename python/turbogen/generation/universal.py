@@ -53,6 +53,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .. import _transformers_compat as _compat
 from ..errors import UnsupportedByTurbogen
 from .prepare import is_encoder_decoder
 from .record import Record
@@ -409,10 +410,7 @@ class UniversalAssistantCandidates:
         if is_encoder_decoder(assistant_model):
             raise UnsupportedByTurbogen("an encoder-decoder assistant model is not supported with another tokenizer.",
                                         reason="universal assisted generation with an encoder-decoder assistant")
-        from transformers.generation.utils import GenerationMixin
-
-        own_preparation = getattr(type(assistant_model), "prepare_inputs_for_generation", None)
-        if own_preparation is not None and own_preparation is not GenerationMixin.prepare_inputs_for_generation:
+        if _compat.prepares_own_inputs(assistant_model):
             raise UnsupportedByTurbogen(
                 f"the assistant model ({type(assistant_model).__name__}) prepares its own inputs for generation: its "
                 "cache cannot be cropped to re-align its drafts.",

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from .. import _transformers_compat as _compat
+
 try:
     import tokenizers
     import transformers
@@ -245,7 +247,8 @@ def load_model(
     directory = _model_directory(path, dtype)
     with _progress_bars_disabled():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
+                                                                     **_compat.from_pretrained_dtype(dtype))
     model.eval()
     return model, tokenizer
 
@@ -263,7 +266,8 @@ def load_draft_model(
     directory = _model_directory(path, dtype)
     has_tokenizer = any((directory / name).is_file() for name in _TOKENIZER_FILES)
     with _progress_bars_disabled():
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
+                                                                     **_compat.from_pretrained_dtype(dtype))
         tokenizer = (transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
                      if has_tokenizer else None)
     model.eval()

@@ -8,7 +8,8 @@ sampling contract's noise (beam sampling's Gumbel-top-k); ``row_seeds`` and ``ro
 scalar seed or offset into the per-row counters of the sampling contract. ``apply_penalties`` reads the
 per-row token state of a :class:`PenaltyState`, which ``sample`` can also apply while it draws.
 ``verify`` checks speculative drafts against the target's logits (coupled mode: exactly ``sample`` at each
-position; or rejection sampling) and returns a :class:`VerifyResult`.
+position; or rejection sampling) and returns a :class:`VerifyResult`. ``write_kv`` scatters new keys and values
+into a paged KV cache (turbogen.cache.paged) and ``paged_attention`` attends packed ragged queries over it.
 
 Arrays from other libraries: every op, and the methods of :class:`PenaltyState` and :class:`Sampler`, also
 takes any array that exports DLPack (numpy, JAX, CuPy; TensorFlow tensors through
@@ -25,12 +26,14 @@ from ._counters import row_offsets, row_seeds
 from ._dispatch import BACKENDS, BackendStatus, available_backends
 from .beam import BeamStepResult, beam_step
 from .noise import gumbel_noise
+from .paged_attention import paged_attention
 from .penalties import PenaltyState, PenaltyTensors, apply_penalties
 from .sampling import Sampler, filter_logits, sample
 from .softmax import softmax
 from .topk import topk
 from .verify import VerifyResult, verify
+from .write_kv import write_kv
 
 __all__ = ["BACKENDS", "BackendStatus", "BeamStepResult", "beam_step", "PenaltyState", "PenaltyTensors", "Sampler", "apply_penalties", "available_backends",
            "filter_logits", "gumbel_noise", "row_offsets", "row_seeds", "sample", "softmax", "topk",
-           "verify", "VerifyResult"]
+           "verify", "VerifyResult", "paged_attention", "write_kv"]

@@ -58,6 +58,9 @@ class OpSpec:
         call_reference: ``(reference_function, *inputs) -> outputs`` where the reference's calling
             convention differs from the op's (keyword arguments, a different result); by default
             ``reference_function(*inputs)``.
+        mutates_args: the inputs an in-place op writes (``allocate_outputs``' parameter names). Such an
+            op's ``allocate_outputs`` returns ``None`` and its launchers and reference write into those
+            inputs; the custom op's schema marks them ``Tensor(a!)`` so compiled graphs keep the writes.
     """
 
     name: str
@@ -65,6 +68,7 @@ class OpSpec:
     allocate_outputs: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
     launchers: Mapping[str, Callable[..., object]]
     call_reference: Callable[..., Any] = _call_positionally
+    mutates_args: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.launchers) - set(COMPILED_BACKENDS)
@@ -82,7 +86,7 @@ class Op:
         #: The backends that implement the op, in the order of ``turbogen.ops.BACKENDS``.
         self.backends = tuple(name for name in BACKENDS if name == "ref" or name in spec.launchers)
         self.custom_op = torch.library.custom_op(f"{NAMESPACE}::{spec.name}", self._run_outside_compile,
-                                                 mutates_args=(), schema=_schema(spec))
+                                                 mutates_args=spec.mutates_args, schema=_schema(spec))
         self.custom_op.register_fake(self._fake)
         self._compiled_entry = getattr(getattr(torch.ops, NAMESPACE), spec.name).default
 
@@ -120,7 +124,10 @@ class Op:
             raise ValueError(f"backend must be one of {tuple(self.spec.launchers)} to launch "
                              f"turbogen::{self.name}, got {backend!r}")
         outputs = self.spec.allocate_outputs(*inputs)
-        launcher(*inputs, *(outputs if isinstance(outputs, tuple) else (outputs,)))
+        if outputs is None:  # an in-place op (``mutates_args``)
+            launcher(*inputs)
+        else:
+            launcher(*inputs, *(outputs if isinstance(outputs, tuple) else (outputs,)))
         return outputs
 
     def _run_outside_compile(self, *arguments: Any) -> Any:
@@ -136,7 +143,7 @@ class Op:
 
 def _schema(spec: OpSpec) -> str:
     """``allocate_outputs``' schema with the trailing ``str backend`` argument every op takes."""
-    inputs_schema = torch.library.infer_schema(spec.allocate_outputs, mutates_args=())
+    inputs_schema = torch.library.infer_schema(spec.allocate_outputs, mutates_args=spec.mutates_args)
     arguments, returns = inputs_schema.split(") -> ", 1)
     return f"{arguments}, str backend) -> {returns}"
 

@@ -40,6 +40,7 @@ from .penalties import (
     RepetitionPenaltyLogitsProcessor,
 )
 from .stages import LogitsStage, LogitsStages, ProcessorStage
+from .synthid import SynthIDTextWatermarkLogitsProcessor
 from .warpers import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
@@ -84,6 +85,7 @@ __all__ = [
     "SequenceBiasLogitsProcessor",
     "SuppressTokensAtBeginLogitsProcessor",
     "SuppressTokensLogitsProcessor",
+    "SynthIDTextWatermarkLogitsProcessor",
     "TemperatureLogitsWarper",
     "TopKLogitsWarper",
     "TopPLogitsWarper",

@@ -45,12 +45,16 @@ from .warpers import (
     TopPLogitsWarper,
     TypicalLogitsWarper,
 )
+from .synthid import SynthIDTextWatermarkLogitsProcessor
 from .watermark import WatermarkLogitsProcessor
 
 logger = logging.getLogger(__name__)
 
 # transformers' processors live here; one of them stands in for the turbogen class of the same name.
 _WATERMARK_OPTIONS = ("greenlist_ratio", "bias", "hashing_key", "seeding_scheme", "context_width")
+_SYNTHID_OPTIONS = ("ngram_len", "keys", "context_history_size", "sampling_table_seed", "sampling_table_size",
+                    "skip_first_ngram_calls", "debug_mode")
+_SYNTHID_ONLY_OPTIONS = ("ngram_len", "keys")
 
 
 @dataclass(frozen=True)
@@ -137,26 +141,37 @@ def _model_vocab_size(model) -> int:
 
 
 def _watermark_processor(watermarking_config, model, device):
-    """The watermarking processor for a ``watermarking_config``: a dict or an object with the
-    options of transformers' ``WatermarkingConfig`` gives turbogen's WatermarkLogitsProcessor; any
-    other config with a ``construct_processor`` (e.g. transformers' SynthID config) builds its own."""
-    vocab_size = _model_vocab_size(model)
+    """The watermarking processor for a ``watermarking_config``, as transformers' ``construct_processor``
+    builds it but with turbogen's classes: a green-list config (turbogen's, transformers', a dict, or any
+    object with the options of ``WatermarkingConfig``) gives ``WatermarkLogitsProcessor``; a SynthID config
+    (turbogen's, transformers', a dict with ``ngram_len`` or ``keys``, or any object with its options) gives
+    ``SynthIDTextWatermarkLogitsProcessor``. Any other config with a ``construct_processor`` builds its own."""
+    device = device if device is not None else "cpu"
     if isinstance(watermarking_config, dict):
-        unknown = sorted(set(watermarking_config) - set(_WATERMARK_OPTIONS))
+        if any(name in watermarking_config for name in _SYNTHID_ONLY_OPTIONS):
+            options, known = dict(watermarking_config), _SYNTHID_OPTIONS
+        else:
+            options, known = dict(watermarking_config), _WATERMARK_OPTIONS
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"`watermarking_config` has unknown keys {unknown}; known: {list(_WATERMARK_OPTIONS)}")
-        options = dict(watermarking_config)
+            raise ValueError(f"`watermarking_config` has unknown keys {unknown}; known: {list(known)}")
+    elif all(hasattr(watermarking_config, name) for name in _SYNTHID_ONLY_OPTIONS):
+        options = {name: getattr(watermarking_config, name) for name in _SYNTHID_OPTIONS
+                   if hasattr(watermarking_config, name)}
     elif hasattr(watermarking_config, "seeding_scheme"):
         options = {name: getattr(watermarking_config, name) for name in _WATERMARK_OPTIONS
                    if hasattr(watermarking_config, name)}
     elif hasattr(watermarking_config, "construct_processor"):
-        return watermarking_config.construct_processor(vocab_size, device)
+        return watermarking_config.construct_processor(_model_vocab_size(model), device)
     else:
         raise ArgumentTypeError(
             f"`watermarking_config` has to be a dict or a watermarking config object, but is "
             f"{type(watermarking_config).__name__}"
         )
-    return WatermarkLogitsProcessor(vocab_size, device if device is not None else "cpu", **options)
+    if any(name in options for name in _SYNTHID_ONLY_OPTIONS):
+        # SynthID needs no vocabulary size: the g-values cover whatever vocabulary the scores have.
+        return SynthIDTextWatermarkLogitsProcessor(device=device, **options)
+    return WatermarkLogitsProcessor(_model_vocab_size(model), device, **options)
 
 
 def _num_beams(config) -> int:
@@ -245,7 +260,8 @@ def build_logits_processor(
     3. with ``do_sample``: ``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``,
        ``MinPLogitsWarper``, ``TypicalLogitsWarper``, ``EpsilonLogitsWarper``, ``EtaLogitsWarper``
        (keeping ``len(eos) + 1`` tokens with beams, else 1);
-    4. the watermark (``watermarking_config``; vocabulary size from ``model.config``), then
+    4. the watermark (``watermarking_config``: green list, vocabulary size from ``model.config``, or
+       SynthID Text), then
        ``LogitNormalization`` (``renormalize_logits``).
 
     With ``sampler_applies_filters=True`` the temperature, top-k, top-p and min-p warpers of step 3
@@ -256,7 +272,7 @@ def build_logits_processor(
     object with those attribute names; a missing attribute counts as unset. The EOS ids are the
     config's ``_eos_token_tensor`` when it has one (set by transformers' ``generate``), else its
     ``eos_token_id``. transformers' own processor objects in ``logits_processor`` are used as they
-    are. ``model`` is required for guidance and watermarking. ``model_kwargs`` is accepted for
+    are. ``model`` is required for guidance and green-list watermarking. ``model_kwargs`` is accepted for
     signature parity and unused, as in transformers 4.57.
 
     Deviations from transformers, where it would crash: options needing the prompt

@@ -182,7 +182,10 @@ class _NGramStageBase:
 
     def _accepted(self, tokens) -> torch.Tensor:
         tokens = accepted_tokens(tokens, self.rows, self.rows_state.history.device)
-        self._grown(self.rows_state.room_for(self.rows_state._longest + tokens.shape[1]))
+        if self.rows_state.max_length is None:
+            # A growing history: track its bound. (With a fixed capacity, reading the host-side bound would make
+            # a compiled step specialise on the prompt's length.)
+            self._grown(self.rows_state.room_for(self.rows_state._longest + tokens.shape[1]))
         return tokens
 
     def _grown(self, capacity: Optional[int]) -> None:

@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from .. import _transformers_compat as _compat
 from .. import ops
 from ..ops import PenaltyState, PenaltyTensors
 from ..ops.penalties import apply_penalty_tensors
@@ -61,7 +62,7 @@ class PenaltyStage:
         self.vocab_known = vocab_size is not None
         width = check_int(vocab_size, "vocab_size", minimum=1) if self.vocab_known else largest_id(prompt_ids) + 1
         self.state = PenaltyState(prompt_ids, max(width, 1),
-                                  seen_from=None if repetition is None else repetition.prompt_ignore_length or 0,
+                                  seen_from=None if repetition is None else _compat.prompt_ignore_length(repetition) or 0,
                                   generated_from=None if presence_frequency is None else presence_frequency.prompt_length,
                                   rollback_window=check_int(rollback_window, "rollback_window", minimum=1))
         self._tensors: "tuple[tuple, PenaltyTensors] | None" = None
@@ -166,7 +167,9 @@ def _is_int_or_none(value) -> bool:
 def is_repetition_penalty(processor) -> bool:
     """The exact repetition penalty class (turbogen's or transformers') with a whole-batch
     ``prompt_ignore_length`` (transformers 5 also takes a per-row tensor of them: that stays stateless)."""
-    return is_exactly(processor, RepetitionPenaltyLogitsProcessor) and _is_int_or_none(processor.prompt_ignore_length)
+    # transformers 4.45's class has no `prompt_ignore_length` (None: every token counts).
+    return (is_exactly(processor, RepetitionPenaltyLogitsProcessor)
+            and _is_int_or_none(_compat.prompt_ignore_length(processor)))
 
 
 def is_presence_frequency_penalty(processor) -> bool:

@@ -1,0 +1,348 @@
+"""Contrastive search (``penalty_alpha > 0`` with ``top_k > 1`` and ``do_sample=False``), natively.
+
+transformers 4.45.2's ``GenerationMixin._contrastive_search`` is the oracle (4.57 moved the strategy to a Hub
+repository): the same tokens, scores, logits, hidden states, attentions and returned cache. One step:
+
+1. the logits of the next position (the selected candidate's, from the previous step; the prompt's last
+   position at the start) go through the logits processors; their softmax gives the ``top_k`` candidates and
+   their probabilities (the *model confidence*);
+2. every candidate is fed to the model, all ``top_k`` of a row in one forward over the row's cache repeated
+   ``top_k`` times (the batched default), or one candidate at a time over the row's cache (``low_memory``);
+3. the *degeneration penalty* of a candidate is the largest cosine similarity between its last hidden state and
+   the last hidden states of the row's context (padding excluded); the candidate maximising
+   ``(1 - alpha) * confidence - alpha * penalty`` is chosen;
+4. the chosen candidate's cache, hidden state and logits are kept: its logits are the next step's, so each
+   step costs one forward (``low_memory``: ``top_k + 1`` forwards of one row each).
+
+The model is called directly with a transformers cache (a ``DynamicCache``, or the legacy tuples of a model that
+only returns those, such as GPT-2 under 4.45): contrastive search needs the model's hidden states and a cache it
+can repeat and select rows of, which turbogen's :class:`~turbogen.generation.runner.ModelRunner` does not
+expose. The inputs are those transformers' ``prepare_inputs_for_generation`` builds for these models
+(positions from the attention mask, ``cache_position``, logits of the last position only), so each forward
+computes exactly what the oracle's computes.
+
+``low_memory`` with a batch of several rows: 4.45.2 stacks the candidates' outputs candidate-major while it ranks
+them row-major, and then feeds ``rows * rows`` tokens for the chosen ones, so it fails (or ranks another row's
+candidates); turbogen ranks each row's own candidates, giving the batched default's tokens. With one row both
+orders agree, and the tokens are 4.45.2's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Any, Optional
+
+import torch
+
+from .. import _transformers_compat as _compat
+from ..errors import UnsupportedByTurbogen
+from ..processors.stages import LogitsStages
+from ..stopping import StoppingPlan
+from .record import Record
+
+__all__ = ["ContrastiveResult", "contrastive_from_call", "contrastive_ranking", "run_contrastive_search"]
+
+
+class ContrastiveResult:
+    """What :func:`run_contrastive_search` returns: the ``[rows, length]`` sequences (prompt included) and the
+    cache as 4.45.2 returns it (without the last token's entry; ``None`` if the model keeps no cache)."""
+
+    def __init__(self, sequences: torch.Tensor, past_key_values: Any):
+        self.sequences = sequences
+        self.past_key_values = past_key_values
+
+
+def contrastive_ranking(context_hidden: torch.Tensor, next_hidden: torch.Tensor, top_k_probs: torch.Tensor,
+                        context_mask: torch.Tensor, alpha: float, top_k: int) -> torch.Tensor:
+    """The index (in ``0 .. top_k - 1``) of the chosen candidate of every row: 4.45.2's ``_ranking_fast``.
+
+    Args:
+        context_hidden: ``[rows * top_k, context, hidden]``, each row's context repeated per candidate.
+        next_hidden: ``[rows * top_k, 1, hidden]``, the candidates' last hidden states, row-major.
+        top_k_probs: ``[rows, top_k]``, the candidates' probabilities.
+        context_mask: ``[rows * top_k, context]``, 0 at padding (never similar), 1 elsewhere.
+    """
+    norm_context = context_hidden / context_hidden.norm(dim=2, keepdim=True)
+    norm_next = next_hidden / next_hidden.norm(dim=2, keepdim=True)
+    cosine = torch.matmul(norm_context, norm_next.transpose(1, 2)).squeeze(-1)  # [rows * top_k, context]
+    mask = context_mask.to(dtype=cosine.dtype)
+    cosine = cosine + (1 - mask) * torch.finfo(cosine.dtype).min
+    penalty, _ = torch.max(cosine, dim=-1)
+    score = (1.0 - alpha) * top_k_probs.view(-1) - alpha * penalty
+    return torch.stack(torch.split(score, top_k)).max(dim=-1)[1]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The cache: a transformers Cache (updated in place by the model) or legacy tuples (returned anew)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _is_cache_object(past: Any) -> bool:
+    return past is not None and not isinstance(past, (tuple, list))
+
+
+def _repeat_rows(past: Any, times: int) -> Any:
+    if _is_cache_object(past):
+        _compat.cache_batch_repeat_interleave(past, times)
+        return past
+    return tuple(tuple(item.repeat_interleave(times, dim=0) for item in layer) for layer in past)
+
+
+def _select_rows(past: Any, index: torch.Tensor) -> Any:
+    if _is_cache_object(past):
+        _compat.cache_batch_select_indices(past, index)
+        return past
+    return tuple(tuple(item[index, ...] for item in layer) for layer in past)
+
+
+def _drop_last_position(past: Any, length: int) -> Any:
+    """``past`` (``length`` positions) without its last one."""
+    if _is_cache_object(past):
+        _compat.crop_cache(past, length - 1, current=length)
+        return past
+    return tuple(tuple(item[..., :-1, :] for item in layer) for layer in past)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The model call
+# --------------------------------------------------------------------------------------------------------
+
+
+class _ModelCaller:
+    """Calls a decoder-only model as transformers' decoding loop does after ``prepare_inputs_for_generation``:
+    positions from the attention mask (``cumsum - 1``, 1 at padding), ``cache_position`` and logits of the last
+    position only where ``forward`` takes them, hidden states always."""
+
+    def __init__(self, model: Any, output_attentions: bool, model_kwargs: dict):
+        self.model = model
+        parameters = inspect.signature(model.forward).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        self.takes = lambda name: name in parameters or (takes_any and name == "cache_position")
+        self.output_attentions = output_attentions
+        self.extra = {}
+        for name in ("num_logits_to_keep", "logits_to_keep"):
+            if name in parameters:
+                self.extra[name] = 1
+        ignored = {"attention_mask", "past_key_values", "use_cache", "cache_position", "position_ids",
+                   "output_attentions", "output_hidden_states", "return_dict", "num_logits_to_keep",
+                   "logits_to_keep"}
+        for name, value in model_kwargs.items():
+            if name in ignored or value is None:
+                continue
+            if name in ("prefill_chunk_size", "inputs_embeds"):
+                raise UnsupportedByTurbogen(f"contrastive search with `{name}` is not supported by "
+                                            "turbogen.generate.", reason=f"contrastive search with `{name}`")
+            if isinstance(value, torch.Tensor):
+                raise UnsupportedByTurbogen(f"contrastive search with the model input `{name}` is not supported "
+                                            "by turbogen.generate.", reason=f"contrastive search with `{name}`")
+            self.extra[name] = value
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: Any, cached: int,
+                 hidden_states: bool = True, attentions: Optional[bool] = None) -> Any:
+        """One forward of ``input_ids`` (``[rows, new]``) after ``cached`` positions of ``past``;
+        ``attention_mask`` covers the cached and the new positions."""
+        new = input_ids.shape[1]
+        arguments = dict(self.extra)
+        arguments.update(input_ids=input_ids, past_key_values=past, use_cache=True, return_dict=True,
+                         output_hidden_states=hidden_states,
+                         output_attentions=self.output_attentions if attentions is None else attentions)
+        if self.takes("attention_mask"):
+            arguments["attention_mask"] = attention_mask
+        if self.takes("position_ids"):
+            positions = _compat.position_ids_from_attention_mask(attention_mask)
+            arguments["position_ids"] = positions[:, -new:].clone(memory_format=torch.contiguous_format)
+        if self.takes("cache_position"):
+            arguments["cache_position"] = torch.arange(cached, cached + new, device=input_ids.device)
+        return self.model(**arguments)
+
+
+def _stack_candidate_outputs(outputs: list, rows: int, top_k: int) -> types.SimpleNamespace:
+    """The per-candidate outputs of the sequential mode (``top_k`` outputs of ``rows`` rows each) as one output
+    of ``rows * top_k`` rows, row-major (the batched mode's layout)."""
+
+    def interleave(tensors):
+        stacked = torch.stack(list(tensors), dim=1)  # [rows, top_k, ...]
+        return stacked.reshape(rows * top_k, *stacked.shape[2:])
+
+    logits = interleave(o.logits for o in outputs)
+    hidden = tuple(interleave(layer) for layer in zip(*(o.hidden_states for o in outputs)))
+    attentions = None
+    if outputs[0].attentions is not None:
+        attentions = tuple(interleave(layer) for layer in zip(*(o.attentions for o in outputs)))
+    return types.SimpleNamespace(logits=logits, hidden_states=hidden, attentions=attentions)
+
+
+def _pick(tensor: torch.Tensor, rows: int, top_k: int, selected: torch.Tensor) -> torch.Tensor:
+    """Row ``selected[r]`` of each group of ``top_k`` rows of ``tensor``."""
+    return torch.stack(torch.split(tensor, top_k))[range(rows), selected, ...]
+
+
+def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                           past_key_values: Any, processors: Any, stopping: StoppingPlan, record: Record,
+                           pad_token: Optional[torch.Tensor], penalty_alpha: float, top_k: int,
+                           low_memory: bool = False, streamer: Any = None,
+                           model_kwargs: Optional[dict] = None, return_dict: bool = False) -> ContrastiveResult:
+    """Contrastive search from ``input_ids`` (``[rows, prompt_length]``, left-padded) until ``stopping`` ends it.
+
+    Args:
+        model: a decoder-only transformers causal LM.
+        attention_mask: ``[rows, prompt_length]`` (``None``: no padding).
+        past_key_values: an empty transformers ``DynamicCache``, or ``None`` (the model makes its own cache:
+            a ``DynamicCache``, or legacy tuples).
+        processors: the logits processors (4.45.2 applies no warper: ``top_k`` selects the candidates).
+        stopping: the stopping criteria; finished rows get ``pad_token`` when a criterion has an
+            ``eos_token_id``.
+        record: collects the scores, logits, attentions and hidden states ``return_dict_in_generate`` asks for.
+        penalty_alpha: the weight of the degeneration penalty (``0 < penalty_alpha``).
+        top_k: candidates per step (``> 1``).
+        low_memory: feed the candidates one at a time (``top_k + 1`` forwards of ``rows`` rows a step) instead
+            of ``top_k`` at once.
+        model_kwargs: other model inputs (non-tensor flags only); tensors are refused.
+        return_dict: the cache is returned (``return_dict_in_generate``): its last position is dropped, as
+            4.45.2 does then (and only then).
+
+    Returns:
+        a :class:`ContrastiveResult`.
+    """
+    if _compat.is_encoder_decoder_model(model):
+        raise UnsupportedByTurbogen("contrastive search is not supported for encoder-decoder models by "
+                                    "turbogen.generate.", reason="contrastive search with an encoder-decoder model")
+    if past_key_values is not None and (not _compat.is_dynamic_cache(past_key_values)
+                                        or int(past_key_values.get_seq_length()) != 0):
+        raise UnsupportedByTurbogen("contrastive search needs an empty DynamicCache (the default cache): "
+                                    f"got {type(past_key_values).__name__}.",
+                                    reason="contrastive search with another cache")
+    if low_memory and past_key_values is not None and not _compat.can_crop_cache(past_key_values):
+        raise UnsupportedByTurbogen("contrastive search with `low_memory=True` needs a cache it can crop back "
+                                    "after each candidate (a sliding-window cache cannot once its window is full).",
+                                    reason="low_memory contrastive search with an uncroppable cache")
+    rows, prompt_length = input_ids.shape
+    device = input_ids.device
+    if stopping.pads_finished_rows and pad_token is None:
+        raise ValueError("Finished rows must be padded but neither `pad_token_id` nor `eos_token_id` is set.")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.long()
+    call = _ModelCaller(model, record.wants_attentions, model_kwargs or {})
+    stages = LogitsStages.from_processors(list(processors), input_ids) if processors else None
+    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+    context_mask = attention_mask.repeat_interleave(top_k, dim=0)
+    sequences = input_ids
+
+    # The prompt: its last hidden states are the first context, its last logits the first candidates'.
+    outputs = call(sequences, attention_mask, past_key_values, cached=0)
+    past = outputs.past_key_values
+    if past is None:
+        raise ValueError(f"{type(model).__name__} does not support caching and therefore can't be used for "
+                         "contrastive search.")
+    last_hidden = outputs.hidden_states[-1]
+    next_logits = outputs.logits[:, -1, :].clone().float()
+    step_outputs = outputs
+    del outputs
+    while True:
+        length = sequences.shape[1]
+        mask_with_candidate = torch.cat([attention_mask, attention_mask.new_ones((rows, 1))], dim=-1)
+        scores = stages.apply(sequences, next_logits) if stages is not None else next_logits
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        top_k_probs, top_k_ids = torch.topk(probs, dim=-1, k=top_k)
+        record.logits(next_logits)
+        record.scores(scores)
+        record.model_outputs(step_outputs)
+        del step_outputs
+
+        if low_memory:
+            each = []
+            for i in range(top_k):
+                output = call(top_k_ids[:, i].view(-1, 1), mask_with_candidate, past, cached=length)
+                if _is_cache_object(past):
+                    _drop_last_position(past, length + 1)
+                each.append(output)
+            outputs = _stack_candidate_outputs(each, rows, top_k)
+            del each
+        else:
+            past = _repeat_rows(past, top_k)
+            outputs = call(top_k_ids.view(-1, 1), mask_with_candidate.repeat_interleave(top_k, dim=0), past,
+                           cached=length)
+
+        next_hidden = outputs.hidden_states[-1]
+        candidate_logits = outputs.logits[:, -1, :].float()
+        context_hidden = last_hidden.repeat_interleave(top_k, dim=0)
+        selected = contrastive_ranking(context_hidden, next_hidden, top_k_probs, context_mask, penalty_alpha, top_k)
+        context_mask = torch.cat([context_mask, context_mask.new_ones((context_mask.shape[0], 1))], dim=-1)
+        selected = selected.to("cpu")
+        tokens = top_k_ids[range(rows), selected]
+        chosen_hidden = _pick(next_hidden.squeeze(dim=1), rows, top_k, selected)
+        last_hidden = torch.cat([last_hidden, chosen_hidden.unsqueeze(1)], dim=1)
+        layers_hidden = tuple(_pick(layer, rows, top_k, selected) for layer in outputs.hidden_states)
+        layers_attentions = None
+        if record.wants_attentions and outputs.attentions is not None:
+            layers_attentions = tuple(_pick(layer, rows, top_k, selected) for layer in outputs.attentions)
+        if low_memory:
+            rerun = call(tokens.view(-1, 1), mask_with_candidate, past, cached=length, hidden_states=False,
+                         attentions=False)
+            past = rerun.past_key_values
+            del rerun
+        else:
+            past = _select_rows(outputs.past_key_values,
+                                torch.tensor([int(x) + i * top_k for i, x in enumerate(selected)]))
+        next_logits = _pick(candidate_logits, rows, top_k, selected)
+        step_outputs = types.SimpleNamespace(hidden_states=layers_hidden, attentions=layers_attentions or None)
+        del outputs
+
+        tokens = tokens.to(device)
+        if stopping.pads_finished_rows:
+            tokens = torch.where(unfinished, tokens, pad_token.to(device))
+        sequences = torch.cat([sequences, tokens[:, None]], dim=-1)
+        attention_mask = mask_with_candidate
+        if stages is not None:
+            stages.accept(tokens)
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        done = stopping.rows_done(sequences, record.collected_scores)
+        if done is not None:
+            unfinished = unfinished & ~done
+        if stopping.stops_all(sequences.shape[1]) or not bool(unfinished.any()):
+            break
+    if streamer is not None:
+        streamer.end()
+    if return_dict:
+        # The cache holds the last token too (looked ahead); 4.45.2 returns it as the other loops leave it.
+        past = _drop_last_position(past, sequences.shape[1])
+    return ContrastiveResult(sequences, past)
+
+
+def contrastive_from_call(model: Any, call: Any, record: Record, streamer: Any = None) -> Any:
+    """Contrastive search for a resolved :func:`turbogen.generate` call (a
+    :class:`~turbogen.generation.prepare.PreparedCall` whose mode is contrastive search): the sequences, or with
+    ``return_dict_in_generate`` a ``GenerateDecoderOnlyOutput`` (scores, logits, attentions, hidden states and
+    the cache, as 4.45.2 returns them)."""
+    from ..outputs import GenerateDecoderOnlyOutput
+
+    config = call.config
+    if call.encoder_outputs is not None:
+        raise UnsupportedByTurbogen("contrastive search is not supported for encoder-decoder models by "
+                                    "turbogen.generate.", reason="contrastive search with an encoder-decoder model")
+    if config.use_cache is False:
+        raise ValueError("Contrastive search requires `use_cache=True`")
+    model_kwargs = dict(call.model_kwargs)
+    attention_mask = model_kwargs.pop("attention_mask", None)
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise UnsupportedByTurbogen("contrastive search from `inputs_embeds` is not supported by turbogen.generate.",
+                                    reason="contrastive search with inputs_embeds")
+    if streamer is not None:
+        streamer.put(call.input_ids.cpu())
+    result = run_contrastive_search(
+        model, call.input_ids, attention_mask, call.cache, call.processors, call.stopping, record, call.tokens.pad,
+        penalty_alpha=float(config.penalty_alpha), top_k=int(config.top_k), low_memory=bool(config.low_memory),
+        streamer=streamer, model_kwargs=model_kwargs, return_dict=bool(config.return_dict_in_generate))
+    if not config.return_dict_in_generate:
+        return result.sequences
+    return GenerateDecoderOnlyOutput(
+        sequences=result.sequences,
+        scores=record.collected_scores,
+        logits=record.collected_logits,
+        attentions=record.attentions,
+        hidden_states=record.hidden_states,
+        past_key_values=result.past_key_values,
+    )

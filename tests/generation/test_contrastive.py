@@ -1,0 +1,231 @@
+"""Contrastive search (``penalty_alpha`` > 0, ``top_k`` > 1, ``do_sample=False``) against transformers 4.45.2.
+
+4.45.2's ``_contrastive_search`` is the oracle (4.57 moved the strategy to the Hub). It runs in two ways:
+
+* live, in the transformers 4.45.2 environment (``.venv-hf445``): turbogen and 4.45.2's ``generate`` on the same
+  models and prompts, compared exactly: sequences, scores, logits, hidden states, attentions and the returned
+  cache (skipped elsewhere, with the reason);
+* stored, in every environment: turbogen's tokens equal the ones 4.45.2 produced for the in-process models of
+  ``data/contrastive_models.py`` (``data/contrastive_oracle_4_45_2.json``, written by
+  ``scripts/make_contrastive_oracle.py`` under 4.45.2). A case is skipped, with the reason, where this
+  environment's transformers computes the model itself differently (its greedy output differs from 4.45.2's).
+
+Until ``turbogen.generate`` dispatches contrastive search (requested from generate.py / prepare.py), the calls go
+through :func:`turbogen_contrastive`, which resolves the call with ``prepare_call`` and runs
+:func:`turbogen.generation.contrastive.contrastive_from_call`, as the dispatch will.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+
+import transformers
+
+from turbogen import _transformers_compat as _compat
+from turbogen.errors import UnsupportedByTurbogen
+from turbogen.generation.contrastive import contrastive_from_call, contrastive_ranking
+
+DATA = pathlib.Path(__file__).parent / "data"
+ORACLE = json.loads((DATA / "contrastive_oracle_4_45_2.json").read_text())
+
+_spec = importlib.util.spec_from_file_location("contrastive_models", DATA / "contrastive_models.py")
+models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(models)
+
+IS_4_45 = transformers.__version__.startswith("4.45.")
+live_oracle = pytest.mark.skipif(
+    not IS_4_45, reason=f"the live oracle is transformers 4.45.2's contrastive search; this is "
+                        f"{transformers.__version__} (run in .venv-hf445); the stored oracle tests run here")
+
+pytestmark = pytest.mark.filterwarnings("ignore:GenerationConfig has flags:UserWarning")
+
+_MODELS = {}
+
+
+def _model(kind):
+    if kind not in _MODELS:
+        _MODELS[kind] = models.build_model(kind)
+    return _MODELS[kind]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_transformers():
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    yield
+    transformers.logging.set_verbosity(verbosity)
+
+
+def turbogen_contrastive(model, input_ids, attention_mask, **arguments):
+    """turbogen's contrastive search for a ``generate(model, input_ids, attention_mask=..., **arguments)`` call:
+    through ``turbogen.generate`` once it dispatches contrastive search, else as that dispatch will."""
+    from turbogen.generate import generate
+    from turbogen.generation.prepare import prepare_call
+    from turbogen.generation.record import Record
+
+    arguments = dict(arguments, pad_token_id=models.PAD_ID, eos_token_id=models.EOS_ID)
+    try:
+        return generate(model, input_ids, attention_mask=attention_mask, **arguments)
+    except UnsupportedByTurbogen as error:
+        if "contrastive" not in str(error):
+            raise
+    alpha, top_k = arguments.pop("penalty_alpha"), arguments.pop("top_k")
+    low_memory = arguments.pop("low_memory", False)
+    # The cache is made here (prepare_call's refuses transformers 4.45 until the requested prepare.py fix).
+    arguments.update(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    with torch.no_grad():
+        call = prepare_call(model, None, None, None, None, None, None, None, arguments)
+        call.config.penalty_alpha, call.config.top_k, call.config.low_memory = alpha, top_k, low_memory
+        call.config.use_cache = True
+        call.cache = _compat.new_dynamic_cache() if _compat.supports_default_dynamic_cache(model) else None
+        return contrastive_from_call(model, call, Record(call.config))
+
+
+def _oracle(model, input_ids, attention_mask, **arguments):
+    with torch.no_grad():
+        return model.generate(input_ids, attention_mask=attention_mask, do_sample=False, pad_token_id=models.PAD_ID,
+                              eos_token_id=models.EOS_ID, **arguments)
+
+
+CASE_IDS = [name for name, *_ in models.CASES]
+
+
+def _case(name):
+    for case in models.CASES:
+        if case[0] == name:
+            return case
+    raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stored oracle: every environment
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_equals_stored_4_45_2_oracle(name):
+    _, kind, prompt, arguments = _case(name)
+    stored = ORACLE["cases"][name]
+    assert stored["arguments"] == arguments, "the cases changed: rerun scripts/make_contrastive_oracle.py"
+    model = _model(kind)
+    input_ids, attention_mask = models.prompts(prompt)
+    greedy = _oracle(model, input_ids, attention_mask, max_new_tokens=arguments["max_new_tokens"])
+    if greedy.tolist() != stored["greedy"]:
+        pytest.skip(f"transformers {transformers.__version__} computes this model differently from 4.45.2 (its "
+                    "greedy output differs), so 4.45.2's contrastive tokens are not expected here")
+    out = turbogen_contrastive(model, input_ids, attention_mask, return_dict_in_generate=True, output_scores=True,
+                               **arguments)
+    assert out.sequences.tolist() == stored["sequences"]
+    max_scores = [[float(v) for v in step.max(dim=-1).values] for step in out.scores]
+    torch.testing.assert_close(torch.tensor(max_scores), torch.tensor(stored["max_scores"]), atol=1e-4, rtol=0)
+
+
+def test_stored_oracle_covers_every_case():
+    assert sorted(ORACLE["cases"]) == sorted(CASE_IDS)
+    assert ORACLE["transformers"].startswith("4.45.")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Live oracle: transformers 4.45.2
+# --------------------------------------------------------------------------------------------------------
+
+
+@live_oracle
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_sequences_equal_live_4_45_2(name):
+    _, kind, prompt, arguments = _case(name)
+    model = _model(kind)
+    input_ids, attention_mask = models.prompts(prompt)
+    expected = _oracle(model, input_ids, attention_mask, **arguments)
+    assert torch.equal(turbogen_contrastive(model, input_ids, attention_mask, **arguments), expected)
+
+
+def _assert_nested_equal(actual, expected, what):
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), what
+        assert torch.equal(actual, expected), what
+        return
+    if expected is None:
+        assert actual is None, what
+        return
+    if hasattr(expected, "to_legacy_cache"):
+        expected = expected.to_legacy_cache()
+    if hasattr(actual, "to_legacy_cache"):
+        actual = actual.to_legacy_cache()
+    assert len(actual) == len(expected), what
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        _assert_nested_equal(a, e, f"{what}[{i}]")
+
+
+@live_oracle
+@pytest.mark.parametrize("name", ["llama-padded", "gpt2-padded", "llama-single-low_memory",
+                                  "gpt2-single-low_memory", "llama-padded-k2-alpha0.3-rep"])
+def test_return_dict_equals_live_4_45_2(name):
+    _, kind, prompt, arguments = _case(name)
+    model = _model(kind)
+    input_ids, attention_mask = models.prompts(prompt)
+    flags = dict(return_dict_in_generate=True, output_scores=True, output_logits=True, output_hidden_states=True,
+                 output_attentions=True)
+    expected = _oracle(model, input_ids, attention_mask, **flags, **arguments)
+    actual = turbogen_contrastive(model, input_ids, attention_mask, **flags, **arguments)
+    assert type(actual).__name__ == type(expected).__name__
+    for field in ("sequences", "scores", "logits", "hidden_states", "attentions", "past_key_values"):
+        _assert_nested_equal(getattr(actual, field), getattr(expected, field), field)
+
+
+@live_oracle
+def test_tiny_suite_models_equal_live_4_45_2():
+    """The suite's own tiny models (tests/tiny_models.py, tokenizer-built prompts) too."""
+    from tiny_models import encode_batch, tiny_model
+
+    input_ids, attention_mask = encode_batch(["the quick brown fox", "hello"])
+    for kind in ("llama", "gpt2"):
+        model = tiny_model(kind)
+        for low_memory, rows in ((False, 2), (True, 1)):
+            arguments = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=8, low_memory=low_memory)
+            expected = _oracle(model, input_ids[:rows], attention_mask[:rows], **arguments)
+            actual = turbogen_contrastive(model, input_ids[:rows], attention_mask[:rows], **arguments)
+            assert torch.equal(actual, expected), (kind, low_memory)
+
+
+# --------------------------------------------------------------------------------------------------------
+# turbogen's own properties
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", models.KINDS)
+def test_low_memory_batch_equals_batched(kind):
+    """With several rows, 4.45.2's ``low_memory`` mixes rows up (it fails); turbogen ranks each row's own
+    candidates, so both modes give the same tokens."""
+    model = _model(kind)
+    input_ids, attention_mask = models.prompts("padded")
+    arguments = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=10)
+    batched = turbogen_contrastive(model, input_ids, attention_mask, **arguments)
+    sequential = turbogen_contrastive(model, input_ids, attention_mask, low_memory=True, **arguments)
+    assert torch.equal(sequential, batched)
+
+
+def test_ranking_is_the_degeneration_penalty():
+    torch.manual_seed(0)
+    rows, top_k, context, hidden = 2, 3, 5, 8
+    context_hidden = torch.randn(rows, context, hidden)
+    next_hidden = torch.randn(rows * top_k, 1, hidden)
+    probs = torch.softmax(torch.randn(rows, top_k), dim=-1)
+    mask = torch.ones(rows, context, dtype=torch.long)
+    mask[1, :2] = 0
+    alpha = 0.6
+    selected = contrastive_ranking(context_hidden.repeat_interleave(top_k, dim=0), next_hidden, probs,
+                                   mask.repeat_interleave(top_k, dim=0), alpha, top_k)
+    for row in range(rows):
+        best = []
+        for k in range(top_k):
+            candidate = next_hidden[row * top_k + k, 0]
+            similarity = torch.nn.functional.cosine_similarity(context_hidden[row], candidate[None], dim=-1)
+            penalty = similarity[mask[row].bool()].max()
+            best.append(float((1 - alpha) * probs[row, k] - alpha * penalty))
+        assert int(selected[row]) == max(range(top_k), key=best.__getitem__)
