@@ -216,6 +216,12 @@ def test_write_kv_compiles_through_its_custom_op():
     assert torch.equal(key_cache.view(6, 1, 4)[4], key[0]) and torch.equal(value_cache.view(6, 1, 4)[1], value[1])
 
 
+def _error_case_ids(cases) -> list[str]:
+    """Test ids from the overridden arguments and the expected message: the same in every process (an id made from
+    a tensor's repr would hold random values, and pytest-xdist workers would disagree on the tests collected)."""
+    return [f"{'+'.join(overrides)}:{match}" for overrides, _, match in cases]
+
+
 WRITE_KV_ERRORS = [
     (dict(slot_mapping=torch.tensor([0, 20])), ValueError, "slot_mapping entries must be in"),
     (dict(slot_mapping=torch.tensor([-2, 0])), ValueError, "slot_mapping entries must be in"),
@@ -232,7 +238,7 @@ WRITE_KV_ERRORS = [
 
 
 @pytest.mark.parametrize("backend", backend_params(("ref", "cpu")))
-@pytest.mark.parametrize("overrides,error,match", WRITE_KV_ERRORS, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("overrides,error,match", WRITE_KV_ERRORS, ids=_error_case_ids(WRITE_KV_ERRORS))
 def test_write_kv_refuses_bad_arguments(backend, overrides, error, match):
     arguments = dict(key=torch.randn(2, 2, 6), value=torch.randn(2, 2, 6), key_cache=torch.zeros(5, 4, 2, 6),
                      value_cache=torch.zeros(5, 4, 2, 6), slot_mapping=torch.tensor([0, 1]))
@@ -281,7 +287,7 @@ PAGED_ERRORS = [
 
 
 @pytest.mark.parametrize("backend", backend_params(("ref", "cpu")))
-@pytest.mark.parametrize("overrides,error,match", PAGED_ERRORS, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("overrides,error,match", PAGED_ERRORS, ids=_error_case_ids(PAGED_ERRORS))
 def test_paged_attention_refuses_bad_arguments(backend, overrides, error, match):
     arguments = _valid()
     arguments.update(overrides)
