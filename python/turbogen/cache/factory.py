@@ -13,7 +13,9 @@ transformers' own cache classes, except ``"static"``, which is turbogen's :class
 - ``"offloaded_static"``, ``"offloaded_hybrid"``, ``"offloaded_hybrid_chunked"``: the same with
   ``offloading=True`` (CUDA only);
 - ``"quantized"``: ``QuantizedCache(backend=..., config=..., **cache_config)`` (needs optimum-quanto, or hqq for
-  ``backend="hqq"``).
+  ``backend="hqq"``);
+- ``"paged"`` (turbogen's, not 4.57's): :class:`~turbogen.cache.paged.PagedKVCache` (issue 10, see
+  :data:`PAGED_CACHE_IMPLEMENTATION`).
 
 transformers 5 builds the same classes with the same constructor arguments; it has no ``"dynamic_full"`` and
 ignores ``"hybrid"`` (turbogen keeps 4.57's meaning of both).
@@ -32,13 +34,19 @@ from ..errors import UnsupportedByTurbogen
 from ._shape import positive_int, text_config
 from .static import StaticKVCache
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "OFFLOADED_CACHE_IMPLEMENTATIONS", "make_cache", "quantized_backend_available"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "OFFLOADED_CACHE_IMPLEMENTATIONS", "PAGED_CACHE_IMPLEMENTATION", "make_cache",
+           "quantized_backend_available"]
 
 #: The ``cache_implementation`` names turbogen builds (all of transformers 4.57's); ``None`` means ``"dynamic"``.
 CACHE_IMPLEMENTATIONS = (
     "dynamic", "static", "dynamic_full", "sliding_window", "hybrid", "hybrid_chunked", "offloaded",
     "offloaded_static", "offloaded_hybrid", "offloaded_hybrid_chunked", "quantized",
 )
+#: turbogen's paged KV cache (issue 10): :func:`make_cache` builds a :class:`~turbogen.cache.paged.PagedKVCache`
+#: of ``batch_size * ceil(max_cache_len / 16)`` blocks of 16 slots, which ``generate`` runs through
+#: :class:`~turbogen.generation.paged_runner.PagedRunner` (packed forwards over ``attn_implementation=
+#: "turbogen_paged"``; beam reordering forks block tables). Not in :data:`CACHE_IMPLEMENTATIONS` (4.57's names).
+PAGED_CACHE_IMPLEMENTATION = "paged"
 #: Names whose cache moves each layer to the CPU between uses; transformers does that through CUDA streams,
 #: so these need a model on a CUDA device.
 OFFLOADED_CACHE_IMPLEMENTATIONS = ("offloaded", "offloaded_static", "offloaded_hybrid", "offloaded_hybrid_chunked")
@@ -93,6 +101,12 @@ def make_cache(cache_implementation: Optional[str], model: Any, batch_size: int,
             backend's package (as transformers).
     """
     name = "dynamic" if cache_implementation is None else cache_implementation
+    if name == PAGED_CACHE_IMPLEMENTATION:
+        # turbogen's own kind (not one of 4.57's): a PagedKVCache for generate()'s PagedRunner (issue 10).
+        from ..generation.paged_runner import new_paged_cache
+
+        return new_paged_cache(model, positive_int(batch_size, "batch_size"),
+                               positive_int(max_cache_len, "max_cache_len"), dtype=dtype, device=device)
     if name not in CACHE_IMPLEMENTATIONS:
         if name in ALL_CACHE_IMPLEMENTATIONS:
             raise UnsupportedByTurbogen(f"cache_implementation={name!r} is a transformers cache that turbogen "

@@ -171,8 +171,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("cache_implementation", None, CACHE, "str",
               "cache class to build in ``generate``: ``\"dynamic\"``, ``\"dynamic_full\"``, ``\"static\"``, "
               "``\"offloaded\"``, ``\"offloaded_static\"``, ``\"quantized\"`` (or one of the deprecated aliases "
-              "transformers still accepts); ``None`` uses the model's default cache.",
-              check=one_of(*ALL_CACHE_IMPLEMENTATIONS, None)),
+              "transformers still accepts), or turbogen's ``\"paged\"`` (a paged KV cache, block tables forked "
+              "by beam search); ``None`` uses the model's default cache.",
+              check=one_of(*ALL_CACHE_IMPLEMENTATIONS, "paged", None)),
     Parameter("cache_config", None, CACHE, "dict",
               "keyword arguments for the cache class."),
     Parameter("return_legacy_cache", None, CACHE, "bool",

@@ -615,8 +615,10 @@ def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, row
         if isinstance(user_cache, tuple):
             user_cache = _compat.dynamic_cache_from_legacy(user_cache)
         return user_cache
-    if config.use_cache is False:
+    if config.use_cache is False:  # every cache_implementation, "paged" included, is then ignored (a warning)
         return None
+    if config.cache_implementation == "paged":
+        _refuse_for_paged_cache(config)
     # 4.45 defines it as an instance method (False for models returning only legacy tuples, e.g. GPT-2).
     if _compat.supports_default_dynamic_cache(model) is False:
         return None
@@ -625,6 +627,20 @@ def _prepare_cache(model: Any, config: GenerationConfig, model_kwargs: dict, row
     # The last generated token is never fed back, hence one position less than the longest sequence.
     return make_cache(config.cache_implementation, model, batch_size=rows, max_cache_len=max_length - 1,
                       cache_config=config.cache_config)
+
+
+def _refuse_for_paged_cache(config: GenerationConfig) -> None:
+    """What ``cache_implementation="paged"`` (turbogen's paged KV cache, run by
+    :class:`~turbogen.generation.paged_runner.PagedRunner`: greedy search, sampling, beam search) cannot serve,
+    refused before the cache is built; the runner refuses the rest (model kinds, recorded attentions, inputs)."""
+    def refuse(what: str, reason: str) -> None:
+        raise UnsupportedByTurbogen(f'cache_implementation="paged" does not support {what}.',
+                                    reason=f"cache_implementation='paged' with {reason}")
+
+    if config.get_generation_mode() == GenerationMode.CONTRASTIVE_SEARCH:
+        refuse("contrastive search", "contrastive search")
+    if config.prefill_chunk_size is not None:
+        refuse("`prefill_chunk_size`", "prefill_chunk_size")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import torch
 
 from .. import _transformers_compat as _compat
+from ..cache.paged import PagedKVCache
 from ..cache.static import StaticKVCache, reorder_rows_
 from ..errors import UnsupportedByTurbogen
 from .prepare import accepts, forward_parameters, is_encoder_decoder
@@ -78,7 +79,15 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
     Besides model inputs, ``model_kwargs`` may hold ``inputs_embeds`` (fed in place of the prompt's ids at the
     prefill: see :class:`DirectRunner`) and ``prefill_chunk_size`` (a generation option, not a model input:
     the prefill runs in chunks of that many positions); :class:`PreparedRunner` refuses both with
-    :class:`~turbogen.errors.UnsupportedByTurbogen`."""
+    :class:`~turbogen.errors.UnsupportedByTurbogen`.
+
+    A :class:`~turbogen.cache.paged.PagedKVCache` (``cache_implementation="paged"``) gets a
+    :class:`~turbogen.generation.paged_runner.PagedRunner` (packed forwards over the paged cache), which refuses
+    what it cannot run."""
+    if isinstance(cache, PagedKVCache):
+        from .paged_runner import PagedRunner
+
+        return PagedRunner(model, input_ids, model_kwargs, cache, use_cache, max_length, record)
     if is_encoder_decoder(model):
         # The decoder's inputs (decoder ids, masks, encoder outputs, the two-part cache) follow transformers'
         # own preparation step by step; the encoder ran once in `prepare_call`.
