@@ -1,10 +1,12 @@
-"""Helpers shared by the benchmarks: the sampling shapes and parameter mixes, and the memory-read floor
-every CPU kernel is compared with."""
+"""Helpers shared by the benchmarks: the sampling shapes and parameter mixes, the memory-read floor every CPU
+kernel is compared with, and alternating timing of several implementations."""
 
 from __future__ import annotations
 
 import functools
+import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -38,3 +40,15 @@ def read_bandwidth_bytes_per_s(nbytes: int = 256 << 20, repeats: int = 7) -> flo
 def read_floor_seconds(tensor: torch.Tensor) -> float:
     """Time to read ``tensor`` once at the measured bandwidth."""
     return tensor.numel() * tensor.element_size() / read_bandwidth_bytes_per_s()
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each implementation, timed in alternation for ``rounds`` rounds (a load change
+    during the run then hits every implementation alike)."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, run in calls.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -15,12 +15,11 @@ turbogen's pool size, so both sides use the same cores.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import pytest
 import torch
 
+from common import interleaved_medians
 from turbogen import _ext, ops
 
 BLOCK_SIZE = 16
@@ -111,14 +110,6 @@ def _workload(shape: str) -> Workload:
     return _WORKLOADS[shape]
 
 
-def _interleaved_medians(calls: dict[str, object]) -> dict[str, float]:
-    times = {name: [] for name in calls}
-    for _ in range(INTERLEAVED_ROUNDS):
-        for name, run in calls.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,7 +127,7 @@ def summary(request):
         for shape, calls in _CALLS.items():
             if len(calls) < len(IMPLEMENTATIONS):
                 continue
-            m = _interleaved_medians(calls)
+            m = interleaved_medians(calls, INTERLEAVED_ROUNDS)
             write(f"{shape:>36} {m['paged_cpu'] * 1e3:>8.3f} {m['gather_sdpa'] * 1e3:>8.3f} "
                   f"{m['dense_sdpa'] * 1e3:>8.3f} {m['ref'] * 1e3:>8.3f} {m['paged_cpu'] / m['gather_sdpa']:>8.2f} "
                   f"{m['paged_cpu'] / m['dense_sdpa']:>8.2f}")

@@ -18,13 +18,10 @@ bench_sampling.py.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 import torch
 
-from common import SAMPLING_MIXES
+from common import SAMPLING_MIXES, interleaved_medians
 from turbogen import _ext, ops
 
 ROWS = [1, 8]
@@ -37,15 +34,6 @@ _CALLS: dict[tuple[str, int, int, int], dict[str, object]] = {}
 INTERLEAVED_ROUNDS = 40
 
 
-def _interleaved_medians(calls: dict[str, object]) -> dict[str, float]:
-    """Median seconds per call of each implementation, timed in alternation."""
-    times = {name: [] for name in calls}
-    for _ in range(INTERLEAVED_ROUNDS):
-        for name, run in calls.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _threads() -> int:
@@ -66,7 +54,7 @@ def summary(request):
     for (mix, rows, k, vocab), calls in sorted(_CALLS.items()):
         if len(calls) < 2:
             continue
-        medians = _interleaved_medians(calls)
+        medians = interleaved_medians(calls, INTERLEAVED_ROUNDS)
         ratio = medians["verify"] / medians["sample"]
         write(f"{mix:>14} {rows:>4} {k:>2} {vocab:>6} {medians['verify'] * 1e3:>9.3f} "
               f"{medians['sample'] * 1e3:>9.3f} {ratio:>6.2f}")
