@@ -30,10 +30,7 @@ import torch
 from .. import _transformers_compat as _compat
 from ..cache.static import StaticKVCache
 from ..config import CompileConfig, as_generation_config
-from ..processors._stage_args import is_exactly
-from ..processors.penalties import NoRepeatNGramLogitsProcessor
-from ..processors.penalty_stages import is_presence_frequency_penalty, is_repetition_penalty
-from ..processors.stages import LogitsStage, LogitsStages
+from ..processors.stages import LogitsStages, history_readers
 from ..stopping import EosTokenCriteria, StoppingPlan, is_same_criterion_kind
 from .batch_state import BatchState
 from .prepare import forward_parameters, is_encoder_decoder
@@ -128,16 +125,6 @@ def _row_eos(stopping: StoppingPlan) -> tuple[bool, Optional[torch.Tensor]]:
     return True, (torch.cat(ids) if ids else None)
 
 
-def _reads_history(processor: Any) -> bool:
-    """Whether ``processor`` needs the ``[rows, length]`` history at every step (a whole step serves only the
-    processors with a stage of fixed shapes that never reads it: the penalties on repeated tokens and the n-gram
-    ban, and stages that say they read nothing)."""
-    if isinstance(processor, LogitsStage):
-        return getattr(processor, "reads_input_ids", True)
-    return not (is_repetition_penalty(processor) or is_presence_frequency_penalty(processor)
-                or is_exactly(processor, NoRepeatNGramLogitsProcessor))
-
-
 def whole_step_refusal(model: Any, processors: Any, stopping: StoppingPlan, model_kwargs: dict,
                        config: Any) -> Optional[str]:
     """Why the whole greedy/sampling step cannot be one :class:`DecodeStep` for this call (None: it can)."""
@@ -149,7 +136,7 @@ def whole_step_refusal(model: Any, processors: Any, stopping: StoppingPlan, mode
     extra = sorted(name for name, value in model_kwargs.items() if name != "attention_mask" and value is not None)
     if extra:
         return f"model inputs other than `attention_mask` ({', '.join(extra)})"
-    readers = [type(processor).__name__ for processor in (processors or ()) if _reads_history(processor)]
+    readers = history_readers(processors or ())
     if readers:
         return f"logits processors that read the history ({', '.join(readers)})"
     pure, _ = _row_eos(stopping)

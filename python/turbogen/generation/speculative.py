@@ -39,7 +39,7 @@ import torch
 
 from .. import ops
 from ..processors.penalty_stages import DEFAULT_ROLLBACK_WINDOW
-from ..processors.stages import LogitsStages
+from ..processors.stages import LogitsStages, history_readers
 from ..stopping import StoppingPlan
 from .batch_state import BatchState, raise_non_finite_scores
 from .candidates import CandidateGenerator
@@ -63,11 +63,7 @@ def can_advance_ragged(runner: ModelRunner, processors: Any, stopping: StoppingP
         return False
     if not stopping.rows_are_pure or (stopping.row_criteria and not stopping.pads_finished_rows):
         return False
-    if processors:
-        stages = LogitsStages.from_processors(list(processors), torch.zeros(rows, 1, dtype=torch.long))
-        if stages.reads_input_ids:
-            return False
-    return True
+    return not (processors and history_readers(processors))
 
 
 def has_sliding_window(model: Any) -> bool:

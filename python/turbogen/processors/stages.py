@@ -253,4 +253,13 @@ class LogitsStages:
         return f"{type(self).__name__}({self._stages!r})"
 
 
-__all__ = ["LogitsStage", "LogitsStages", "ProcessorStage"]
+__all__ = ["LogitsStage", "LogitsStages", "ProcessorStage", "history_readers"]
+
+
+def history_readers(processors) -> list[str]:
+    """The class names of the processors in ``processors`` whose stage reads ``input_ids`` in ``apply`` (see
+    :attr:`LogitsStages.reads_input_ids`), in order. Empty: a loop need not build the ``[rows, length]`` history at
+    every step, so rows may differ in length (speculation) and a step may keep fixed shapes (compilation)."""
+    stages = LogitsStages.from_processors(list(processors), torch.zeros(1, 1, dtype=torch.long))
+    return [type(getattr(stage, "processor", stage)).__name__ for stage in stages
+            if getattr(stage, "reads_input_ids", True)]
