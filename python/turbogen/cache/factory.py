@@ -105,6 +105,7 @@ def make_cache(cache_implementation: Optional[str], model: Any, batch_size: int,
         # turbogen's own kind (not one of 4.57's): a PagedKVCache for generate()'s PagedRunner (issue 10).
         from ..generation.paged_runner import new_paged_cache
 
+        dtype, device = _storage_dtype_and_device(model, dtype, device)
         return new_paged_cache(model, positive_int(batch_size, "batch_size"),
                                positive_int(max_cache_len, "max_cache_len"), dtype=dtype, device=device)
     if name not in CACHE_IMPLEMENTATIONS:

@@ -68,28 +68,21 @@ def paged_refusal(model: Any) -> Optional[UnsupportedByTurbogen]:
     return None
 
 
-def new_paged_cache(model: Any, rows: int, max_cache_len: int, dtype: Optional[torch.dtype] = None,
-                    device: Union[str, torch.device, None] = None,
+def new_paged_cache(model: Any, rows: int, max_cache_len: int, dtype: torch.dtype, device: Union[str, torch.device],
                     block_size: int = PAGED_BLOCK_SIZE) -> PagedKVCache:
     """The :class:`PagedKVCache` for one ``generate`` call: ``rows * ceil(max_cache_len / block_size)`` blocks,
     enough for every row at its longest (forks share blocks, and a copy on write only replaces a shared block),
-    of the model's layers, key/value heads, head size, dtype and device."""
-    from ..cache._shape import text_config
+    of the model's layers, key/value heads and head size (:func:`turbogen.cache._shape.shape_from_config`), in
+    ``dtype`` on ``device``."""
+    from ..cache._shape import shape_from_config
 
     refusal = paged_refusal(model)
     if refusal is not None:
         raise refusal
-    config = text_config(model.config)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    if dtype is None or device is None:
-        parameter = next(iter(model.parameters()))
-        dtype = parameter.dtype if dtype is None else dtype
-        device = parameter.device if device is None else device
+    shape = shape_from_config(model.config)
     blocks_per_row = -(-max_cache_len // block_size)
-    return PagedKVCache(config.num_hidden_layers, rows * blocks_per_row, block_size, kv_heads, head_dim,
-                        dtype=dtype, device=device, max_blocks_per_seq=blocks_per_row)
+    return PagedKVCache(shape["num_layers"], rows * blocks_per_row, block_size, shape["num_kv_heads"],
+                        shape["head_dim"], dtype=dtype, device=device, max_blocks_per_seq=blocks_per_row)
 
 
 class PagedRunner:
