@@ -165,13 +165,15 @@ class PagedRunner:
         logits of each row's last token (``[rows, vocab]``), or of every token (``[total, vocab]``)."""
         batch = PagedBatch.prepare(self.past_key_values, self._seqs, counts)
         kwargs = {}
-        if last_only and any(count != 1 for count in counts) and self._logits_to_keep is not None:
-            kwargs[self._logits_to_keep] = (batch.cu_seqlens_q[1:] - 1).to(torch.int64)
-            last_only = False  # the model computed only those
+        # Each row's last token, where rows feed more than one (one token per row: every token is the last).
+        last = (batch.cu_seqlens_q[1:] - 1).to(torch.int64) if last_only and any(n != 1 for n in counts) else None
+        if last is not None and self._logits_to_keep is not None:
+            kwargs[self._logits_to_keep] = last
+            last = None  # the model computed only those
         with self._paged_attention():
             logits = paged_forward(self.model, tokens.to(self.past_key_values.device), batch, **kwargs)
-        if last_only and any(count != 1 for count in counts):
-            logits = logits[(batch.cu_seqlens_q[1:] - 1).to(torch.int64)]
+        if last is not None:
+            logits = logits[last]
         return logits.to(device=self._device, dtype=torch.float32).contiguous()
 
     # --- the ModelRunner protocol --------------------------------------------------------------------------
