@@ -96,7 +96,10 @@ from .generation.batch_state import BatchState
 from .generation.beam_search import run_beam_search
 from .generation.candidates import build_candidates
 from .config import GenerationMode
+from .generation.constrained_beam import constrained_beam_from_call
 from .generation.contrastive import contrastive_from_call
+from .generation.dola import dola_from_call
+from .generation.group_beam import group_beam_from_call
 from .generation.compiled import (DecodeStep, compile_decision, shared_decode_step, shared_model_call,
                                   whole_step_refusal)
 from .generation.decode import FINISH_CHECK_LAG, run_decode_step, run_greedy_or_sample
@@ -172,9 +175,17 @@ def generate(
         call = prepare_call(model, inputs, generation_config, logits_processor, stopping_criteria,
                             prefix_allowed_tokens_fn, streamer, tokenizer, kwargs)
         record = Record(call.config, encoder_decoder=call.encoder_outputs is not None)
-        if call.config.get_generation_mode() == GenerationMode.CONTRASTIVE_SEARCH:
-            # transformers 4.45.2's contrastive search (4.57 moved it to the Hub); it streams the prompt itself.
+        mode = call.config.get_generation_mode()
+        # transformers 4.45.2's strategies (4.57 moved them to the Hub), each in its own module; each streams the
+        # prompt itself.
+        if mode == GenerationMode.CONTRASTIVE_SEARCH:
             return _legacy_cache_if_asked(call, contrastive_from_call(model, call, record, streamer), user_cache)
+        if mode == GenerationMode.GROUP_BEAM_SEARCH:
+            return _legacy_cache_if_asked(call, group_beam_from_call(model, call, record), user_cache)
+        if mode == GenerationMode.CONSTRAINED_BEAM_SEARCH:
+            return _legacy_cache_if_asked(call, constrained_beam_from_call(model, call, record), user_cache)
+        if mode == GenerationMode.DOLA_GENERATION:
+            return _legacy_cache_if_asked(call, dola_from_call(model, call, record, streamer), user_cache)
         speculation = call.speculation
         user_code_per_step = (bool(logits_processor) or prefix_allowed_tokens_fn is not None
                               or streamer is not None)

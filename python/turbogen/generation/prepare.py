@@ -35,11 +35,7 @@ logger = logging.getLogger(__name__)
 _UNSUPPORTED_GENERATE_ARGUMENTS = {
     "custom_generate": "custom generation methods",
 }
-_UNSUPPORTED_MODES = {
-    GenerationMode.GROUP_BEAM_SEARCH: "group (diverse) beam search (`num_beam_groups` > 1)",
-    GenerationMode.CONSTRAINED_BEAM_SEARCH: "constrained beam search (`constraints`, `force_words_ids`)",
-    GenerationMode.DOLA_GENERATION: "DoLa decoding (`dola_layers`)",
-}
+
 @dataclasses.dataclass
 class SpecialTokens:
     """The special token ids as tensors, once resolved (``eos`` is 1-D; ``pad`` defaults to ``eos[0]``)."""
@@ -117,9 +113,6 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     speculation = None
     if mode == GenerationMode.ASSISTED_GENERATION:
         speculation = plan_speculation(model, config, model_kwargs, assistant_model, assistant_tokenizer, tokenizer)
-    elif mode in _UNSUPPORTED_MODES:
-        raise UnsupportedByTurbogen(f"turbogen.generate does not support {_UNSUPPORTED_MODES[mode]}.",
-                                    reason=f"generation mode {mode.value}")
     is_beam = mode in (GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE)
     if is_beam and streamer is not None:
         raise UnsupportedByTurbogen("`streamer` cannot be used with beam search: set `num_beams=1`.",

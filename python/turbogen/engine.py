@@ -1,0 +1,1 @@
+"""Continuous batching: :class:`Engine` and :func:`generate_batch` (being built)."""
