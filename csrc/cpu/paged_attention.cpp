@@ -11,8 +11,10 @@
 // online softmax (running max, running sum, float32 accumulator rescaled when the max grows). A key outside a
 // row's range is never read for that row, so whatever unused slots hold (NaN included) cannot reach the output.
 // A decode token is one item per (sequence, kv head): each key row is read once for the whole GQA group. A tile
-// with at least kTransposeRows rows (prefill chunks) transposes each block's keys once, so its scores are
-// register-blocked multiply-adds over head_dim instead of one reduced dot product per key.
+// with at least kTransposeRows rows (prefill chunks) transposes each block's keys once and works on kRowBlock rows
+// at a time (attend_block_rows): their scores are register-blocked multiply-adds over head_dim (no reduction per
+// key), and their weighted values are summed in one pass over the block's value rows, so every key column and
+// value row is loaded once per row block and the multiply-add chains are independent.
 
 #include "turbogen/paged_attention.h"
 
@@ -30,6 +32,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kQueryTile = 16;
+constexpr int64_t kSerialWork = int64_t{1} << 19;  // multiply-adds; see paged_attention()
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---- write_kv --------------------------------------------------------------------------------------------
@@ -92,6 +95,77 @@ TURBOGEN_ALWAYS_INLINE void scores_transposed(const float* __restrict q, const f
   }
 }
 
+// Prefill tiles score and accumulate kRowBlock (query, head) rows at a time: each transposed key column chunk and
+// each value row is loaded once per row block instead of once per row, and the block's 2 * kRowBlock accumulators
+// are independent multiply-add chains (one chain per row was latency-bound).
+constexpr int kRowBlock = 4;
+
+// s[i * s_stride + c..] = q_i . keys[c..c + kKeyChunk) for rows i < R (row i's query at q + i * D) and the chunks
+// covering [lo, hi) of the transposed block kt ([D][padded], zero beyond the block's keys). Each (row, key) score
+// sums over d in order, as scores_transposed does.
+template <int R>
+TURBOGEN_ALWAYS_INLINE void scores_rows(const float* __restrict q, const float* __restrict kt, int64_t padded,
+                                        int64_t D, int64_t lo, int64_t hi, float* __restrict s, int64_t s_stride) {
+  for (int64_t c = lo - lo % kKeyChunk; c < hi; c += kKeyChunk) {
+    Vec8 r[R][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) r[i][0] = r[i][1] = Vec8{};
+    for (int64_t d = 0; d < D; ++d) {
+      const float* kd = kt + d * padded + c;
+      const Vec8 k0 = load8(kd), k1 = load8(kd + 8);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const float qd = q[i * D + d];
+        r[i][0] += qd * k0;
+        r[i][1] += qd * k1;
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      store8(s + i * s_stride + c, r[i][0]);
+      store8(s + i * s_stride + c + 8, r[i][1]);
+    }
+  }
+}
+
+// acc_i[0..D) += sum over j in [lo, hi) of w_i[j] * v[j * stride + 0..D) for rows i < R (acc_i = acc + i * D,
+// w_i = w + i * w_stride): each value row is loaded once for the R rows.
+template <int R>
+TURBOGEN_ALWAYS_INLINE void accumulate_rows(float* __restrict acc, const float* __restrict w, int64_t w_stride,
+                                            const float* __restrict v, int64_t stride, int64_t lo, int64_t hi,
+                                            int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 16 <= D; d0 += 16) {
+    Vec8 r[R][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      r[i][0] = load8(acc + i * D + d0);
+      r[i][1] = load8(acc + i * D + d0 + 8);
+    }
+    for (int64_t j = lo; j < hi; ++j) {
+      const Vec8 v0 = load8(v + j * stride + d0), v1 = load8(v + j * stride + d0 + 8);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const float wj = w[i * w_stride + j];
+        r[i][0] += wj * v0;
+        r[i][1] += wj * v1;
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      store8(acc + i * D + d0, r[i][0]);
+      store8(acc + i * D + d0 + 8, r[i][1]);
+    }
+  }
+  for (; d0 < D; ++d0) {
+    for (int i = 0; i < R; ++i) {
+      float r = acc[i * D + d0];
+      for (int64_t j = lo; j < hi; ++j) r += w[i * w_stride + j] * v[j * stride + d0];
+      acc[i * D + d0] = r;
+    }
+  }
+}
+
 // q . k over head_dim: 16 independent lanes, then their sum (a fixed order: the same result on every call).
 TURBOGEN_ALWAYS_INLINE float dot(const float* __restrict q, const float* __restrict k, int64_t n) {
   Vec8 r0 = {}, r1 = {};
@@ -129,6 +203,74 @@ TURBOGEN_ALWAYS_INLINE void accumulate(float* __restrict acc, const float* __res
   }
 }
 
+// One key block [j0, j1) of a prefill tile, its keys transposed in sc.kt ([D][padded]): the tile's rows in blocks
+// of kRowBlock. A row block's scores cover the union of its rows' key ranges within the block; each row's online
+// softmax reads only its own range, and its weights outside that range are set to 0 before the shared
+// accumulation. The union lies within [j0, j1), keys some query of the tile may see, all below the sequence's
+// length: written rows, never an unused slot, so a zero weight multiplies a written value.
+template <typename Position, typename Lowest>
+TURBOGEN_ALWAYS_INLINE void attend_block_rows(const PagedAttentionArgs& a, Scratch& sc, int64_t rows, int64_t group,
+                                              int64_t D, int64_t j0, int64_t j1, int64_t padded,
+                                              const float* __restrict v, int64_t stride, const Position& position,
+                                              const Lowest& lowest) {
+  const int64_t s_stride = padded;
+  float* s_all = sc.s.data();
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int nr = static_cast<int>(std::min<int64_t>(kRowBlock, rows - r0));
+    int64_t lo[kRowBlock], hi[kRowBlock];
+    int64_t union_lo = padded, union_hi = 0;
+    for (int i = 0; i < nr; ++i) {
+      const int64_t p = position((r0 + i) / group);
+      lo[i] = std::max<int64_t>(lowest(p), j0) - j0;
+      hi[i] = std::max<int64_t>(std::min<int64_t>(p + 1, j1) - j0, lo[i]);
+      if (hi[i] > lo[i]) {
+        union_lo = std::min(union_lo, lo[i]);
+        union_hi = std::max(union_hi, hi[i]);
+      }
+    }
+    if (union_hi <= union_lo) continue;
+    const float* q = sc.q.data() + r0 * D;
+    switch (nr) {
+      case 4: scores_rows<4>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
+      case 3: scores_rows<3>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
+      case 2: scores_rows<2>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
+      default: scores_rows<1>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
+    }
+    for (int i = 0; i < nr; ++i) {
+      const int64_t r = r0 + i;
+      float* s = s_all + i * s_stride;
+      if (hi[i] > lo[i]) {
+        if (a.softcap > 0.0f) {
+          for (int64_t j = lo[i]; j < hi[i]; ++j) s[j] = std::tanh(s[j] / a.softcap) * a.softcap;
+        }
+        const float block_max = max_of(s + lo[i], hi[i] - lo[i]);
+        const float m_old = sc.m[r];
+        const float m_new = std::max(m_old, block_max);
+        if (m_new > m_old) {
+          const float alpha = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
+          sc.l[r] *= alpha;
+          float* acc = sc.acc.data() + r * D;
+          for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
+          sc.m[r] = m_new;
+        }
+        for (int64_t j = lo[i]; j < hi[i]; ++j) s[j] = exp_vectorizable(s[j] - m_new);
+        sc.l[r] += sum_of(s + lo[i], hi[i] - lo[i]);
+      }
+      // Keys of the union this row does not see (all of them when its range is empty) weigh nothing.
+      const int64_t own_lo = hi[i] > lo[i] ? lo[i] : union_hi, own_hi = hi[i] > lo[i] ? hi[i] : union_hi;
+      for (int64_t j = union_lo; j < own_lo; ++j) s[j] = 0.0f;
+      for (int64_t j = own_hi; j < union_hi; ++j) s[j] = 0.0f;
+    }
+    float* acc = sc.acc.data() + r0 * D;
+    switch (nr) {
+      case 4: accumulate_rows<4>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
+      case 3: accumulate_rows<3>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
+      case 2: accumulate_rows<2>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
+      default: accumulate_rows<1>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
+    }
+  }
+}
+
 TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh,
                                              Scratch& sc) {
   const int64_t D = a.head_dim;
@@ -145,7 +287,8 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
   sc.acc.assign(static_cast<size_t>(rows * D), 0.0f);
   sc.m.assign(static_cast<size_t>(rows), kNegInf);
   sc.l.assign(static_cast<size_t>(rows), 0.0f);
-  sc.s.resize(static_cast<size_t>((a.block_size + kKeyChunk - 1) / kKeyChunk * kKeyChunk));
+  // Scores: one block's (padded) keys for each of kRowBlock rows.
+  sc.s.resize(static_cast<size_t>(kRowBlock * ((a.block_size + kKeyChunk - 1) / kKeyChunk * kKeyChunk)));
   // Row r = qi * group + g: query token tile.begin + qi, head kvh * group + g, multiplied by the scale.
   for (int64_t qi = 0; qi < nq; ++qi) {
     for (int64_t g = 0; g < group; ++g) {
@@ -195,10 +338,17 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
     const bool transposed = rows >= kTransposeRows;
     const int64_t padded = (n + kKeyChunk - 1) / kKeyChunk * kKeyChunk;
     if (transposed) {
-      sc.kt.assign(static_cast<size_t>(D * padded), 0.0f);
-      for (int64_t j = 0; j < n; ++j) {
-        for (int64_t d = 0; d < D; ++d) sc.kt[d * padded + j] = k[j * stride + d];
+      sc.kt.resize(static_cast<size_t>(D * padded));
+      float* kt = sc.kt.data();
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t j = n; j < padded; ++j) kt[d * padded + j] = 0.0f;
       }
+      for (int64_t j = 0; j < n; ++j) {
+        const float* kj = k + j * stride;
+        for (int64_t d = 0; d < D; ++d) kt[d * padded + j] = kj[d];
+      }
+      attend_block_rows(a, sc, rows, group, D, j0, j1, padded, v, stride, position, lowest);
+      continue;
     }
     for (int64_t qi = 0; qi < nq; ++qi) {
       const int64_t p = position(qi);
@@ -298,7 +448,19 @@ Status paged_attention(const PagedAttentionArgs& args) {
   }
   static const auto attend_tile = TURBOGEN_SELECT_ISA(attend_tile);
   const int64_t items = static_cast<int64_t>(tiles.size()) * args.kv_heads;
-  parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  // Multiply-adds of the whole call (scores and values, every tile's rows over the keys its last query sees): a
+  // call below kSerialWork runs on the calling thread, since waking the pool's workers costs more than they save
+  // on a few microseconds of work (a decode step of a handful of short sequences, once per layer).
+  // (A double: an estimate that cannot overflow.)
+  double work = 0.0;
+  for (const Tile& tile : tiles) {
+    const int64_t q_len = args.cu_seqlens_q[tile.seq + 1] - args.cu_seqlens_q[tile.seq];
+    const int64_t last_position = args.seq_lens[tile.seq] - q_len + (tile.end - args.cu_seqlens_q[tile.seq]);
+    work += static_cast<double>(tile.end - tile.begin) * static_cast<double>(last_position);
+  }
+  work *= 2.0 * static_cast<double>(args.heads) * static_cast<double>(args.head_dim);
+  const int64_t grain = work < static_cast<double>(kSerialWork) ? std::max<int64_t>(items, 1) : 1;
+  parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     Scratch scratch;
     for (int64_t i = begin; i < end; ++i) attend_tile(args, tiles[i / args.kv_heads], i % args.kv_heads, scratch);
   });

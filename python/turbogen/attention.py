@@ -32,10 +32,10 @@ from typing import Hashable, Sequence
 
 import torch
 
-from .cache.paged import PagedKVCache
+from .cache.paged import PagedKVCache, index_tensor
 
-__all__ = ["PAGED_ATTENTION_NAME", "PagedBatch", "active_paged_batch", "paged_attention_forward", "paged_forward",
-           "register_paged_attention"]
+__all__ = ["PAGED_ATTENTION_NAME", "PagedBatch", "active_paged_batch", "attention_configs", "paged_attention_forward",
+           "paged_forward", "register_paged_attention", "switched_to_paged"]
 
 PAGED_ATTENTION_NAME = "turbogen_paged"
 
@@ -105,9 +105,9 @@ class PagedBatch:
             cu.append(cu[-1] + count)
         return cls(cache=cache, slot_mapping=slot_mapping,
                    block_tables=cache.block_tables(seq_ids, max_blocks_per_seq),
-                   cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
+                   cu_seqlens_q=index_tensor(cu, torch.int32, device),
                    seq_lens=cache.seq_lens(seq_ids),
-                   position_ids=torch.tensor(positions, dtype=torch.int64, device=device),
+                   position_ids=index_tensor(positions, torch.int64, device),
                    seq_ids=tuple(seq_ids), backend=backend)
 
 
@@ -200,3 +200,27 @@ def paged_forward(model, input_ids: torch.Tensor, batch: PagedBatch, **kwargs) -
         output = model(input_ids=ids, position_ids=batch.position_ids.reshape(1, -1), use_cache=False,
                        paged_batch=batch, **kwargs)
     return output.logits[0]
+
+
+def attention_configs(model: torch.nn.Module) -> list:
+    """Every distinct config ``model``'s modules read ``_attn_implementation`` from (sub-configs included)."""
+    configs = {id(model.config): model.config}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation_internal"):
+            configs.setdefault(id(config), config)
+    return list(configs.values())
+
+
+@contextlib.contextmanager
+def switched_to_paged(configs: Sequence):
+    """Within the block, ``configs`` (:func:`attention_configs`) select ``"turbogen_paged"``; afterwards, even when
+    the block raises, what they selected before (so a model is never left switched between calls)."""
+    previous = [config._attn_implementation_internal for config in configs]
+    try:
+        for config in configs:
+            config._attn_implementation_internal = PAGED_ATTENTION_NAME
+        yield
+    finally:
+        for config, implementation in zip(configs, previous):
+            config._attn_implementation_internal = implementation

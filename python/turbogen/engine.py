@@ -1,1 +1,5 @@
-"""Continuous batching: :class:`Engine` and :func:`generate_batch` (being built)."""
+"""Continuous batching: :class:`Engine` and :func:`generate_batch` (implemented in :mod:`turbogen.serving`)."""
+
+from .serving import Engine, FinishReason, RequestHandle, RequestOutput, generate_batch
+
+__all__ = ["Engine", "FinishReason", "RequestHandle", "RequestOutput", "generate_batch"]

@@ -26,14 +26,13 @@ whose attention does not go through transformers' attention interface, models wi
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from typing import Any, Optional, Union
 
 import torch
 
 from .. import _transformers_compat as _compat
-from ..attention import PAGED_ATTENTION_NAME, PagedBatch, paged_forward, register_paged_attention
+from ..attention import PagedBatch, attention_configs, paged_forward, register_paged_attention, switched_to_paged
 from ..cache.paged import PagedKVCache
 from ..errors import UnsupportedByTurbogen
 from .prepare import forward_parameters, is_encoder_decoder
@@ -121,13 +120,7 @@ class PagedRunner:
         # This call's sequence ids: (generation, row); a reorder moves to the next generation.
         self._ids = itertools.count()
         self._seqs: list = []
-        # Every distinct config the model's modules read `_attn_implementation` from (sub-configs included).
-        configs = {id(model.config): model.config}
-        for module in model.modules():
-            config = getattr(module, "config", None)
-            if config is not None and hasattr(config, "_attn_implementation_internal"):
-                configs.setdefault(id(config), config)
-        self._configs = list(configs.values())
+        self._configs = attention_configs(model)
         register_paged_attention()
 
     @staticmethod
@@ -148,18 +141,6 @@ class PagedRunner:
 
     # --- the model call ------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _paged_attention(self):
-        """The model's attention is ``"turbogen_paged"`` within the block, and what it was after it."""
-        previous = [config._attn_implementation_internal for config in self._configs]
-        try:
-            for config in self._configs:
-                config._attn_implementation_internal = PAGED_ATTENTION_NAME
-            yield
-        finally:
-            for config, implementation in zip(self._configs, previous):
-                config._attn_implementation_internal = implementation
-
     def _forward(self, tokens: torch.Tensor, counts: list[int], last_only: bool) -> torch.Tensor:
         """One packed forward of every row's new ``tokens`` (``counts[r]`` of row ``r``, in row order): float32
         logits of each row's last token (``[rows, vocab]``), or of every token (``[total, vocab]``)."""
@@ -170,7 +151,7 @@ class PagedRunner:
         if last is not None and self._logits_to_keep is not None:
             kwargs[self._logits_to_keep] = last
             last = None  # the model computed only those
-        with self._paged_attention():
+        with switched_to_paged(self._configs):
             logits = paged_forward(self.model, tokens.to(self.past_key_values.device), batch, **kwargs)
         if last is not None:
             logits = logits[last]
