@@ -1,8 +1,9 @@
 # Two entry points, each doing all set-up on a fresh machine into ./.venv:
 #   make demo   - the main job (turbogen demo on the embedded default model)
-#   make test   - the test suite, against transformers 4.57 (./.venv) and then 5.x (./.venv-hf5), then the
-#                 op tests against an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension;
-#                 the three builds two at a time, each stage's tests spread over the cores (pytest-xdist)
+#   make test   - the test suite, against transformers 4.57 (./.venv), then 5.x (./.venv-hf5), then 4.45
+#                 (./.venv-hf445), then the op tests against an AddressSanitizer + UndefinedBehaviorSanitizer
+#                 build of the extension; the four builds two at a time, each stage's tests spread over the
+#                 cores (pytest-xdist)
 # torch is installed first and pinned (a CPU build is on local disk); asking pip for plain `torch`
 # would pull a multi-GB CUDA build.
 
@@ -15,6 +16,10 @@ PIP      := $(PY) -m pip --disable-pip-version-check -q
 VENV_HF5 ?= .venv-hf5
 PY_HF5   := $(VENV_HF5)/bin/python
 PIP_HF5  := $(PY_HF5) -m pip --disable-pip-version-check -q
+# The transformers 4.45 environment (the oracle of the strategies 4.57 moved to the Hub): same torch and build.
+VENV_HF445 ?= .venv-hf445
+PY_HF445   := $(VENV_HF445)/bin/python
+PIP_HF445  := $(PY_HF445) -m pip --disable-pip-version-check -q
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.18"
 SOURCES  := $(shell find csrc kernels python -type f \( -name '*.cpp' -o -name '*.cu' -o -name '*.h' \)) CMakeLists.txt pyproject.toml
 # The editable install maps every Python module to its file when it is installed, so adding, moving or
@@ -38,7 +43,7 @@ SANITIZE_ENV = LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -pri
 EXPECT := TURBOGEN_EXPECT_BACKENDS=ref,cpu,triton
 MAIN_BUILD_HAS_CUDA := $(if $(filter ON on 1 TRUE true YES yes,$(TURBOGEN_CUDA)),1,0)
 
-.PHONY: demo test test-builds test-hf5 test-sanitize bench info install clean
+.PHONY: demo test test-builds test-hf5 test-hf445 test-sanitize bench info install clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/turbogen demo
@@ -50,18 +55,19 @@ TEST_WORKERS ?= auto
 PYTEST    = -m pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 # The builds `make test` needs, BUILD_JOBS at a time: pip unpacking wheels (one core) beside a compiler.
 BUILD_JOBS ?= 2
-TEST_BUILDS = $(VENV)/.installed $(VENV_HF5)/.installed $(SANITIZE_BUILD)/.built
+TEST_BUILDS = $(VENV)/.installed $(VENV_HF5)/.installed $(VENV_HF445)/.installed $(SANITIZE_BUILD)/.built
 # What runs ninja (pip's build backend, cmake --build) runs without make's jobserver flags: make does not hand
 # the jobserver to such a command, and ninja then reports "Could not initialize jobserver".
 NO_JOBSERVER := env -u MAKEFLAGS -u MFLAGS
 
-# The suite runs against transformers 4.57 (the behavioural spec), then against 5.x; tests/conftest.py skips,
-# with the reason, the few comparisons that only hold for 4.57. The 5.x run leaves out the op tests (marked ops
-# by tests/conftest.py: the ops never call transformers), except those that compare with transformers
-# (marked transformers).
+# The suite runs against transformers 4.57 (the behavioural spec), then against 5.x, then against 4.45;
+# tests/conftest.py skips, with the reason, the comparisons that only hold for 4.57 (skip_on_transformers_5,
+# skip_on_transformers_4_45). The 5.x and 4.45 runs leave out the op tests (marked ops by tests/conftest.py: the
+# ops never call transformers), except those that compare with transformers (marked transformers).
 test: test-builds
 	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=$(MAIN_BUILD_HAS_CUDA) $(PY) $(PYTEST) tests
 	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF5) $(PYTEST) -m "not ops or transformers" tests
+	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF445) $(PYTEST) -m "not ops or transformers" tests
 	$(MAKE) --no-print-directory test-sanitize
 
 test-builds:
@@ -81,6 +87,9 @@ test-sanitize: $(SANITIZE_BUILD)/.built
 
 test-hf5: $(VENV_HF5)/.installed
 	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF5) $(PYTEST) -m "not ops or transformers" tests
+
+test-hf445: $(VENV_HF445)/.installed
+	$(EXPECT) TURBOGEN_EXPECT_CUDA_KERNELS=0 $(PY_HF445) $(PYTEST) -m "not ops or transformers" tests
 
 bench: $(VENV)/.installed
 	$(PIP) install matplotlib
@@ -117,6 +126,17 @@ $(VENV_HF5)/.installed: $(PY_HF5) $(SOURCES) $(MODULE_LIST)
 	$(NO_JOBSERVER) TURBOGEN_CUDA=OFF $(PIP_HF5) install --no-build-isolation -C build-dir=build/hf5 -e ".[test-hf5]"
 	touch $@
 
+$(PY_HF445):
+	$(PYTHON) -m venv $(VENV_HF445)
+	$(PIP_HF445) install "$(TORCH)" numpy
+
+# The same editable install with transformers 4.45.2 (and the tokenizers it pins), built in its own directory,
+# without CUDA as in the transformers 5 environment.
+$(VENV_HF445)/.installed: $(PY_HF445) $(SOURCES) $(MODULE_LIST)
+	$(PIP_HF445) install $(BUILD_DEPS)
+	$(NO_JOBSERVER) TURBOGEN_CUDA=OFF $(PIP_HF445) install --no-build-isolation -C build-dir=build/hf445 -e ".[test-hf445]"
+	touch $@
+
 # Configured by hand (not through pip) with the venv's build tools, into its own directory: it needs neither the
 # editable install nor torch, so it builds beside them.
 $(SANITIZE_BUILD)/.built: $(VENV)/.build-tools $(SOURCES)
@@ -127,4 +147,4 @@ $(SANITIZE_BUILD)/.built: $(VENV)/.build-tools $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf build $(VENV) $(VENV_HF5)
+	rm -rf build $(VENV) $(VENV_HF5) $(VENV_HF445)

@@ -3,9 +3,12 @@
 Without a GPU, Triton kernels run in Triton's interpreter, which must be switched on before the
 first ``@triton.jit`` module is imported; this file is imported before any test module.
 
-The suite runs against transformers 4.57 (turbogen's behavioural spec) and 5.x. Where transformers 5
+The suite runs against transformers 4.57 (turbogen's behavioural spec), 5.x and 4.45. Where transformers 5
 changed on purpose what a test compares against, the comparison is skipped under 5.x by
-:func:`skip_on_transformers_5`, whose reason says what changed.
+:func:`skip_on_transformers_5`, whose reason says what changed. Under 4.45 (the oracle of the strategies 4.57 moved
+to the Hub, and a supported version), tests of what 4.45 lacks or does differently are skipped by
+:func:`skip_on_transformers_4_45` (or, for some parameter combinations, :func:`skip_here_on_transformers_4_45`;
+for a module importing what 4.45 lacks, :func:`skip_module_on_transformers_4_45`), with the reason.
 
 Tests of a backend this process lacks are skipped with the reason. Under CI (``CI=true``) a backend
 the build promised must be there, or the run fails before any test: a broken build must not pass
@@ -14,7 +17,7 @@ runs each stage with ``-n auto``) the check runs in the controller and again in 
 
 Every test under ``tests/ops`` is marked ``ops`` here (:func:`pytest_collection_modifyitems`): the
 ops and their references never call transformers, so the transformers 5 run of ``make test``
-selects ``-m "not ops or transformers"``, keeping the op tests marked ``transformers`` (those that
+selects ``-m "not ops or transformers"`` (the 4.45 run too), keeping the op tests marked ``transformers`` (those that
 compare with it). A test parametrized with ``backend="ref"`` is marked ``ref_backend`` (torch only, no
 turbogen C++: the sanitizer stage leaves these out). Tests that must not run beside one another in two xdist workers share an
 ``xdist_group`` (the Ray tests, which start a local cluster); ``make test`` runs ``--dist loadgroup``.
@@ -57,6 +60,53 @@ TRANSFORMERS_5 = TRANSFORMERS_VERSION is not None and int(re.match(r"\d+", TRANS
 def skip_on_transformers_5(reason: str):
     """Skip mark for a comparison that only holds with transformers 4.57; ``reason`` says what 5.x changed."""
     return pytest.mark.skipif(TRANSFORMERS_5, reason=f"transformers {TRANSFORMERS_VERSION} differs from 4.57: {reason}")
+
+
+#: Whether the installed transformers is a 4.45 release (the third environment of ``make test``: the oracle of the
+#: strategies 4.57 moved to the Hub, and a supported version whose APIs and behaviour predate 4.57's in places).
+TRANSFORMERS_4_45 = TRANSFORMERS_VERSION is not None and TRANSFORMERS_VERSION.startswith("4.45.")
+
+
+def skip_on_transformers_4_45(reason: str):
+    """Skip mark for a test that only holds with transformers >= 4.57 (it compares with, or builds, what 4.57 has);
+    ``reason`` says what 4.45 lacks or does differently."""
+    return pytest.mark.skipif(TRANSFORMERS_4_45,
+                              reason=f"transformers {TRANSFORMERS_VERSION} differs from 4.57: {reason}")
+
+
+# Why a test is skipped under transformers 4.45, for the reasons several test files share.
+NO_PROMPT_IGNORE_LENGTH_IN_4_45 = "its RepetitionPenaltyLogitsProcessor has no `prompt_ignore_length` (added in 4.56)"
+#: turbogen refuses its static caches (UnsupportedByTurbogen) under 4.45.
+STATIC_CACHES_IN_4_45 = ("its models size the causal mask for their own StaticCache only, so turbogen refuses static "
+                         "caches with it")
+#: The tests build or inspect 4.57's cache objects.
+CACHE_API_IN_4_45 = ("its caches have another interface (DynamicCache: key_cache/value_cache lists, no `layers`, no "
+                     "`config`; StaticCache: other arguments; fewer cache_implementation names)")
+#: turbogen refuses encoder-decoder models (UnsupportedByTurbogen) under 4.45.
+ENCODER_DECODER_IN_4_45 = ("its encoder-decoder models keep legacy tuple caches, so turbogen refuses encoder-decoder "
+                           "generation with it")
+#: Paged attention plugs into transformers' attention interface.
+PAGED_ATTENTION_IN_4_45 = "it has no AttentionInterface (4.48+), which turbogen's paged attention plugs into"
+#: GPT-2 under 4.45 returns new legacy tuples at each call, so turbogen runs it through its own input preparation.
+GPT2_LEGACY_CACHE_IN_4_45 = ("its GPT-2 keeps legacy tuple caches, so turbogen runs it through the model's own input "
+                             "preparation, which refuses inputs_embeds, speculation and per-row lengths")
+#: Beam search: 4.57 rewrote it; turbogen follows 4.57.
+BEAM_SEARCH_IN_4_45 = ("its BeamSearchScorer finalises and records beams differently (4.57 rewrote beam search; "
+                       "turbogen follows 4.57)")
+
+
+def skip_module_on_transformers_4_45(reason: str) -> None:
+    """Under transformers 4.45, skip the calling test module (all its tests, reported with ``reason``): for a
+    module that imports what 4.45 does not have. Call it before that import."""
+    if TRANSFORMERS_4_45:
+        pytest.skip(f"transformers {TRANSFORMERS_VERSION} differs from 4.57: {reason}", allow_module_level=True)
+
+
+def skip_here_on_transformers_4_45(reason: str, when: bool = True) -> None:
+    """Inside a test (or a helper it calls): skip it under transformers 4.45 when ``when`` holds, for the parameter
+    combinations on which 4.45 differs (``reason``)."""
+    if TRANSFORMERS_4_45 and when:
+        pytest.skip(f"transformers {TRANSFORMERS_VERSION} differs from 4.57: {reason}")
 
 
 def backend_params(names=("ref", "cpu", "triton", "cuda")):

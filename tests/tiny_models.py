@@ -157,6 +157,94 @@ def tiny_model(kind: str = "llama", seed: int = 0, fresh: bool = False, **config
     return _cached_model(kind, seed)
 
 
+# Encoder-decoders whose encoder reads something else than token ids (their decoders use the tiny vocabulary).
+NUM_MEL_BINS = 8
+AUDIO_FRAMES = 32  # Whisper's encoder needs exactly 2 * max_source_positions frames (its convolutions halve them)
+IMAGE_SIZE, PATCH_SIZE, IMAGE_CHANNELS = 16, 4, 3
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_whisper(seed: int = 0):
+    """A tiny random-weight Whisper-style speech-to-text model (``WhisperForConditionalGeneration``): the encoder
+    reads ``input_features`` ``[batch, NUM_MEL_BINS, AUDIO_FRAMES]`` (see :func:`audio_features`), the decoder
+    starts from BOS. No suppressed tokens, no forced or language tokens: generic generation only. Shared across
+    the session: do not mutate it."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=vocab_size(), num_mel_bins=NUM_MEL_BINS, d_model=HIDDEN_SIZE, encoder_layers=NUM_LAYERS,
+        decoder_layers=NUM_LAYERS, encoder_attention_heads=NUM_HEADS, decoder_attention_heads=NUM_HEADS,
+        encoder_ffn_dim=2 * HIDDEN_SIZE, decoder_ffn_dim=2 * HIDDEN_SIZE, max_source_positions=AUDIO_FRAMES // 2,
+        max_target_positions=MAX_POSITIONS // 2, init_std=0.3, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID, suppress_tokens=None, begin_suppress_tokens=None)
+    return _seeded_init(lambda: WhisperForConditionalGeneration(config), seed)
+
+
+def audio_features(batch: int, seed: int = 0) -> torch.Tensor:
+    """Random log-mel-like ``input_features`` for :func:`tiny_whisper`, ``[batch, NUM_MEL_BINS, AUDIO_FRAMES]``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, NUM_MEL_BINS, AUDIO_FRAMES, generator=generator)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_vision_encoder_decoder(seed: int = 0):
+    """A tiny random-weight image-to-text ``VisionEncoderDecoderModel``: a ViT encoder reading ``pixel_values``
+    ``[batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE]`` (see :func:`images`) and a GPT-2 decoder with
+    cross-attention, starting from BOS. Shared across the session: do not mutate it."""
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+
+    encoder = ViTConfig(hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS, num_attention_heads=NUM_HEADS,
+                        intermediate_size=2 * HIDDEN_SIZE, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+                        num_channels=IMAGE_CHANNELS, initializer_range=0.3, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    decoder = GPT2Config(vocab_size=vocab_size(), n_embd=HIDDEN_SIZE, n_layer=NUM_LAYERS, n_head=NUM_HEADS,
+                         n_positions=MAX_POSITIONS, add_cross_attention=True, is_decoder=True,
+                         initializer_range=INITIALIZER_RANGE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
+    return _seeded_init(lambda: VisionEncoderDecoderModel(config=config), seed)
+
+
+def images(batch: int, seed: int = 0) -> torch.Tensor:
+    """Random ``pixel_values`` for :func:`tiny_vision_encoder_decoder`."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+
+
+WAVEFORM_SAMPLES = 400
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_speech_encoder_decoder(seed: int = 0):
+    """A tiny random-weight ``SpeechEncoderDecoderModel``: a Wav2Vec2 encoder reading raw ``input_values``
+    ``[batch, WAVEFORM_SAMPLES]`` (see :func:`waveforms`; the model's own ``main_input_name`` is ``inputs``, the
+    encoder's ``input_values``) and a GPT-2 decoder with cross-attention, starting from BOS. Shared across the
+    session: do not mutate it."""
+    from transformers import GPT2Config, SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
+
+    encoder = Wav2Vec2Config(hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS, num_attention_heads=NUM_HEADS,
+                             intermediate_size=2 * HIDDEN_SIZE, conv_dim=(16, 16), conv_stride=(5, 2),
+                             conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=NUM_HEADS,
+                             feat_extract_norm="layer", do_stable_layer_norm=True, hidden_dropout=0.0,
+                             attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
+                             initializer_range=0.3)
+    decoder = GPT2Config(vocab_size=vocab_size(), n_embd=HIDDEN_SIZE, n_layer=NUM_LAYERS, n_head=NUM_HEADS,
+                         n_positions=MAX_POSITIONS, add_cross_attention=True, is_decoder=True,
+                         initializer_range=INITIALIZER_RANGE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    config = SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
+    return _seeded_init(lambda: SpeechEncoderDecoderModel(config=config), seed)
+
+
+def waveforms(batch: int, seed: int = 0) -> torch.Tensor:
+    """Random raw audio ``input_values`` for :func:`tiny_speech_encoder_decoder`, ``[batch, WAVEFORM_SAMPLES]``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, WAVEFORM_SAMPLES, generator=generator)
+
+
 def encode_batch(texts, tokenizer=None):
     """Left-padded ``input_ids`` and ``attention_mask`` for ``texts`` (a string or a list of strings)."""
     tokenizer = tokenizer or tiny_tokenizer()

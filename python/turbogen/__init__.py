@@ -11,11 +11,13 @@ from .config import (BaseWatermarkingConfig, CompileConfig, GenerationConfig, Ge
 from .errors import TurbogenFallbackWarning, UnsupportedByTurbogen
 from .generate import compute_transition_scores, generate
 from .generation.batch_state import NonFiniteScoresError
+from .generation.beam_constraints import Constraint, ConstraintListState, DisjunctiveConstraint, PhrasalConstraint
 from .generation.compiled import DecodeStep
 from .outputs import (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput, GenerateDecoderOnlyOutput,
                       GenerateEncoderDecoderOutput)
 from .patching import is_patched, patch, unpatch
 from .processors.synthid import SynthIDTextWatermarkLogitsProcessor
+from .serving import Engine, RequestHandle, RequestOutput, generate_batch
 from .stopping import (ConfidenceCriteria, EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StoppingCriteria,
                        StoppingCriteriaList, StopStringCriteria, validate_stopping_criteria)
 from .streamers import AsyncTextIteratorStreamer, BaseStreamer, TextIteratorStreamer, TextStreamer
@@ -32,7 +34,11 @@ __all__ = [
     "BayesianDetectorModel",
     "CompileConfig",
     "ConfidenceCriteria",
+    "Constraint",
+    "ConstraintListState",
     "DecodeStep",
+    "DisjunctiveConstraint",
+    "Engine",
     "EosTokenCriteria",
     "GenerateBeamDecoderOnlyOutput",
     "GenerateBeamEncoderDecoderOutput",
@@ -43,6 +49,9 @@ __all__ = [
     "MaxLengthCriteria",
     "MaxTimeCriteria",
     "NonFiniteScoresError",
+    "PhrasalConstraint",
+    "RequestHandle",
+    "RequestOutput",
     "StopStringCriteria",
     "StoppingCriteria",
     "StoppingCriteriaList",
@@ -60,6 +69,7 @@ __all__ = [
     "as_generation_config",
     "compute_transition_scores",
     "generate",
+    "generate_batch",
     "is_patched",
     "ops",
     "patch",

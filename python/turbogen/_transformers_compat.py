@@ -78,6 +78,7 @@ __all__ = [
     "prompt_ignore_length",
     "prepare_inputs",
     "prepares_own_inputs",
+    "replace_dynamic_cache_tensors",
     "start_prepared_inputs",
     "supports_default_dynamic_cache",
     "transformers_major_version",
@@ -174,7 +175,12 @@ def prepare_inputs(model: Any, input_ids: torch.Tensor, model_kwargs: dict,
             ``None`` for a decoding step (one new token).
     """
     if not _is_transformers_5():
-        return model.prepare_inputs_for_generation(input_ids, **model_kwargs)
+        inputs = model.prepare_inputs_for_generation(input_ids, **model_kwargs)
+        # transformers' loops add these after the preparation: 4.45's own preparations (GPT-2's) drop them.
+        for flag in ("output_attentions", "output_hidden_states"):
+            if model_kwargs.get(flag):
+                inputs[flag] = True
+        return inputs
     has_cache = model_kwargs.get("past_key_values") is not None
     if prefill_cached_length is not None:
         new_tokens = input_ids.shape[1] - prefill_cached_length if has_cache else None
@@ -311,6 +317,15 @@ def cache_batch_select_indices(cache: Any, indices: torch.Tensor) -> None:
     _apply_to_cache_rows(cache, lambda tensor: tensor[indices, ...])
 
 
+def replace_dynamic_cache_tensors(cache: Any, function) -> None:
+    """Replace every non-empty key and value tensor of a transformers ``DynamicCache`` by ``function(tensor)``
+    (4.45's ``key_cache`` / ``value_cache`` lists; 4.57's and 5.x's layers). Under 4.45 the count of positions
+    seen (``_seen_tokens``, which 4.45's own ``crop`` sets too) follows the new length."""
+    _apply_to_cache_rows(cache, function)
+    if not hasattr(cache, "layers") and hasattr(cache, "_seen_tokens"):
+        cache._seen_tokens = int(cache.get_seq_length())
+
+
 def _apply_to_cache_rows(cache: Any, function) -> None:
     for holder, name in _cache_tensor_lists(cache):
         value = getattr(holder, name, None)
@@ -402,11 +417,17 @@ def from_pretrained_dtype(dtype: Any) -> dict:
     return {"dtype": dtype}
 
 
-def beam_indices_as_installed(beam_indices: Optional[torch.Tensor], sequence_length: int) -> Optional[torch.Tensor]:
+def beam_indices_as_installed(beam_indices: Optional[torch.Tensor], sequence_length: int,
+                              scores_recorded: bool = True) -> Optional[torch.Tensor]:
     """Beam search's ``beam_indices`` (``[rows, generated steps]``, -1 past a row's end: 4.57's and 5.x's layout)
     as the installed transformers returns them: 4.45's ``BeamSearchScorer.finalize`` makes them as wide as the
-    sequences (prompt included), the extra columns -1."""
-    if beam_indices is None or not is_transformers_4_45() or beam_indices.shape[-1] >= sequence_length:
+    sequences (prompt included), the extra columns -1, and 4.45 returns them only when the scores are recorded
+    (``output_scores``, ``scores_recorded``)."""
+    if beam_indices is None or not is_transformers_4_45():
+        return beam_indices
+    if not scores_recorded:
+        return None
+    if beam_indices.shape[-1] >= sequence_length:
         return beam_indices
     padding = beam_indices.new_full((*beam_indices.shape[:-1], sequence_length - beam_indices.shape[-1]), -1)
     return torch.cat([beam_indices, padding], dim=-1)

@@ -1,5 +1,5 @@
-"""``turbogen.generate``: transformers v4.57's ``generate()`` for decoder-only causal LMs and text encoder-decoder
-models (T5, BART, ...), built for speed.
+"""``turbogen.generate``: transformers v4.57's ``generate()`` for decoder-only causal LMs and encoder-decoder
+models (T5, BART, Whisper-style speech, vision encoder-decoders, ...), built for speed.
 
 What is reproduced exactly (same tokens as transformers for greedy search and beam search, same scores):
 the resolution of the generation config (call arguments over a given config over the model's defaults over
@@ -19,17 +19,24 @@ it, the "all rows finished" flag is read ``FINISH_CHECK_LAG`` steps late (per de
 steps are discarded, leaving results identical. Only the last position's logits are computed when the
 model supports ``logits_to_keep``.
 
-Encoder-decoder models (``model.config.is_encoder_decoder``, encoder reading ``input_ids``): the encoder runs once
-(unless ``encoder_outputs`` are given), on the prompt and its attention mask (inferred from padding when not
-given, as 4.57 does); generation then runs on the decoder, whose prompt is ``decoder_input_ids`` with
-``decoder_start_token_id`` (an int, or one per prompt) put in front unless every row starts with it, else that
-start token; the output's sequences are the decoder's. Every decoder call goes through the model's own
-``prepare_inputs_for_generation`` (encoder outputs, encoder mask, ``decoder_*`` inputs), over an
-``EncoderDecoderCache`` (``DynamicCache`` pairs, or transformers' ``StaticCache`` pairs for
-``cache_implementation="static"``); ``encoder_repetition_penalty`` / ``encoder_no_repeat_ngram_size`` read the
-encoder's input ids. Not supported (``UnsupportedByTurbogen``): encoders reading other inputs
-(``input_features``, ``pixel_values``), ``inputs_embeds`` / ``decoder_inputs_embeds``, ``past_key_values``,
-``prefill_chunk_size``, other cache kinds.
+Encoder-decoder models (``model.config.is_encoder_decoder``: text-to-text such as T5 and BART, speech-to-text,
+vision-to-text): the encoder runs once (unless ``encoder_outputs`` are given), on the tensor named by the encoder's
+main input (``input_ids``, ``input_features``, ``pixel_values``..., given as ``inputs`` or by name; a text encoder
+also takes ``inputs_embeds`` instead of ids) and its attention mask (for token ids inferred from padding when not
+given, otherwise ones, as 4.57 does); the batch size is that tensor's. Generation then runs on the decoder, whose
+prompt is ``decoder_input_ids`` (or an ``input_ids`` keyword when the encoder reads something else) with
+``decoder_start_token_id`` (an int, or one per prompt) put in front unless some row starts with it (never for
+Whisper and Donut models, as in 4.57), else that start token; the output's sequences are the decoder's. Each
+decoder call passes what the model's ``prepare_inputs_for_generation`` would (encoder outputs, encoder mask,
+``decoder_*`` inputs), over an ``EncoderDecoderCache`` (``DynamicCache`` pairs, or transformers' ``StaticCache``
+pairs for ``cache_implementation="static"``): under 4.57, for a model using the generic preparation without
+``decoder_attention_mask``, built directly per step; otherwise through that preparation. Beam reorders skip the
+cross-attention cache when its rows of each input are bitwise equal (checked). ``encoder_repetition_penalty`` /
+``encoder_no_repeat_ngram_size`` read the encoder's token ids (refused without them). For speech models such as
+Whisper the reference is transformers' generic ``GenerationMixin.generate``: ``WhisperForConditionalGeneration``'s
+own ``generate`` (language and task tokens, timestamps, long-form audio) is not reproduced. ``decoder_inputs_embeds``
+raise ``ValueError`` (4.57 fails there too). Not supported (``UnsupportedByTurbogen``): ``past_key_values``,
+``prefill_chunk_size``, other cache kinds, speculative decoding, contrastive search.
 
 KV cache (decoder-only): transformers' ``DynamicCache`` by default; ``cache_implementation="static"`` builds turbogen's
 :class:`~turbogen.cache.StaticKVCache` for ``batch * max(num_beams, num_return_sequences)`` rows and
@@ -99,7 +106,12 @@ from .config import GenerationMode
 from .generation.constrained_beam import constrained_beam_from_call
 from .generation.contrastive import contrastive_from_call
 from .generation.dola import dola_from_call
+from .generation.custom_generate import (custom_generate_plan, custom_repository_name, native_mode_check,
+                                        run_custom_decoding)
+from .generation.custom_generate import extra_arguments as extra_custom_arguments
 from .generation.group_beam import group_beam_from_call
+from .generation.synced_gpus import PeerSync, SyncedRunner, check_synced_gpus
+from .errors import UnsupportedByTurbogen
 from .generation.compiled import (DecodeStep, compile_decision, shared_decode_step, shared_model_call,
                                   whole_step_refusal)
 from .generation.decode import FINISH_CHECK_LAG, run_decode_step, run_greedy_or_sample
@@ -145,14 +157,19 @@ def generate(
         stopping_criteria: extra stopping criteria, merged the same way.
         prefix_allowed_tokens_fn: ``fn(batch_id, input_ids) -> allowed token ids`` constraining every step.
         streamer: receives the prompt, then each new token (``put``), then ``end()``; greedy and sampling only.
-        tokenizer: needed for ``stop_strings``.
+        tokenizer: needed for ``stop_strings`` and ``token_healing=True`` (the prompt's last token regenerated
+            as transformers 4.57's ``heal_tokens`` does: :mod:`turbogen.generation.token_healing`).
         **kwargs: generation parameters overriding the config (``max_new_tokens=...``, ``do_sample=...``,
             ``prefill_chunk_size=...``: the prompt prefilled in chunks, greedy search and sampling) and model
             inputs (``input_ids``, ``attention_mask``, ``past_key_values``, ``inputs_embeds``: the first step
             feeds these embeddings and the output holds only the new tokens unless ``input_ids`` are given too;
             ``position_ids``: the prompt's positions, the last one reused by later steps as transformers 4.57
             does; ``negative_prompt_ids``, ``negative_prompt_attention_mask``, any other ``forward`` argument),
-            plus ``use_model_defaults``.
+            plus ``use_model_defaults``; ``custom_generate`` (a callable decoding loop, a local directory with
+            ``custom_generate/generate.py``, or the Hub repository of a strategy 4.57 moved there, which runs
+            natively: :mod:`turbogen.generation.custom_generate`; other Hub ids are refused) and
+            ``synced_gpus=True`` (every rank of the torch.distributed group keeps calling the model until all
+            have finished; greedy search, sampling, beam search, DoLa: :mod:`turbogen.generation.synced_gpus`).
 
     Returns:
         ``LongTensor [batch * num_return_sequences, length]`` (prompt included; an encoder-decoder's decoder
@@ -164,32 +181,55 @@ def generate(
 
     Raises:
         ValueError: for invalid or conflicting arguments, naming them.
-        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (group
-            beam, constrained beam, DoLa, the encoder-decoder cases listed above, the speculative cases listed
+        turbogen.UnsupportedByTurbogen: (a ``ValueError``) for valid calls turbogen does not implement (the
+            encoder-decoder cases listed above, ``custom_generate`` from the Hub, the speculative cases listed
             in "Speculative decoding", ...); a
             model patched with :func:`turbogen.patch` runs those with its original ``generate`` instead.
         turbogen.NonFiniteScoresError: (a ``RuntimeError``) when sampling meets scores it cannot sample from.
     """
     user_cache = kwargs.get("past_key_values") is not None
+    custom = None
+    if kwargs.get("custom_generate") is not None:
+        custom = custom_generate_plan(kwargs.pop("custom_generate"))
+        kwargs.pop("trust_remote_code", None)  # turbogen runs no remote code
+        if custom[0] == "directory":  # the whole call is the directory's generate()
+            return custom[1](model=model, **_custom_generate_arguments(
+                inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, streamer,
+                tokenizer, kwargs))
+    else:
+        kwargs.pop("custom_generate", None)
+    extra = extra_custom_arguments(custom[1], kwargs) if custom is not None and custom[0] == "callable" else None
     with torch.no_grad():
         call = prepare_call(model, inputs, generation_config, logits_processor, stopping_criteria,
-                            prefix_allowed_tokens_fn, streamer, tokenizer, kwargs)
+                            prefix_allowed_tokens_fn, streamer, tokenizer, kwargs,
+                            sampler_may_filter=extra is None)
+        if extra is not None:
+            result = run_custom_decoding(custom[1], model, call, extra, streamer)
+            if call.config.return_legacy_cache is True and hasattr(getattr(result, "past_key_values", None),
+                                                                   "to_legacy_cache"):
+                result.past_key_values = result.past_key_values.to_legacy_cache()
+            return result
         record = Record(call.config, encoder_decoder=call.encoder_outputs is not None)
         mode = call.config.get_generation_mode()
+        if custom is not None:  # a strategy 4.57 moved to the Hub: its native implementation
+            native_mode_check(custom[1], mode, custom_repository_name(custom[1]))
+        peers = _synced_peers(call, mode)
         # transformers 4.45.2's strategies (4.57 moved them to the Hub), each in its own module; each streams the
         # prompt itself.
         if mode == GenerationMode.CONTRASTIVE_SEARCH:
             return _legacy_cache_if_asked(call, contrastive_from_call(model, call, record, streamer), user_cache)
+        if mode in (GenerationMode.GROUP_BEAM_SEARCH, GenerationMode.CONSTRAINED_BEAM_SEARCH) and streamer is not None:
+            raise ValueError("`streamer` cannot be used with beam search (as in transformers 4.45): set `num_beams=1`.")
         if mode == GenerationMode.GROUP_BEAM_SEARCH:
             return _legacy_cache_if_asked(call, group_beam_from_call(model, call, record), user_cache)
         if mode == GenerationMode.CONSTRAINED_BEAM_SEARCH:
             return _legacy_cache_if_asked(call, constrained_beam_from_call(model, call, record), user_cache)
         if mode == GenerationMode.DOLA_GENERATION:
-            return _legacy_cache_if_asked(call, dola_from_call(model, call, record, streamer), user_cache)
+            return _legacy_cache_if_asked(call, dola_from_call(model, call, record, streamer, peers), user_cache)
         speculation = call.speculation
         user_code_per_step = (bool(logits_processor) or prefix_allowed_tokens_fn is not None
                               or streamer is not None)
-        if not call.is_beam and speculation is None:
+        if not call.is_beam and speculation is None and peers is None:
             step = _compiled_step(model, call, record, user_code_per_step)
             if step is not None:
                 batch = BatchState.from_config(call.config, call.input_ids.shape[0], call.input_ids.device,
@@ -201,6 +241,8 @@ def generate(
         # Speculation feeds drafts past a row's end: the runner has room for them.
         runner = make_runner(model, call.input_ids, call.model_kwargs, call.cache, call.config.use_cache,
                              call.max_length + (speculation.headroom if speculation is not None else 0), record)
+        if peers is not None:
+            runner = SyncedRunner(runner, peers)
         # Only now, when nothing can be refused any more (a patched model falls back on a refusal, and its
         # original generate streams the prompt itself).
         if streamer is not None:
@@ -212,7 +254,48 @@ def generate(
         else:
             result = _greedy_or_sample(call, runner, record, streamer,
                                        deferrable=call.stopping.rows_are_pure and not user_code_per_step)
+        if peers is not None:  # the other ranks may still be generating: keep their forwards company
+            peers.drain(lambda: model(input_ids=call.input_ids[:, -1:], use_cache=False))
     return _legacy_cache_if_asked(call, result, user_cache)
+
+
+def _synced_peers(call: PreparedCall, mode: GenerationMode) -> Optional[PeerSync]:
+    """The group vote of ``synced_gpus=True`` (None without it); refuses the loops it is not wired into."""
+    if not call.synced_gpus:
+        return None
+    check_synced_gpus()
+    served = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.BEAM_SEARCH,
+              GenerationMode.BEAM_SAMPLE, GenerationMode.DOLA_GENERATION)
+    if mode not in served or call.encoder_outputs is not None:
+        what = "an encoder-decoder model" if call.encoder_outputs is not None else mode.value
+        raise UnsupportedByTurbogen(f"`synced_gpus=True` with {what} is not supported by turbogen.generate "
+                                    "(greedy search, sampling, beam search and DoLa of decoder-only models are).",
+                                    reason=f"synced_gpus with {what}")
+    return PeerSync(call.input_ids.device)
+
+
+# The named arguments of transformers 4.57's generate() that a `custom_generate` directory's generate() receives
+# (besides `model` and the other keyword arguments), in its order.
+_CUSTOM_GENERATE_NAMED = ("synced_gpus", "assistant_model", "negative_prompt_ids", "negative_prompt_attention_mask",
+                          "use_model_defaults")
+
+
+def _custom_generate_arguments(inputs, generation_config, logits_processor, stopping_criteria,
+                               prefix_allowed_tokens_fn, streamer, tokenizer, kwargs: dict) -> dict:
+    """Every argument of this call, as transformers 4.57 hands them to a ``custom_generate`` directory's
+    ``generate``: its named parameters (``None`` when not given), then the keyword arguments."""
+    arguments = dict(inputs=inputs, generation_config=generation_config, logits_processor=logits_processor,
+                     stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
+    rest = dict(kwargs)
+    for name in _CUSTOM_GENERATE_NAMED[:2]:
+        arguments[name] = rest.pop(name, None)
+    arguments["streamer"] = streamer
+    for name in _CUSTOM_GENERATE_NAMED[2:]:
+        arguments[name] = rest.pop(name, None)
+    if tokenizer is not None:
+        rest["tokenizer"] = tokenizer
+    arguments.update(rest)
+    return arguments
 
 
 def _legacy_cache_if_asked(call: PreparedCall, result: Any, user_cache: bool = False) -> Any:
@@ -221,6 +304,10 @@ def _legacy_cache_if_asked(call: PreparedCall, result: Any, user_cache: bool = F
     if isinstance(result, (GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)) and \
             _compat.returns_legacy_cache(call.config.return_legacy_cache, user_cache, result.past_key_values):
         result.past_key_values = _compat.legacy_cache(result.past_key_values)
+    elif isinstance(result, (GenerateEncoderDecoderOutput, GenerateBeamEncoderDecoderOutput)) and \
+            call.config.return_legacy_cache is True and hasattr(result.past_key_values, "to_legacy_cache"):
+        # 4.57 converts an EncoderDecoderCache too: per layer, self-attention keys and values, then cross-attention's.
+        result.past_key_values = result.past_key_values.to_legacy_cache()
     return result
 
 
@@ -315,7 +402,8 @@ def _beam_search(call: PreparedCall, runner: ModelRunner, record: Record):
         sequences_scores=sequence_scores if config.output_scores else None,
         scores=record.collected_scores,
         logits=record.collected_logits,
-        beam_indices=_compat.beam_indices_as_installed(beam_indices, sequences.shape[1]),  # 4.45: as wide as sequences
+        # (4.45: as wide as the sequences, and only with output_scores)
+        beam_indices=_compat.beam_indices_as_installed(beam_indices, sequences.shape[1], bool(config.output_scores)),
         **_attention_fields(call, record),
         past_key_values=runner.past_key_values,
     )

@@ -2,8 +2,9 @@
 
 ``patch(model)`` sets an instance attribute ``model.generate`` that calls ``turbogen.generate(model, ...)``
 with the same arguments transformers' method takes; ``unpatch(model)`` removes it, so the class's own
-``generate`` (or whatever instance attribute was there before patching) is visible again. Patching affects
-that one model object only, never its class.
+``generate`` (or whatever instance attribute was there before patching) is visible again. ``patch`` also sets
+``model.generate_batch`` (:func:`turbogen.generate_batch`, continuous batching), which ``unpatch`` removes too.
+Patching affects that one model object only, never its class.
 
 Fallback: a call that turbogen does not implement (it raises :class:`~turbogen.errors.UnsupportedByTurbogen`:
 an unsupported decoding method, cache kind, model kind or argument) runs the model's original ``generate``
@@ -35,6 +36,7 @@ __all__ = ["is_patched", "patch", "unpatch"]
 # Instance attribute holding what `generate` resolved to as an instance attribute before patching (absent
 # when it came from the class).
 _SAVED_ATTRIBUTE = "_turbogen_saved_generate"
+_SAVED_BATCH_ATTRIBUTE = "_turbogen_saved_generate_batch"
 _MISSING = object()
 
 # Refusal reasons already reported by a fallback warning in this process.
@@ -86,6 +88,13 @@ def patch(model: Any) -> Any:
     patched_generate.__turbogen_patch__ = True
     object.__setattr__(model, _SAVED_ATTRIBUTE, vars(model).get("generate", _MISSING))
     object.__setattr__(model, "generate", patched_generate)
+    # `model.generate_batch(inputs, generation_config=None, **kwargs)`: turbogen's continuous batching (no fallback:
+    # transformers' own differs in its arguments and results).
+    from .serving import generate_batch
+
+    object.__setattr__(model, _SAVED_BATCH_ATTRIBUTE, vars(model).get("generate_batch", _MISSING))
+    object.__setattr__(model, "generate_batch", functools.wraps(generate_batch)(
+        functools.partial(generate_batch, model)))
     return model
 
 
@@ -94,11 +103,12 @@ def unpatch(model: Any) -> Any:
     left as it is. Returns ``model``."""
     if not is_patched(model):
         return model
-    saved = vars(model).pop(_SAVED_ATTRIBUTE, _MISSING)
-    if saved is _MISSING:
-        object.__delattr__(model, "generate")
-    else:
-        object.__setattr__(model, "generate", saved)
+    for name, saved_name in (("generate", _SAVED_ATTRIBUTE), ("generate_batch", _SAVED_BATCH_ATTRIBUTE)):
+        saved = vars(model).pop(saved_name, _MISSING)
+        if saved is _MISSING:
+            vars(model).pop(name, None)
+        else:
+            object.__setattr__(model, name, saved)
     return model
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Cache, DynamicCache
 
+from conftest import CACHE_API_IN_4_45, STATIC_CACHES_IN_4_45, skip_on_transformers_4_45
 from tiny_models import encode_batch, tiny_model
 from tolerances import assert_close_across_compilations
 from turbogen.cache import CACHE_IMPLEMENTATIONS, StaticKVCache, make_cache
@@ -71,6 +72,7 @@ def _greedy_decode(model, input_ids, attention_mask, cache, mask_columns: int, d
 @pytest.mark.parametrize("prompts", list(PROMPTS), ids=list(PROMPTS))
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_manual_greedy_loop_matches_dynamic_cache(kind, attention, prompts):
     model = _model(kind, attention)
     input_ids, attention_mask = encode_batch(PROMPTS[prompts])
@@ -100,6 +102,7 @@ def test_manual_greedy_loop_matches_dynamic_cache(kind, attention, prompts):
     assert not bool(static.key_cache[..., fed:, :].any())
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_decode_step_compiles_to_one_graph():
     """Dynamo traces a decode step with the static cache into a single graph (``fullgraph``: no break in
     ``update`` or the mask code) that every later step reuses: nothing per-step lives in Python ints."""
@@ -130,6 +133,7 @@ def test_decode_step_compiles_to_one_graph():
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_transformers_generate_with_static_cache_matches_default(kind):
     model = _model(kind, "sdpa")
     input_ids, attention_mask = encode_batch(PROMPTS["batch2_left_padded"])
@@ -152,6 +156,7 @@ def test_transformers_generate_with_static_cache_matches_default(kind):
     assert torch.equal(again.sequences, default.sequences)
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_transformers_beam_search_with_static_cache_matches_default():
     """Beam search reorders the cache through ``reorder_cache`` every step."""
     model = _model("llama", "sdpa")
@@ -220,6 +225,7 @@ def test_shape_from_configs_and_overrides():
         _small_cache(dtype=torch.int64)
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_transformers_interface():
     cache = _small_cache(max_cache_len=8)
     assert isinstance(cache, Cache)
@@ -278,6 +284,7 @@ def test_update_without_positions_appends_like_transformers_v5():
     assert isinstance(offset, torch.Tensor) and offset.dim() == 0 and int(offset) == appended.get_seq_length() == 5
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_reorder_cache_matches_dynamic_cache():
     static, dynamic = _small_cache(), DynamicCache()
     for layer in range(LAYERS):
@@ -344,6 +351,7 @@ def _reorder_both(static, dynamic, index):
     assert _reorder_cache(None, dynamic, index) is dynamic
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_a_reorder_by_the_identity_copies_nothing():
     static, dynamic = _filled_caches()
     before = static.key_cache.clone(), [layer.keys.clone() for layer in dynamic.layers]
@@ -357,6 +365,7 @@ def test_a_reorder_by_the_identity_copies_nothing():
 
 @pytest.mark.parametrize("index", [[1, 0, 2, 3], [0, 3, 2, 1], [1, 0, 0, 1], [3, 3, 3, 3], [2, 3, 0, 1], [1, 2, 3, 0]],
                          ids=str)
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_in_place_reorders_equal_a_gather_swaps_included(index):
     """Swaps and cycles are the trap for in-place copies: a row must be read before it is overwritten."""
     static, dynamic = _filled_caches()
@@ -385,6 +394,7 @@ def test_in_place_reorders_equal_a_gather_swaps_included(index):
     assert torch.equal(single.layers[0].keys, _filled_caches()[0].layers[0].keys)
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_a_device_side_index_gathers_every_row_without_a_host_read(monkeypatch):
     """Off the host (here: while compiling, where reading the index is not allowed either) every row is
     gathered; the result is the same."""
@@ -397,6 +407,7 @@ def test_a_device_side_index_gathers_every_row_without_a_host_read(monkeypatch):
     assert torch.equal(dynamic.layers[0].keys, expected[0][:, :, :5])
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_caches_that_are_not_plain_keep_their_own_reorder():
     class OwnCache(DynamicCache):
         calls = 0
@@ -484,6 +495,7 @@ def test_fixed_batch_size():
         cache.batch_select_indices(torch.tensor([0]))
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_make_cache():
     model = tiny_model("llama")
     assert CACHE_IMPLEMENTATIONS[:2] == ("dynamic", "static")  # the others: tests/cache/test_cache_implementations.py

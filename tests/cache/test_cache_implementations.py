@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from conftest import TRANSFORMERS_5, TRANSFORMERS_VERSION
+from conftest import CACHE_API_IN_4_45, TRANSFORMERS_5, TRANSFORMERS_VERSION, skip_on_transformers_4_45
 from tiny_models import encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_bit_exact, assert_close_across_compilations
@@ -81,6 +81,7 @@ def _assert_same(expected, actual, beams: int, bit_exact: bool) -> None:
 @pytest.mark.parametrize("beams", [1, 2], ids=["greedy", "beam2"])
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("model_kind, kind", CASES, ids=[f"{m}-{k}" for m, k in CASES])
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_cache_implementation_matches_transformers(model_kind, kind, batch, beams):
     if _v5_skip(kind):
         pytest.skip(_v5_skip(kind))
@@ -93,6 +94,7 @@ def test_cache_implementation_matches_transformers(model_kind, kind, batch, beam
         assert same_class, (type(actual.past_key_values), type(expected.past_key_values))
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_the_sliding_window_changes_the_output():
     """The comparisons above can fail: the tiny Mistral's 4-token window changes what it generates (a cache that
     kept or dropped the wrong positions would change the tokens)."""
@@ -104,6 +106,7 @@ def test_the_sliding_window_changes_the_output():
     assert not torch.equal(windowed, unwindowed)
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_make_cache_builds_what_transformers_builds():
     mistral, gemma2 = tiny_model("mistral"), tiny_model("gemma2")
     assert set(CACHE_IMPLEMENTATIONS) >= set(CPU_KINDS) | set(OFFLOADED_CACHE_IMPLEMENTATIONS) | {"quantized"}
@@ -122,6 +125,7 @@ def test_make_cache_builds_what_transformers_builds():
 
 
 @pytest.mark.parametrize("kind", OFFLOADED_CACHE_IMPLEMENTATIONS)
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_offloaded_kinds_need_a_cuda_model(kind):
     with pytest.raises(ValueError, match="CUDA"):
         make_cache(kind, tiny_model("mistral"), batch_size=1, max_cache_len=8)
@@ -149,6 +153,7 @@ def test_quantized_matches_transformers(batch, beams):
 
 
 @pytest.mark.skipif(_QUANTO, reason="optimum-quanto is installed: the quantized cache runs")
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_quantized_without_its_backend_is_an_import_error():
     input_ids, attention_mask = encode_batch(PROMPTS["single"])
     cache_config = {"backend": "quanto", "nbits": 4}
@@ -172,6 +177,7 @@ USER_CACHES = {
 @pytest.mark.parametrize("beams", [1, 2], ids=["greedy", "beam2"])
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("cache", USER_CACHES)
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_transformers_cache_object_as_past_key_values(cache, batch, beams):
     """A transformers cache passed as ``past_key_values`` is used as given (each call gets its own), with
     transformers' output."""
@@ -189,6 +195,7 @@ def test_transformers_cache_object_as_past_key_values(cache, batch, beams):
     assert actual.past_key_values is caches[1]
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_a_prefilled_dynamic_cache_continues_the_prompt():
     """A DynamicCache already holding the prompt's first tokens: only the rest of the prompt is fed."""
     model = tiny_model("gemma2")

@@ -17,10 +17,10 @@ from turbogen.attention import (PAGED_ATTENTION_NAME, PagedBatch, active_paged_b
                                 paged_forward, register_paged_attention)
 from turbogen.cache import PagedKVCache
 
-from conftest import backend_params
+from conftest import PAGED_ATTENTION_IN_4_45, backend_params, skip_on_transformers_4_45
 from tiny_models import tiny_model, tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 
-pytestmark = pytest.mark.usefixtures("tiny_model_environment")
+pytestmark = [pytest.mark.usefixtures("tiny_model_environment"), skip_on_transformers_4_45(PAGED_ATTENTION_IN_4_45)]
 
 ATOL = RTOL = 1e-4
 # Llama (GQA), Mistral (4-token sliding window), Qwen2 (GQA, qkv bias), GPT-2 (MHA, learned positions, no GQA),

@@ -15,6 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import turbogen
+from conftest import STATIC_CACHES_IN_4_45, skip_on_transformers_4_45
 from tiny_models import encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from turbogen import CompileConfig, DecodeStep, GenerationConfig
@@ -63,6 +64,7 @@ def _stored(model, kind):
 
 
 @pytest.mark.parametrize("prompts", [["the quick brown"], PADDED], ids=["single", "padded"])
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_compiled_greedy_search_equals_eager_and_never_recompiles(model, prompts):
     eager = _generate(model, prompts, 10)
     # An EOS that one row meets partway: finished rows are padded on the device, the end read on the host.
@@ -83,6 +85,7 @@ def test_compiled_greedy_search_equals_eager_and_never_recompiles(model, prompts
     assert _graph_breaks() == breaks
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_compiled_sampling_with_filters_and_penalties_draws_the_eager_tokens(model):
     eager = _generate(model, PADDED, 8, **SAMPLING)
     assert torch.equal(_generate(model, PADDED, 8, TRACE, **SAMPLING), eager)
@@ -92,6 +95,7 @@ def test_compiled_sampling_with_filters_and_penalties_draws_the_eager_tokens(mod
                            _generate(model, PADDED[::-1], 9, **options))
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_only_the_model_call_compiles_when_a_processor_reads_the_history(model, monkeypatch):
     """``min_new_tokens`` reads the history, ``output_scores`` records every step: the model call alone compiles
     (transformers' behaviour), with fixed-shape inputs, and the tokens and scores are those of the eager run."""
@@ -109,6 +113,7 @@ def test_only_the_model_call_compiles_when_a_processor_reads_the_history(model, 
     assert torch.equal(again.sequences, _generate(model, PADDED[:2], 5, **options).sequences)
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_beam_search_compiles_the_model_call_with_the_eager_results(model):
     options = {"num_beams": 3, "return_dict_in_generate": True, "output_scores": True}
     eager = _generate(model, SHORT, 6, **options)
@@ -125,6 +130,7 @@ def _fail(*args, **kwargs):
     raise AssertionError("the whole step must not be used here")
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_decode_step_used_directly_decodes_what_generate_does(model):
     input_ids, attention_mask = encode_batch(PADDED)
     cache = StaticKVCache(model.config, batch_size=3, max_cache_len=64)
@@ -168,6 +174,7 @@ class _CompileSpy:
     ("compile_config", True),
     ("transformers_compile_all_devices", True),
 ])
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_when_generate_compiles(case, compiles, monkeypatch):
     model = tiny_model("llama", fresh=True)
     spy = _CompileSpy()
@@ -192,6 +199,7 @@ def test_when_generate_compiles(case, compiles, monkeypatch):
     assert torch.equal(result, expected)
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_compile_config_fields_reach_torch_compile(monkeypatch):
     model = tiny_model("llama", fresh=True)
     spy = _CompileSpy()
@@ -207,6 +215,7 @@ def test_compile_config_fields_reach_torch_compile(monkeypatch):
 
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_compiled_generate_buckets_the_cache_and_reuses_the_step(monkeypatch):
     model = tiny_model("llama", fresh=True)
     monkeypatch.setattr(torch, "compile", _CompileSpy())
@@ -218,6 +227,7 @@ def test_compiled_generate_buckets_the_cache_and_reuses_the_step(monkeypatch):
     assert [capacity_bucket(n) for n in (2, 65, 66, 129, 200)] == [64, 64, 128, 128, 256]
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_a_given_static_cache_is_compiled_over(model, monkeypatch):
     spy = _CompileSpy()
     monkeypatch.setattr(torch, "compile", spy)
@@ -241,6 +251,7 @@ def test_every_compiled_callable_has_a_code_object_of_its_own():
     assert copy(2) == 3 and copy(2, step=5) == 7
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_decode_step_rejects_bad_input(model):
     from transformers import DynamicCache
 
@@ -289,6 +300,7 @@ def test_a_captured_step_replays_the_eager_tokens():
     assert torch.equal(step.sequences[:, :expected.shape[1]], expected[:, :length])
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_inductor_compiles_the_embedded_model_whole_step():
     """The one real inductor compilation (20-60 s here): the embedded model's greedy step, batch 1."""
     from turbogen import models

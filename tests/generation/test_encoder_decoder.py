@@ -3,7 +3,8 @@
 (the same model calls: one encoder run, then the decoder through transformers' own input preparation over an
 ``EncoderDecoderCache``); ``decoder_start_token_id`` (int or per row), ``decoder_input_ids``,
 ``encoder_outputs`` given by the caller, the encoder-side processors, the output classes with encoder and
-cross attentions; what is not implemented yet still raises ``UnsupportedByTurbogen``."""
+cross attentions; what is not implemented yet still raises ``UnsupportedByTurbogen``. Encoders reading other
+inputs (``input_features``, ``pixel_values``, ``inputs_embeds``): test_encoder_inputs.py."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import pytest
 import torch
 import transformers
 
-from conftest import TRANSFORMERS_5
+from conftest import ENCODER_DECODER_IN_4_45, TRANSFORMERS_5, skip_on_transformers_4_45
 from tiny_models import (BOS_ID, EOS_ID, HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS, PAD_ID, encode_batch,
                          tiny_model_environment, vocab_size)  # noqa: F401  (a fixture, applied by pytestmark)
-from tolerances import assert_bit_exact, assert_same_generation, generate_both
+from tolerances import assert_bit_exact, assert_draws_follow, assert_same_generation, generate_both
 from turbogen import UnsupportedByTurbogen
 from turbogen.generate import generate
 
-pytestmark = pytest.mark.usefixtures("tiny_model_environment")
+pytestmark = [pytest.mark.usefixtures("tiny_model_environment"), skip_on_transformers_4_45(ENCODER_DECODER_IN_4_45)]
 
 KINDS = ("t5", "bart")
 PROMPTS = {
@@ -195,13 +196,9 @@ def test_static_cache_and_no_cache_match_transformers(kind):
 def test_unimplemented_parts_still_raise():
     model = _model("t5")
     ids, mask = _prompt("single")
-    embeds = model.get_input_embeddings()(ids)
-    for arguments in ({"cache_implementation": "offloaded"}, {"prefill_chunk_size": 2},
-                      {"decoder_inputs_embeds": embeds}):
+    for arguments in ({"cache_implementation": "offloaded"}, {"prefill_chunk_size": 2}):
         with pytest.raises(UnsupportedByTurbogen):
             generate(model, ids, attention_mask=mask, max_new_tokens=3, **arguments)
-    with pytest.raises(UnsupportedByTurbogen):
-        generate(model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=3)
 
 
 def test_invalid_decoder_start_list_raises():
@@ -209,3 +206,100 @@ def test_invalid_decoder_start_list_raises():
     ids, mask = _prompt("padded")
     with pytest.raises(ValueError, match="decoder_start_token_id"):
         generate(model, ids, attention_mask=mask, max_new_tokens=3, decoder_start_token_id=[1, 2])
+
+
+DRAWS = 6000
+SAMPLING = dict(temperature=0.8, top_k=40)
+
+
+def _first_token_draws(model, ids, mask, **options):
+    """The first sampled decoder token of ``DRAWS`` sequences of one prompt (one call; the encoder runs once)."""
+    out = generate(model, ids, attention_mask=mask, do_sample=True, max_new_tokens=1, num_return_sequences=DRAWS,
+                   seed=7, **options)
+    return out[:, -1]
+
+
+def test_sampled_distribution_matches_transformers_processors():
+    """Sampling draws the first token from the softmax of transformers' processed scores (temperature, top-k), and
+    draws at another temperature are rejected by the same check (it can fail). On the BART-style model: the T5's
+    next-token distributions are too peaked to tell temperatures apart."""
+    model = _model("bart")
+    ids, mask = _prompt("single")
+    reference = model.generate(ids, attention_mask=mask, do_sample=True, max_new_tokens=1,
+                               return_dict_in_generate=True, output_scores=True, **SAMPLING)
+    expected = torch.softmax(reference.scores[0][0].double(), dim=-1)
+    assert int((expected > 0.01).sum()) > 3, "the distribution must spread over several tokens"
+    assert_draws_follow(_first_token_draws(model, ids, mask, **SAMPLING), expected)
+    with pytest.raises(AssertionError, match="do not follow"):
+        assert_draws_follow(_first_token_draws(model, ids, mask, **{**SAMPLING, "temperature": 1.2}), expected)
+
+
+# --- the fast paths: each must be taken, and the tests above show their outputs equal transformers' ------------
+
+
+@pytest.mark.skipif(TRANSFORMERS_5, reason="the direct decoder step reproduces 4.57's generic preparation; under "
+                    "transformers 5 every step goes through the model's own preparation")
+def test_stock_preparation_is_built_directly(monkeypatch):
+    from turbogen.generation import runner as runner_module
+
+    built = []
+    original = runner_module.StockEncoderDecoderRunner.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(type(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module.StockEncoderDecoderRunner, "__init__", spy)
+    model = _model("bart")
+    ids, mask = _prompt("padded")
+    generate(model, ids, attention_mask=mask, max_new_tokens=3)
+    assert built == [runner_module.StockEncoderDecoderRunner]
+    # A decoder mask makes positions and masks per step: the general runner.
+    generate(model, ids, attention_mask=mask, max_new_tokens=3, decoder_input_ids=torch.tensor([[5]] * 3),
+             decoder_attention_mask=torch.ones(3, 1, dtype=torch.long))
+    assert len(built) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_beam_reorder_skips_the_cross_attention_cache(kind, monkeypatch):
+    """Beam search's reorders leave the cross-attention cache alone (its rows of one input are bitwise equal);
+    test_beam_search_matches_transformers shows the output unchanged."""
+    from turbogen.generation import runner as runner_module
+
+    skipped = []
+    original = runner_module._reorder_self_attention_only
+
+    def spy(*args):
+        skipped.append(original(*args))
+        return skipped[-1]
+
+    monkeypatch.setattr(runner_module, "_reorder_self_attention_only", spy)
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    expected, actual = generate_both(model, ids, mask, max_new_tokens=5, num_beams=3, return_dict_in_generate=True,
+                                     output_scores=True)
+    assert_same_generation(expected, actual, beams=True)
+    assert skipped and all(skipped)
+
+
+def test_cross_attention_rows_are_compared_bitwise():
+    from turbogen.generation.runner import _CrossAttentionRows
+
+    keys = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 3.0], [-0.0, 3.0]]).reshape(4, 1, 2)
+    rows = _CrossAttentionRows()
+    assert rows.unchanged_by([keys], torch.tensor([1, 0, 2, 3]))  # within the first pair: the same bits
+    assert not rows.unchanged_by([keys], torch.tensor([0, 1, 3, 2]))  # 0.0 and -0.0 differ in their bits
+    assert not rows.unchanged_by([keys], torch.tensor([2, 1, 2, 3]))  # across inputs
+
+
+@pytest.mark.skipif(TRANSFORMERS_5, reason=f"transformers {transformers.__version__} has no `return_legacy_cache`")
+def test_return_legacy_cache_matches_transformers():
+    model = _model("t5")
+    ids, mask = _prompt("padded")
+    expected, actual = generate_both(model, ids, mask, max_new_tokens=3, return_dict_in_generate=True,
+                                     return_legacy_cache=True)
+    assert isinstance(actual.past_key_values, tuple) and len(actual.past_key_values) == len(expected.past_key_values)
+    for want_layer, got_layer in zip(expected.past_key_values, actual.past_key_values, strict=True):
+        assert len(got_layer) == len(want_layer) == 4  # self-attention keys, values; cross-attention keys, values
+        for want, got in zip(want_layer, got_layer):
+            assert_bit_exact(got, want)

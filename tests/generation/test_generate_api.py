@@ -65,12 +65,10 @@ def test_conflicting_settings_raise_naming_the_argument(prompt, case):
 
 
 UNSUPPORTED = {
-    "group_beam_search": (dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.5), "group"),
-    "constrained_beam_search": (dict(num_beams=2, force_words_ids=[[5]]), "constrained"),
-    "dola": (dict(dola_layers="low"), "DoLa"),
+    # (group and constrained beam search run natively now: tests/generation/test_group_beam.py and
+    # test_constrained_beam.py; so do DoLa and synced_gpus: test_dola.py, test_synced_gpus.py)
     "prompt_lookup_with_guidance": (dict(prompt_lookup_num_tokens=3, guidance_scale=1.5), "speculative decoding"),
     "inputs_embeds_beside_ids_of_another_length": (dict(inputs_embeds=torch.zeros(2, 4, 32)), "inputs_embeds"),
-    "synced_gpus": (dict(synced_gpus=True), "synced_gpus"),
 }
 
 

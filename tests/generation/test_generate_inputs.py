@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TRANSFORMERS_5, skip_on_transformers_5
+from conftest import (GPT2_LEGACY_CACHE_IN_4_45, STATIC_CACHES_IN_4_45, skip_here_on_transformers_4_45,
+                      skip_on_transformers_4_45, skip_on_transformers_5)
 from tiny_models import MODEL_KINDS, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_same_generation
@@ -16,6 +17,9 @@ from turbogen import UnsupportedByTurbogen
 from turbogen.generate import generate
 
 pytestmark = pytest.mark.usefixtures("tiny_model_environment")
+
+#: Why the prefill-chunk comparisons are skipped under transformers 4.45.
+NO_PREFILL_CHUNKS_IN_4_45 = "its generate has no `prefill_chunk_size`"
 
 PROMPTS = {
     "single": ["the quick brown"],
@@ -54,6 +58,7 @@ def _both(model, **kwargs):
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_inputs_embeds_matches_transformers(kind, batch, method):
+    skip_here_on_transformers_4_45(GPT2_LEGACY_CACHE_IN_4_45, when=kind == "gpt2")
     model = tiny_model(kind)
     input_ids, attention_mask = encode_batch(PROMPTS[batch])
     expected, actual = _both(model, inputs_embeds=_embeds(model, input_ids), attention_mask=attention_mask,
@@ -67,6 +72,7 @@ def test_inputs_embeds_matches_transformers(kind, batch, method):
 def test_inputs_embeds_lengths_and_cache_match_transformers(cache):
     """Without ``max_new_tokens``, ``max_length`` / ``min_length`` count the embedded positions (transformers
     subtracts them); no attention mask given; the static cache holds the embedded positions too."""
+    skip_here_on_transformers_4_45(STATIC_CACHES_IN_4_45, when=cache == "static")
     model = tiny_model("llama")
     input_ids, _ = encode_batch(PROMPTS["single"])
     extra = {} if cache == "dynamic" else {"cache_implementation": "static"}
@@ -76,6 +82,7 @@ def test_inputs_embeds_lengths_and_cache_match_transformers(cache):
     assert_same_generation(expected, actual)
 
 
+@skip_on_transformers_4_45(GPT2_LEGACY_CACHE_IN_4_45)
 def test_inputs_embeds_with_their_input_ids_matches_transformers():
     """With both, the first step feeds the embeddings and the output starts with the given ids."""
     model = tiny_model("gpt2")
@@ -87,6 +94,7 @@ def test_inputs_embeds_with_their_input_ids_matches_transformers():
 
 
 @skip_on_transformers_5("5.x feeds one-position embeddings only at the first step")
+@skip_on_transformers_4_45("it feeds one-position embeddings only at the first step")
 def test_one_position_embeds_match_transformers_4_57():
     """transformers 4.57 feeds one-position embeddings again at every step (its slicing cannot tell them from
     the one new token); turbogen reproduces that."""
@@ -120,6 +128,7 @@ def test_inputs_embeds_errors_like_transformers():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("kind", MODEL_KINDS)
+@skip_on_transformers_4_45("its generate does not take user `position_ids` for the prompt")
 def test_user_position_ids_match_transformers_4_57(kind, batch, method):
     model = tiny_model(kind)
     input_ids, attention_mask = encode_batch(PROMPTS[batch])
@@ -130,6 +139,7 @@ def test_user_position_ids_match_transformers_4_57(kind, batch, method):
 
 
 @skip_on_transformers_5("5.x extends the user's position_ids at each step; 4.57 reuses the last prompt position")
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_user_position_ids_with_static_cache_match_transformers_4_57():
     model = tiny_model("llama")
     input_ids, attention_mask = encode_batch(PROMPTS["padded"])
@@ -161,6 +171,7 @@ def test_user_position_ids_errors():
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("batch", PROMPTS)
 @pytest.mark.parametrize("kind", MODEL_KINDS)
+@skip_on_transformers_4_45(NO_PREFILL_CHUNKS_IN_4_45)
 def test_prefill_chunks_match_transformers_4_57(kind, batch, cache):
     model = tiny_model(kind)
     input_ids, attention_mask = encode_batch(PROMPTS[batch])
@@ -175,6 +186,7 @@ def test_prefill_chunks_match_transformers_4_57(kind, batch, cache):
 
 
 @skip_on_transformers_5("5.x chunks the whole prompt, last position included (other chunks, other float sums)")
+@skip_on_transformers_4_45(NO_PREFILL_CHUNKS_IN_4_45)
 def test_prefill_chunks_with_sampling_match_transformers_4_57():
     model = tiny_model("gpt2")
     input_ids, attention_mask = encode_batch(PROMPTS["padded"])
@@ -183,6 +195,7 @@ def test_prefill_chunks_with_sampling_match_transformers_4_57():
     assert_same_generation(expected, actual)
 
 
+@skip_on_transformers_4_45(NO_PREFILL_CHUNKS_IN_4_45)
 def test_prefill_chunks_are_ignored_by_beam_search_as_in_transformers():
     model = tiny_model("llama")
     input_ids, attention_mask = encode_batch(PROMPTS["padded"])
@@ -191,6 +204,7 @@ def test_prefill_chunks_are_ignored_by_beam_search_as_in_transformers():
     assert_same_generation(expected, actual, beams=True)
 
 
+@skip_on_transformers_4_45(NO_PREFILL_CHUNKS_IN_4_45)
 def test_prefill_chunk_errors_like_transformers():
     model = tiny_model("llama")
     input_ids, attention_mask = encode_batch(PROMPTS["single"])

@@ -19,10 +19,11 @@ from turbogen.generate import generate
 from turbogen.generation import paged_runner
 from turbogen.generation.paged_runner import PagedRunner
 
+from conftest import PAGED_ATTENTION_IN_4_45, skip_on_transformers_4_45
 from tiny_models import encode_batch, tiny_model, tiny_model_environment  # noqa: F401  (a fixture)
 from tolerances import assert_close_across_compilations
 
-pytestmark = pytest.mark.usefixtures("tiny_model_environment")
+pytestmark = [pytest.mark.usefixtures("tiny_model_environment"), skip_on_transformers_4_45(PAGED_ATTENTION_IN_4_45)]
 
 KINDS = ("llama", "mistral")
 # Prompts of different lengths (left padding), the longest over one 16-slot block with the new tokens.

@@ -15,6 +15,7 @@ import transformers
 import turbogen
 import turbogen.generation.prepare as prepare
 import turbogen.patching as patching
+from conftest import ENCODER_DECODER_IN_4_45, skip_on_transformers_4_45
 from tiny_models import encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from turbogen import TurbogenFallbackWarning, UnsupportedByTurbogen
@@ -76,8 +77,12 @@ def _embeds(model, ids):
 # A feature turbogen implements later is skipped here; the tests below inject refusals, so the fallback stays
 # covered whatever turbogen implements.
 UNSUPPORTED_CALLS = {
-    "token_healing": (lambda m, ids, mask: dict(input_ids=ids, attention_mask=mask, token_healing=True,
-                                                tokenizer=tiny_tokenizer()), "token_healing"),
+    # (token healing runs natively now: tests/generation/test_token_healing.py)
+    "prompt_lookup_with_hidden_states": (lambda m, ids, mask: dict(input_ids=ids, attention_mask=mask,
+                                                                   prompt_lookup_num_tokens=2,
+                                                                   return_dict_in_generate=True,
+                                                                   output_hidden_states=True),
+                                         "assisted generation with output_attentions or output_hidden_states"),
     # transformers fails on this one (its chunked prefill does not take embeddings): its error is what comes out.
     "prefill_chunks_of_inputs_embeds": (lambda m, ids, mask: dict(inputs_embeds=_embeds(m, ids), attention_mask=mask,
                                                                   prefill_chunk_size=2),
@@ -124,13 +129,9 @@ def test_unsupported_call_falls_back_to_the_original_generate(prompt, case):
 
 REFUSALS = {
     "contrastive_search": (dict(penalty_alpha=0.6, top_k=4), "generation mode contrastive_search"),
-    "group_beam_search": (dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.5),
-                          "generation mode group_beam_search"),
-    "constrained_beam_search": (dict(num_beams=2, force_words_ids=[[5]]), "generation mode constrained_beam_search"),
     "dola": (dict(dola_layers="low"), "generation mode dola_generation"),
     "prompt_lookup_with_guidance": (dict(prompt_lookup_num_tokens=3, guidance_scale=1.5),
                                     "assisted generation with guidance_scale"),
-    "synced_gpus": (dict(synced_gpus=True), "synced_gpus"),
     "use_mtp": (dict(use_mtp=True), "use_mtp"),
 }
 
@@ -165,22 +166,23 @@ def test_one_warning_per_reason(prompt, injected_refusal):
                                                                                        "injected 3."]
 
 
+@skip_on_transformers_4_45(ENCODER_DECODER_IN_4_45)
 def test_encoder_decoder_model_runs_and_falls_back_where_unsupported():
     config = transformers.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     torch.manual_seed(0)
     model = transformers.T5ForConditionalGeneration(config).eval()
     input_ids = torch.tensor([[5, 9, 12, 3, 1]])
-    # Encoder-decoder generation is implemented; the encoder's `inputs_embeds` are not yet, and fall back.
+    # Encoder-decoder generation is implemented; a sliding-window cache is not (for encoder-decoders), and falls back.
     expected = model.generate(input_ids, max_new_tokens=5, num_beams=2)
     assert torch.equal(turbogen.generate(model, input_ids, max_new_tokens=5, num_beams=2), expected)
-    embeds = model.get_input_embeddings()(input_ids).detach()
+    unsupported = dict(cache_implementation="sliding_window", max_new_tokens=5, num_beams=2)
     with pytest.raises(UnsupportedByTurbogen, match="encoder-decoder"):
-        turbogen.generate(model, inputs_embeds=embeds, max_new_tokens=5)
-    expected = model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=2)
+        turbogen.generate(model, input_ids, **unsupported)
+    expected = model.generate(input_ids, **unsupported)
     patching.patch(model)
     with pytest.warns(TurbogenFallbackWarning, match="encoder-decoder model"):
-        assert torch.equal(model.generate(inputs_embeds=embeds, max_new_tokens=5, num_beams=2), expected)
+        assert torch.equal(model.generate(input_ids, **unsupported), expected)
 
 
 class _RecordingStreamer(transformers.generation.streamers.BaseStreamer):

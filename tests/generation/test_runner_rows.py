@@ -16,6 +16,8 @@ import random
 import pytest
 import torch
 
+from conftest import (CACHE_API_IN_4_45, GPT2_LEGACY_CACHE_IN_4_45, STATIC_CACHES_IN_4_45, skip_here_on_transformers_4_45,
+                      skip_on_transformers_4_45)
 from tiny_models import MODEL_KINDS, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_close_across_compilations
@@ -40,6 +42,8 @@ def _prompt(padded: bool):
 def _cache(kind: str, model, rows: int, max_length: int):
     from transformers import DynamicCache, StaticCache
 
+    skip_here_on_transformers_4_45(STATIC_CACHES_IN_4_45, when=kind == "static")
+    skip_here_on_transformers_4_45(CACHE_API_IN_4_45, when=kind == "transformers_static")
     if kind == "dynamic":
         return DynamicCache()
     if kind == "static":  # as generate() sizes it: the last token is never fed
@@ -53,6 +57,7 @@ class _Rows:
     """A runner and, per row, the sequence it was fed (``(token, is_real)`` per position, padding included)."""
 
     def __init__(self, kind: str, cache: str, padded: bool, max_length: int):
+        skip_here_on_transformers_4_45(GPT2_LEGACY_CACHE_IN_4_45, when=kind == "gpt2")
         self.model = tiny_model(kind)
         input_ids, attention_mask = _prompt(padded)
         self.rows, self.prompt_length = input_ids.shape
@@ -264,6 +269,7 @@ def test_bad_lengths_are_refused_naming_lengths(lengths, message):
     state.decode()
 
 
+@skip_on_transformers_4_45(CACHE_API_IN_4_45)
 def test_a_sliding_window_cache_refuses_per_row_crops():
     from transformers import DynamicCache
 
@@ -295,6 +301,7 @@ def test_reorder_moves_ragged_rows_whole(cache):
 def test_prompt_given_as_embeddings(cache):
     """``inputs_embeds`` without ids: the model's positions run the embeddings' length ahead of the sequence's,
     which per-row lengths count (from 0); the rows still match feeding their ids alone."""
+    skip_here_on_transformers_4_45(STATIC_CACHES_IN_4_45, when=cache == "static")
     from transformers import DynamicCache
 
     model = tiny_model("llama")

@@ -15,7 +15,7 @@ import transformers
 from transformers.generation import logits_process as hf_processors
 from transformers.generation import stopping_criteria as hf_stopping
 
-from conftest import skip_on_transformers_5
+from conftest import skip_on_transformers_4_45, skip_on_transformers_5
 from tiny_models import encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_bit_exact
@@ -159,6 +159,7 @@ async def _stream(streamer_class, run_generate, tokenizer):
     return pieces, result["sequences"]
 
 
+@skip_on_transformers_4_45("it has no AsyncTextIteratorStreamer")
 def test_async_streamer_yields_what_transformers_async_streamer_yields():
     model = tiny_model("gpt2")
     tokenizer = tiny_tokenizer()

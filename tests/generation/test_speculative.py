@@ -17,6 +17,8 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 import turbogen
+from conftest import (GPT2_LEGACY_CACHE_IN_4_45, STATIC_CACHES_IN_4_45,
+                      skip_here_on_transformers_4_45, skip_on_transformers_4_45)
 from tiny_models import EOS_ID, PAD_ID, encode_batch, tiny_model, tiny_tokenizer, vocab_size
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_close_across_compilations
@@ -167,6 +169,7 @@ def test_max_length_is_exact_whatever_the_draft_length():
 
 @pytest.mark.parametrize("strategy", ["prompt_lookup", "assistant", "early_exit"])
 def test_equals_transformers_assisted_generation_at_batch_1(strategy):
+    skip_here_on_transformers_4_45("its generate has no `assistant_early_exit`", when=strategy == "early_exit")
     model = tiny_model("llama")
     input_ids, attention_mask = _prompt("single")
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -354,6 +357,7 @@ def test_output_scores_and_logits_equal_plain(batch, do_sample):
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("strategy", ["prompt_lookup", "assistant"])
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_static_cache(strategy, batch):
     model = tiny_model("llama")
     input_ids, attention_mask = _prompt(batch)
@@ -633,6 +637,7 @@ def test_ragged_advance_is_chosen_only_where_rows_are_independent():
 def test_other_architectures(kind, advance):
     """GPT-2 (learned positions), Qwen2, and Mistral with a 4-token sliding window (the speculation cache keeps
     every layer whole so that it can be cropped, as transformers does)."""
+    skip_here_on_transformers_4_45(GPT2_LEGACY_CACHE_IN_4_45, when=kind == "gpt2")
     model = tiny_model(kind)
     input_ids, attention_mask = _prompt("padded8")
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -668,6 +673,7 @@ def test_unpadded_finished_rows_keep_generating_like_plain_decoding(batch, monke
     assert torch.equal(generate(model, input_ids, prompt_lookup_num_tokens=6, **kwargs), expected)
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_static_cache_with_growing_drafts_and_ragged_rows():
     """Self-speculation with the heuristic schedule: drafts grow towards the limit, rows stop at different EOS
     steps; the static cache (sized for the drafts' headroom) is compacted by the runner as rows are cropped."""

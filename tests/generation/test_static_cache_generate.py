@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import STATIC_CACHES_IN_4_45, skip_on_transformers_4_45
 from tiny_models import EOS_ID, MODEL_KINDS, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_close_across_compilations
@@ -44,6 +45,7 @@ def _assert_same_scores(actual, expected):
 
 @pytest.mark.parametrize("batch", sorted(PROMPTS))
 @pytest.mark.parametrize("kind", MODEL_KINDS)
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_greedy_search_matches_dynamic_cache_and_transformers(kind, batch):
     model = tiny_model(kind)
     input_ids, attention_mask = encode_batch(PROMPTS[batch])
@@ -56,6 +58,7 @@ def test_greedy_search_matches_dynamic_cache_and_transformers(kind, batch):
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_model_preparing_its_own_inputs_gets_the_same_tokens(num_beams):
     """A model overriding ``prepare_inputs_for_generation`` is driven through it (transformers 5 then builds the
     static cache's attention mask there), with the results of the dynamic cache and of transformers."""
@@ -78,6 +81,7 @@ def test_model_preparing_its_own_inputs_gets_the_same_tokens(num_beams):
 
 @pytest.mark.parametrize("batch", sorted(PROMPTS))
 @pytest.mark.parametrize("kind", MODEL_KINDS)
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_beam_search_matches_dynamic_cache_and_transformers(kind, batch):
     model = tiny_model(kind)
     input_ids, attention_mask = encode_batch(PROMPTS[batch])
@@ -93,6 +97,7 @@ def test_beam_search_matches_dynamic_cache_and_transformers(kind, batch):
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 @pytest.mark.parametrize("kind", MODEL_KINDS)
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_rows_finishing_early_match_transformers(kind, num_beams, monkeypatch):
     """Rows stopping at different steps (EOS), with the finish flag read two steps late so that the loop runs
     past the end and must crop the static cache back."""
@@ -111,6 +116,7 @@ def test_rows_finishing_early_match_transformers(kind, num_beams, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_seeded_sampling_draws_the_same_tokens_as_with_the_dynamic_cache(kind):
     model = tiny_model(kind)
     options = dict(do_sample=True, seed=11, num_return_sequences=2, top_k=20, top_p=0.9, temperature=0.8,
@@ -126,6 +132,7 @@ def test_seeded_sampling_draws_the_same_tokens_as_with_the_dynamic_cache(kind):
     assert torch.equal(fused["static"], fused[None])
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_beam_sampling_draws_the_same_tokens_as_with_the_dynamic_cache():
     model = tiny_model("llama")
     options = dict(do_sample=True, num_beams=3, seed=3)
@@ -133,6 +140,7 @@ def test_beam_sampling_draws_the_same_tokens_as_with_the_dynamic_cache():
                        _run(model, "padded", None, **options).sequences)
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_returned_cache_is_static_and_sized_for_the_generation():
     model = tiny_model("llama")
     output = _run(model, "padded", "static", num_beams=2)
@@ -145,6 +153,7 @@ def test_returned_cache_is_static_and_sized_for_the_generation():
     assert cache.get_seq_length() == _run(model, "padded", None, num_beams=2).past_key_values.get_seq_length()
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_beam_search_reorders_the_static_cache_in_place_once_per_step(monkeypatch):
     reorders = []
     reorder = StaticKVCache.reorder_cache
@@ -160,6 +169,7 @@ def test_beam_search_reorders_the_static_cache_in_place_once_per_step(monkeypatc
     assert set(reorders) == {(cache.key_cache.data_ptr(), cache.value_cache.data_ptr())}
 
 
+@skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_user_static_cache_is_filled_in_place():
     """A StaticKVCache passed as ``past_key_values`` is used as it is: written in place (same storage), with the
     tokens of a fresh dynamic cache."""

@@ -10,6 +10,7 @@ import torch
 import transformers
 from transformers.generation import stopping_criteria as hf_stopping
 
+from conftest import BEAM_SEARCH_IN_4_45, skip_here_on_transformers_4_45, skip_on_transformers_4_45
 from tiny_models import EOS_ID, PAD_ID, encode_batch, tiny_model, tiny_tokenizer
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from turbogen import GenerationConfig
@@ -172,6 +173,7 @@ def _stop_string_from_greedy_output(model, input_ids, attention_mask):
 
 @pytest.mark.parametrize("num_beams", [1, 2])
 def test_generate_with_stop_strings_matches_transformers(num_beams):
+    skip_here_on_transformers_4_45(BEAM_SEARCH_IN_4_45, when=num_beams > 1)
     model = tiny_model("llama")
     input_ids, attention_mask = encode_batch(TEXTS[:1] + ["stop"])
     stop = _stop_string_from_greedy_output(model, input_ids, attention_mask)
@@ -222,6 +224,8 @@ def test_generate_with_transformers_custom_criteria_matches_transformers():
 
 
 @pytest.mark.parametrize("library", ["turbogen", "transformers"])
+@skip_on_transformers_4_45("it raises for a custom stopping criterion of a default's type (4.57 lets it replace "
+                           "the default)")
 def test_generate_custom_max_length_criterion_replaces_the_configured_one(library):
     model = tiny_model("llama")
     input_ids, attention_mask = encode_batch(TEXTS[:1])

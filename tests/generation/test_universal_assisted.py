@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import skip_here_on_transformers_4_45, skip_on_transformers_4_45
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tiny_models import tiny_tokenizer
 from turbogen.errors import UnsupportedByTurbogen
@@ -24,6 +25,9 @@ from turbogen.generation.universal import (UniversalAssistantCandidates, _RowTex
 from turbogen.models import build_byte_level_tokenizer
 
 pytestmark = pytest.mark.usefixtures("tiny_model_environment")
+
+#: Why the comparisons with transformers' universal assisted generation are skipped under transformers 4.45.
+NO_ASSISTANT_TOKENIZER_IN_4_45 = "its generate has no `assistant_tokenizer` (universal assisted generation: 4.47)"
 
 SENTENCE = "the quick brown fox jumps over the lazy dog. "
 OTHER_SENTENCE = "the quick brown fox jumps over the lazy cat. "
@@ -440,6 +444,8 @@ def test_greedy_output_equals_plain_greedy(trained, texts, monkeypatch):
         generated = int((assisted[:, batch["input_ids"].shape[1]:] != 0).sum())
         assert sum(accepted) >= generated // 2, (sum(accepted), generated)
     if len(texts) == 1:
+        # (Under transformers 4.45 the checks above ran; only the comparison with transformers is skipped.)
+        skip_here_on_transformers_4_45(NO_ASSISTANT_TOKENIZER_IN_4_45)
         with torch.no_grad():
             reference = target.generate(assistant_model=assistant, tokenizer=target_tokenizer(),
                                         assistant_tokenizer=assistant_tokenizer(), **common)
@@ -459,6 +465,7 @@ def test_sampling_output_equals_plain_sampling():
     assert torch.equal(assisted, plain)
 
 
+@skip_on_transformers_4_45(NO_ASSISTANT_TOKENIZER_IN_4_45)
 def test_greedy_with_a_sentencepiece_style_target_equals_plain_greedy():
     """A target whose tokenizer marks spaces sentencepiece-style (tests' tiny Llama and tokenizer) with the byte-level
     assistant: plain greedy output, and transformers' universal assisted output."""

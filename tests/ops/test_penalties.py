@@ -11,7 +11,7 @@ from turbogen import ops, ref
 from turbogen.ops import PenaltyState
 from turbogen.processors import functional
 
-from conftest import backend_params, device_for
+from conftest import NO_PROMPT_IGNORE_LENGTH_IN_4_45, backend_params, device_for, skip_on_transformers_4_45
 from tolerances import assert_bit_exact
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -37,16 +37,17 @@ def _expected(logits, history, repetition, presence, frequency, seen_from, gener
 # --- the reference ----------------------------------------------------------------------------------
 
 @pytest.mark.transformers
+@pytest.mark.parametrize("penalty,ignore", [(1.3, None), (0.7, None), pytest.param(
+    2.0, 9, marks=skip_on_transformers_4_45(NO_PROMPT_IGNORE_LENGTH_IN_4_45))], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_reference_is_transformers_repetition_penalty(dtype):
+def test_reference_is_transformers_repetition_penalty(dtype, penalty, ignore):
     transformers = pytest.importorskip("transformers")
     processor_class = transformers.RepetitionPenaltyLogitsProcessor
     logits, history = _logits(4, 97, dtype), _history(4, 40, 97)
-    for penalty, ignore in ((1.3, None), (0.7, None), (2.0, 9)):
-        processor = processor_class(penalty=penalty, prompt_ignore_length=ignore) if ignore else processor_class(penalty)
-        expected = processor(history, logits.clone())
-        state = PenaltyState(history, 97, seen_from=ignore or 0)
-        assert_bit_exact(ops.apply_penalties(logits, state, repetition_penalty=penalty, backend="ref"), expected)
+    processor = processor_class(penalty=penalty, prompt_ignore_length=ignore) if ignore else processor_class(penalty)
+    expected = processor(history, logits.clone())
+    state = PenaltyState(history, 97, seen_from=ignore or 0)
+    assert_bit_exact(ops.apply_penalties(logits, state, repetition_penalty=penalty, backend="ref"), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -21,10 +21,19 @@ from turbogen.processors.ngram_stages import NoRepeatNGramStage
 from turbogen.processors.penalty_stages import PenaltyStage
 from turbogen.processors.stages import ProcessorStage
 
+from conftest import NO_PROMPT_IGNORE_LENGTH_IN_4_45, TRANSFORMERS_4_45, skip_on_transformers_4_45
 from test_processors import assert_identical
 
 ROWS, VOCAB, PROMPT_LENGTH, PAD_ID = 4, 24, 5, 0
 WINDOW = 8
+
+
+def transformers_repetition_penalty(penalty: float, prompt_ignore_length: int):
+    """transformers' repetition penalty leaving the first ``prompt_ignore_length`` tokens unpenalised; under
+    transformers 4.45, whose class has no such parameter (4.56 added it), 4.45's class penalising every token."""
+    if TRANSFORMERS_4_45:
+        return hf.RepetitionPenaltyLogitsProcessor(penalty)
+    return hf.RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=prompt_ignore_length)
 
 
 def mixed_processors():
@@ -32,7 +41,7 @@ def mixed_processors():
     the presence/frequency penalty) with stateless ones of every origin (a user callable included)."""
     return tp.LogitsProcessorList([
         tp.RepetitionPenaltyLogitsProcessor(1.4),
-        hf.RepetitionPenaltyLogitsProcessor(0.8, prompt_ignore_length=3),
+        transformers_repetition_penalty(0.8, prompt_ignore_length=3),
         tp.PresenceFrequencyPenaltyLogitsProcessor(0.5, 0.25, prompt_length=PROMPT_LENGTH),
         tp.NoRepeatNGramLogitsProcessor(2),
         hf.NoRepeatNGramLogitsProcessor(3),
@@ -48,7 +57,7 @@ def mixed_processors():
 # penalised scores behind -inf, and a wrong penalty could go unnoticed.
 STATEFUL_PROCESSORS = {
     "repetition": lambda: tp.RepetitionPenaltyLogitsProcessor(1.4),
-    "repetition-transformers-ignoring-3": lambda: hf.RepetitionPenaltyLogitsProcessor(0.8, prompt_ignore_length=3),
+    "repetition-transformers-ignoring-3": lambda: transformers_repetition_penalty(0.8, prompt_ignore_length=3),
     "presence-frequency": lambda: tp.PresenceFrequencyPenaltyLogitsProcessor(0.5, 0.25, prompt_length=PROMPT_LENGTH),
     "presence-frequency-from-2": lambda: tp.PresenceFrequencyPenaltyLogitsProcessor(-0.3, 0.5, prompt_length=2),
     "1-gram": lambda: tp.NoRepeatNGramLogitsProcessor(1),
@@ -122,7 +131,9 @@ def test_stages_equal_the_processor_list_over_a_random_stream(seed, dtype):
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("processor", [*STATEFUL_PROCESSORS, "all"])
+@pytest.mark.parametrize("processor", [
+    pytest.param(name, marks=skip_on_transformers_4_45(NO_PROMPT_IGNORE_LENGTH_IN_4_45)) if "ignoring" in name else name
+    for name in [*STATEFUL_PROCESSORS, "all"]])
 def test_stages_equal_the_processors_on_each_row_after_ragged_rollbacks(processor, seed):
     """Speculative decoding: rows accept several tokens, then each forgets its own number of them."""
     rng = random.Random(seed)

@@ -13,6 +13,9 @@ from turbogen.processors.build import build_logits_processor
 from turbogen.processors.stages import LogitsStages
 
 transformers = pytest.importorskip("transformers")
+from conftest import skip_module_on_transformers_4_45  # noqa: E402
+
+skip_module_on_transformers_4_45("SynthID watermarking, the oracle of these tests, arrived in transformers 4.46")
 from transformers.generation.logits_process import (  # noqa: E402
     SynthIDTextWatermarkLogitsProcessor as TheirProcessor,
     TopKLogitsWarper as TheirTopK,

@@ -41,7 +41,7 @@ from ..processors.stages import LogitsStages
 from ..stopping import StoppingPlan
 from .record import Record
 
-__all__ = ["ContrastiveResult", "contrastive_from_call", "contrastive_ranking", "run_contrastive_search"]
+__all__ = ["ContrastiveResult", "ModelCaller", "contrastive_from_call", "contrastive_ranking", "run_contrastive_search"]
 
 
 class ContrastiveResult:
@@ -73,6 +73,27 @@ def contrastive_ranking(context_hidden: torch.Tensor, next_hidden: torch.Tensor,
     return torch.stack(torch.split(score, top_k)).max(dim=-1)[1]
 
 
+def _normalized(hidden: torch.Tensor) -> torch.Tensor:
+    """Each vector of ``hidden`` (``[..., hidden]``) divided by its norm."""
+    return hidden / hidden.norm(dim=-1, keepdim=True)
+
+
+def _rank_candidates(norm_context: torch.Tensor, next_hidden: torch.Tensor, top_k_probs: torch.Tensor,
+                     context_mask: torch.Tensor, alpha: float, top_k: int) -> torch.Tensor:
+    """:func:`contrastive_ranking` from each row's context normalised once (``norm_context``: ``[rows, context,
+    hidden]``, kept from step to step: a position's vector never changes) and its ``[rows, context]`` mask, without
+    repeating either per candidate: the same operations on the same values (the cosines are the same batched
+    matrix products, broadcast over the candidates), hence the same choice."""
+    rows, _, hidden = norm_context.shape
+    norm_next = _normalized(next_hidden)  # [rows * top_k, 1, hidden]
+    cosine = torch.matmul(norm_context.unsqueeze(1), norm_next.reshape(rows, top_k, hidden, 1)).squeeze(-1)
+    mask = context_mask.to(dtype=cosine.dtype)
+    cosine = cosine + ((1 - mask) * torch.finfo(cosine.dtype).min).unsqueeze(1)  # [rows, top_k, context]
+    penalty = cosine.max(dim=-1).values
+    score = (1.0 - alpha) * top_k_probs - alpha * penalty
+    return score.max(dim=-1)[1]
+
+
 # --------------------------------------------------------------------------------------------------------
 # The cache: a transformers Cache (updated in place by the model) or legacy tuples (returned anew)
 # --------------------------------------------------------------------------------------------------------
@@ -96,6 +117,24 @@ def _select_rows(past: Any, index: torch.Tensor) -> Any:
     return tuple(tuple(item[index, ...] for item in layer) for layer in past)
 
 
+def _keep_chosen_candidate(past: Any, chosen: torch.Tensor, rows: int, top_k: int) -> Any:
+    """In a cache of ``rows * top_k`` rows (each row's ``top_k`` copies side by side) whose last position holds each
+    copy's own candidate, write the chosen candidate's last position (flat row ``chosen[r]``) into every copy of
+    row ``r``, in place: the copies are then equal again, and equal to the chosen row (what selecting that row
+    and repeating it would give, without copying the whole cache twice)."""
+
+    def overwrite(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() == 4 and tensor.shape[0] == rows * top_k:
+            newest = tensor[chosen, :, -1:, :]  # [rows, heads, 1, head_dim]
+            tensor.unflatten(0, (rows, top_k))[:, :, :, -1:, :] = newest[:, None]
+        return tensor
+
+    if _is_cache_object(past):
+        _compat.replace_dynamic_cache_tensors(past, overwrite)
+        return past
+    return tuple(tuple(overwrite(item) for item in layer) for layer in past)
+
+
 def _drop_last_position(past: Any, length: int) -> Any:
     """``past`` (``length`` positions) without its last one."""
     if _is_cache_object(past):
@@ -109,12 +148,14 @@ def _drop_last_position(past: Any, length: int) -> Any:
 # --------------------------------------------------------------------------------------------------------
 
 
-class _ModelCaller:
+class ModelCaller:
     """Calls a decoder-only model as transformers' decoding loop does after ``prepare_inputs_for_generation``:
     positions from the attention mask (``cumsum - 1``, 1 at padding), ``cache_position`` and logits of the last
     position only where ``forward`` takes them, hidden states always."""
 
-    def __init__(self, model: Any, output_attentions: bool, model_kwargs: dict):
+    def __init__(self, model: Any, output_attentions: bool, model_kwargs: dict, strategy: str):
+        """``model_kwargs``: the call's other model inputs (flags only: tensors and ``prefill_chunk_size`` are
+        refused, naming ``strategy``)."""
         self.model = model
         parameters = inspect.signature(model.forward).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -131,11 +172,11 @@ class _ModelCaller:
             if name in ignored or value is None:
                 continue
             if name in ("prefill_chunk_size", "inputs_embeds"):
-                raise UnsupportedByTurbogen(f"contrastive search with `{name}` is not supported by "
-                                            "turbogen.generate.", reason=f"contrastive search with `{name}`")
+                raise UnsupportedByTurbogen(f"{strategy} with `{name}` is not supported by turbogen.generate.",
+                                            reason=f"{strategy} with `{name}`")
             if isinstance(value, torch.Tensor):
-                raise UnsupportedByTurbogen(f"contrastive search with the model input `{name}` is not supported "
-                                            "by turbogen.generate.", reason=f"contrastive search with `{name}`")
+                raise UnsupportedByTurbogen(f"{strategy} with the model input `{name}` is not supported by "
+                                            "turbogen.generate.", reason=f"{strategy} with `{name}`")
             self.extra[name] = value
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: Any, cached: int,
@@ -172,10 +213,6 @@ def _stack_candidate_outputs(outputs: list, rows: int, top_k: int) -> types.Simp
         attentions = tuple(interleave(layer) for layer in zip(*(o.attentions for o in outputs)))
     return types.SimpleNamespace(logits=logits, hidden_states=hidden, attentions=attentions)
 
-
-def _pick(tensor: torch.Tensor, rows: int, top_k: int, selected: torch.Tensor) -> torch.Tensor:
-    """Row ``selected[r]`` of each group of ``top_k`` rows of ``tensor``."""
-    return torch.stack(torch.split(tensor, top_k))[range(rows), selected, ...]
 
 
 def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -224,10 +261,10 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.long()
-    call = _ModelCaller(model, record.wants_attentions, model_kwargs or {})
+    call = ModelCaller(model, record.wants_attentions, model_kwargs or {}, "contrastive search")
     stages = LogitsStages.from_processors(list(processors), input_ids) if processors else None
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
-    context_mask = attention_mask.repeat_interleave(top_k, dim=0)
+    context_mask = attention_mask
     sequences = input_ids
 
     # The prompt: its last hidden states are the first context, its last logits the first candidates'.
@@ -236,10 +273,17 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
     if past is None:
         raise ValueError(f"{type(model).__name__} does not support caching and therefore can't be used for "
                          "contrastive search.")
-    last_hidden = outputs.hidden_states[-1]
+    norm_context = _normalized(outputs.hidden_states[-1])
     next_logits = outputs.logits[:, -1, :].clone().float()
     step_outputs = outputs
     del outputs
+    if not low_memory:
+        # The batched mode keeps every row's cache repeated per candidate for the whole run: after a step only the
+        # newest position differs between the copies, and `_keep_chosen_candidate` makes them equal again. (4.45.2
+        # repeats the cache before each step's candidate forward and selects the chosen rows after it: two
+        # copies of the whole cache a step, for the same values.)
+        past = _repeat_rows(past, top_k)
+        candidate_mask = attention_mask.repeat_interleave(top_k, dim=0)
     while True:
         length = sequences.shape[1]
         mask_with_candidate = torch.cat([attention_mask, attention_mask.new_ones((rows, 1))], dim=-1)
@@ -261,32 +305,31 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
             outputs = _stack_candidate_outputs(each, rows, top_k)
             del each
         else:
-            past = _repeat_rows(past, top_k)
-            outputs = call(top_k_ids.view(-1, 1), mask_with_candidate.repeat_interleave(top_k, dim=0), past,
-                           cached=length)
+            candidate_mask = torch.cat([candidate_mask, candidate_mask.new_ones((rows * top_k, 1))], dim=-1)
+            outputs = call(top_k_ids.view(-1, 1), candidate_mask, past, cached=length)
 
         next_hidden = outputs.hidden_states[-1]
         candidate_logits = outputs.logits[:, -1, :].float()
-        context_hidden = last_hidden.repeat_interleave(top_k, dim=0)
-        selected = contrastive_ranking(context_hidden, next_hidden, top_k_probs, context_mask, penalty_alpha, top_k)
-        context_mask = torch.cat([context_mask, context_mask.new_ones((context_mask.shape[0], 1))], dim=-1)
+        selected = _rank_candidates(norm_context, next_hidden, top_k_probs, context_mask, penalty_alpha, top_k)
+        context_mask = mask_with_candidate
         selected = selected.to("cpu")
         tokens = top_k_ids[range(rows), selected]
-        chosen_hidden = _pick(next_hidden.squeeze(dim=1), rows, top_k, selected)
-        last_hidden = torch.cat([last_hidden, chosen_hidden.unsqueeze(1)], dim=1)
-        layers_hidden = tuple(_pick(layer, rows, top_k, selected) for layer in outputs.hidden_states)
+        chosen_rows = selected + torch.arange(rows) * top_k  # flat indices into the rows * top_k candidates
+        norm_context = torch.cat([norm_context, _normalized(next_hidden[chosen_rows])], dim=1)
+        layers_hidden = None
+        if record.wants_hidden_states:
+            layers_hidden = tuple(layer[chosen_rows] for layer in outputs.hidden_states)
         layers_attentions = None
         if record.wants_attentions and outputs.attentions is not None:
-            layers_attentions = tuple(_pick(layer, rows, top_k, selected) for layer in outputs.attentions)
+            layers_attentions = tuple(layer[chosen_rows] for layer in outputs.attentions)
         if low_memory:
             rerun = call(tokens.view(-1, 1), mask_with_candidate, past, cached=length, hidden_states=False,
                          attentions=False)
             past = rerun.past_key_values
             del rerun
         else:
-            past = _select_rows(outputs.past_key_values,
-                                torch.tensor([int(x) + i * top_k for i, x in enumerate(selected)]))
-        next_logits = _pick(candidate_logits, rows, top_k, selected)
+            past = _keep_chosen_candidate(outputs.past_key_values, chosen_rows, rows, top_k)
+        next_logits = candidate_logits[chosen_rows]
         step_outputs = types.SimpleNamespace(hidden_states=layers_hidden, attentions=layers_attentions or None)
         del outputs
 
@@ -307,6 +350,8 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
     if streamer is not None:
         streamer.end()
     if return_dict:
+        if not low_memory:  # one copy of each row's (equal) copies
+            past = _select_rows(past, torch.arange(rows, device=device) * top_k)
         # The cache holds the last token too (looked ahead); 4.45.2 returns it as the other loops leave it.
         past = _drop_last_position(past, sequences.shape[1])
     return ContrastiveResult(sequences, past)

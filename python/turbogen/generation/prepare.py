@@ -31,10 +31,9 @@ from ..stopping import StoppingPlan, build_stopping_criteria
 
 logger = logging.getLogger(__name__)
 
-# Arguments of transformers' generate() that are not generation parameters nor model inputs.
-_UNSUPPORTED_GENERATE_ARGUMENTS = {
-    "custom_generate": "custom generation methods",
-}
+# Arguments of transformers' generate() that are not generation parameters nor model inputs, and that turbogen
+# refuses (none today: `custom_generate` is served by turbogen.generate before the call is prepared).
+_UNSUPPORTED_GENERATE_ARGUMENTS: dict[str, str] = {}
 
 @dataclasses.dataclass
 class SpecialTokens:
@@ -71,6 +70,8 @@ class PreparedCall:
         encoder_outputs: an encoder-decoder's encoder output (rows expanded like ``input_ids``, which are then
             the decoder's prompt), else ``None``.
         speculation: how assisted generation drafts (:class:`SpeculationPlan`), or ``None`` without it.
+        synced_gpus: every rank of the torch.distributed group steps until all have finished
+            (:mod:`turbogen.generation.synced_gpus`).
     """
 
     config: GenerationConfig
@@ -85,6 +86,7 @@ class PreparedCall:
     cache: Any
     encoder_outputs: Any = None
     speculation: Optional["SpeculationPlan"] = None
+    synced_gpus: bool = False
 
     @property
     def prompt_length(self) -> int:
@@ -94,7 +96,7 @@ class PreparedCall:
 def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_processor: Optional[Sequence[Any]],
                  stopping_criteria: Optional[Sequence[Any]],
                  prefix_allowed_tokens_fn: Optional[Callable[[int, torch.Tensor], list[int]]], streamer: Any,
-                 tokenizer: Any, kwargs: dict) -> PreparedCall:
+                 tokenizer: Any, kwargs: dict, *, sampler_may_filter: bool = True) -> PreparedCall:
     """Resolve a ``generate`` call (its arguments as :func:`turbogen.generate` documents them) in
     transformers v4.57's order, raising ``ValueError`` for invalid or conflicting arguments and
     :class:`~turbogen.errors.UnsupportedByTurbogen` for what turbogen does not implement. ``streamer`` is
@@ -105,6 +107,7 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     use_model_defaults = kwargs.pop("use_model_defaults", None)
     assistant_model = kwargs.pop("assistant_model", None)
     assistant_tokenizer = kwargs.pop("assistant_tokenizer", None)
+    synced_gpus = bool(kwargs.pop("synced_gpus", None))  # None: off (turbogen does not detect ZeRO-3 / FSDP)
     _reject_unsupported_arguments(model, kwargs)
 
     config, model_kwargs = resolve_generation_config(model, generation_config, use_model_defaults, kwargs)
@@ -120,9 +123,9 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     if is_beam and config.low_memory:
         raise UnsupportedByTurbogen("`low_memory=True` (sequential beam search) is not supported.",
                                     reason="low_memory beam search")
-    for name in ("token_healing",):
-        if getattr(config, name):
-            raise UnsupportedByTurbogen(f"`{name}` is not supported by turbogen.generate.", reason=name)
+    if config.token_healing and is_encoder_decoder(model):
+        raise UnsupportedByTurbogen("`token_healing` is not supported for encoder-decoder models by turbogen.generate.",
+                                    reason="token_healing with an encoder-decoder model")
     _check_model_kwargs(model, model_kwargs)
 
     tokens = _special_tokens(config, has_attention_mask=model_kwargs.get("attention_mask") is not None)
@@ -159,6 +162,13 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
         if model_kwargs.get("encoder_outputs") is not None:
             model_kwargs["encoder_outputs"] = _expand_encoder_outputs(model_kwargs["encoder_outputs"], expand)
 
+    if config.token_healing:  # transformers 4.57 heals the expanded prompt (its mask unchanged)
+        if embeds is not None:
+            raise UnsupportedByTurbogen("`token_healing` with `inputs_embeds` is not supported by turbogen.generate.",
+                                        reason="token_healing with inputs_embeds")
+        from .token_healing import heal_tokens
+
+        input_ids = heal_tokens(model, input_ids, tokenizer, model_kwargs.get("attention_mask"))
     prompt_length = input_ids.shape[1]
     _resolve_lengths(model, config, kwargs, prompt_length,
                      embeds_length=None if embeds is None else embeds.shape[1])
@@ -166,7 +176,8 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     # The sampler applies the config's filters itself unless the filtered scores are recorded (they are the
     # warpers' output, which `output_scores` returns) or something must run after them.
     records_scores = bool(config.return_dict_in_generate and config.output_scores)
-    sampler_filters = None if records_scores else sampler_filter_params(config)
+    # (`sampler_may_filter=False`: the processors are handed to a custom decoding loop, they must be whole.)
+    sampler_filters = None if records_scores or not sampler_may_filter else sampler_filter_params(config)
     processors = build_logits_processor(
         config,
         prompt_length,
@@ -214,7 +225,8 @@ def prepare_call(model: Any, inputs: Any, generation_config: Any, logits_process
     return PreparedCall(config=config, is_beam=is_beam, input_ids=input_ids, model_kwargs=model_kwargs,
                         tokens=tokens, processors=processors, sampler_filters=sampler_filters, stopping=stopping,
                         max_length=max_length, cache=cache,
-                        encoder_outputs=model_kwargs.get("encoder_outputs"), speculation=speculation)
+                        encoder_outputs=model_kwargs.get("encoder_outputs"), speculation=speculation,
+                        synced_gpus=synced_gpus)
 
 
 
@@ -229,19 +241,11 @@ def _reject_unsupported_arguments(model: Any, kwargs: dict) -> None:
             raise UnsupportedByTurbogen(f"`{name}` is not supported: turbogen.generate does not implement "
                                         f"{feature}.", reason=name)
     kwargs.pop("trust_remote_code", None)
-    if kwargs.pop("synced_gpus", None):
-        raise UnsupportedByTurbogen("`synced_gpus=True` is not supported: turbogen.generate runs on a single "
-                                    "process.", reason="synced_gpus")
-    if is_encoder_decoder(model):
-        if getattr(model, "main_input_name", "input_ids") != "input_ids":
-            raise UnsupportedByTurbogen(
-                f"turbogen.generate supports encoder-decoder models whose encoder reads token ids; "
-                f"{type(model).__name__}'s reads `{model.main_input_name}`.",
-                reason="encoder-decoder model without input_ids")
-        for name in ("inputs_embeds", "decoder_inputs_embeds"):
-            if kwargs.get(name) is not None:
-                raise UnsupportedByTurbogen(f"`{name}` is not supported for encoder-decoder models.",
-                                            reason=f"{name} with an encoder-decoder model")
+    if is_encoder_decoder(model) and kwargs.get("decoder_inputs_embeds") is not None:
+        # transformers 4.57 forwards them beside the decoder ids it always builds, and the model refuses both.
+        raise ValueError("`decoder_inputs_embeds` cannot be used with generate() on an encoder-decoder model: "
+                         "the decoder is fed token ids (give `decoder_input_ids`); transformers 4.57 fails the same "
+                         "way")
 
 
 def _reject_unsupported_parameters(config: GenerationConfig, model_kwargs: dict) -> None:
@@ -646,46 +650,123 @@ def is_encoder_decoder(model: Any) -> bool:
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
+def encoder_input_name(model: Any) -> str:
+    """The name of the tensor an encoder-decoder's encoder reads, as transformers 4.57 picks it: the encoder's
+    ``main_input_name`` where the model has an ``encoder`` reading another name than the model's own
+    (SpeechEncoderDecoderModel), else the model's ``main_input_name`` (``input_ids`` for T5 / BART,
+    ``input_features`` for Whisper, ``pixel_values`` for a vision encoder-decoder)."""
+    own = getattr(model, "main_input_name", "input_ids")
+    encoder = getattr(model, "encoder", None)
+    return getattr(encoder, "main_input_name", own) if encoder is not None else own
+
+
 def _prepare_encoder_decoder(model: Any, inputs: Any, tokens: SpecialTokens, config: GenerationConfig,
                              model_kwargs: dict) -> tuple[torch.Tensor, Optional[torch.Tensor], dict]:
-    """transformers v4.57's encoder-decoder preparation: the encoder's ids (``inputs`` / ``input_ids``, a
-    ``bos_token_id`` column when neither is given, none when ``encoder_outputs`` are), their attention mask
-    (inferred from padding as for a decoder-only prompt, unless ``encoder_outputs`` are given), one encoder
-    run (unless ``encoder_outputs`` are given) and the decoder's prompt: ``decoder_input_ids``, with
-    ``decoder_start_token_id`` (else ``bos_token_id``; an int or one per row) put in front unless every row
-    already starts with it (``decoder_attention_mask`` then grows a leading 1), else that start token alone.
+    """transformers v4.57's encoder-decoder preparation, steps in its order:
 
-    Returns ``(decoder_input_ids, encoder_input_ids or None, model_kwargs)``, ``model_kwargs`` holding
-    ``encoder_outputs`` and the encoder's ``attention_mask`` for every decoder call (rows not yet expanded)."""
+    1. The encoder's input: ``inputs`` or the keyword named :func:`encoder_input_name` (not both). For an
+       encoder reading ``input_ids``: the token ids (a ``bos_token_id`` column when none are given), or
+       ``inputs_embeds`` in their place (not both); for another encoder (``input_features``,
+       ``pixel_values``...) that tensor, required unless ``encoder_outputs`` are given. The batch size is its
+       first dimension (the encoder outputs' when they are given).
+    2. Its attention mask, unless given or ``encoder_outputs`` are given, when the model's ``forward`` takes
+       one: token ids' is inferred from padding (as for a decoder-only prompt); any other input's is ones
+       over its first two dimensions (4.57's default; the encoder and decoder calls receive it).
+    3. One encoder run on that input (with the model kwargs meant for the encoder), unless ``encoder_outputs``
+       are given.
+    4. The decoder's prompt: ``decoder_input_ids`` (or, for an encoder not reading ``input_ids``, an
+       ``input_ids`` keyword), with ``decoder_start_token_id`` (else ``bos_token_id``; an int or one per row)
+       put in front unless some row already starts with it (``decoder_attention_mask`` then grows a leading
+       1; never for Whisper and Donut models, as 4.57), else that start token alone.
+
+    Returns ``(decoder_input_ids, encoder_input_ids or None, model_kwargs)`` (``encoder_input_ids``: the
+    encoder's token ids, which the encoder-side processors read; ``None`` for other inputs), ``model_kwargs``
+    holding ``encoder_outputs`` and the encoder's ``attention_mask`` for every decoder call (rows not yet
+    expanded), without the encoder's input."""
     model_kwargs = dict(model_kwargs)
     if model_kwargs.get("past_key_values") is not None:
         raise UnsupportedByTurbogen("`past_key_values` is not supported for encoder-decoder models.",
                                     reason="past_key_values with an encoder-decoder model")
+    name = encoder_input_name(model)
+    embeds = model_kwargs.pop("inputs_embeds", None) if name == "input_ids" else None
+    if embeds is not None:
+        if inputs is not None or model_kwargs.get("input_ids") is not None:
+            raise ValueError("You passed `inputs_embeds` and `input_ids` to generate(): the encoder reads one of "
+                             "them, pick one.")
+        inputs, name = embeds, "inputs_embeds"
+    elif name != "input_ids":
+        given = model_kwargs.pop(name, None)
+        if inputs is not None and given is not None:
+            raise ValueError(f"Both `inputs` and `{name}` were given: pass the encoder's input only once.")
+        inputs = inputs if inputs is not None else given
     encoder_outputs = model_kwargs.pop("encoder_outputs", None)
     encoder_ids = None
     if encoder_outputs is not None:
         encoder_outputs = _as_encoder_output(encoder_outputs)
-        if inputs is not None or model_kwargs.get("input_ids") is not None:
-            encoder_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
         batch = encoder_outputs["last_hidden_state"].shape[0]
         device = encoder_outputs["last_hidden_state"].device
-        if encoder_ids is not None and encoder_ids.shape[0] != batch:
-            raise ValueError(f"`encoder_outputs` hold {batch} rows but the encoder's input ids "
-                             f"{encoder_ids.shape[0]}")
-        if encoder_ids is None and (config.encoder_no_repeat_ngram_size or 0) > 0 or (
-                encoder_ids is None and config.encoder_repetition_penalty not in (None, 1.0)):
-            raise UnsupportedByTurbogen("`encoder_no_repeat_ngram_size` and `encoder_repetition_penalty` need the "
-                                        "encoder's input ids: pass them with `encoder_outputs`.",
-                                        reason="encoder processors without encoder input ids")
+        if name == "input_ids" and (inputs is not None or model_kwargs.get("input_ids") is not None):
+            encoder_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+            if encoder_ids.shape[0] != batch:
+                raise ValueError(f"`encoder_outputs` hold {batch} rows but the encoder's input ids "
+                                 f"{encoder_ids.shape[0]}")
     else:
-        encoder_ids, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
-        batch, device = encoder_ids.shape[0], encoder_ids.device
+        if name == "input_ids":
+            encoder_input, model_kwargs = _prompt_ids(model, inputs, tokens, model_kwargs)
+            encoder_ids = encoder_input
+        else:
+            encoder_input = _encoder_tensor(inputs, name)
+        batch, device = encoder_input.shape[0], encoder_input.device
         if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
-            model_kwargs["attention_mask"] = _infer_attention_mask(encoder_ids, tokens.to(device))
-        encoder_outputs = _run_encoder(model, encoder_ids, config, model_kwargs)
+            model_kwargs["attention_mask"] = _default_encoder_mask(name, encoder_input, model_kwargs,
+                                                                   tokens.to(device))
+        encoder_outputs = _run_encoder(model, name, encoder_input, config, model_kwargs)
+    if encoder_ids is None and ((config.encoder_no_repeat_ngram_size or 0) > 0
+                                or config.encoder_repetition_penalty not in (None, 1.0)):
+        raise UnsupportedByTurbogen("`encoder_no_repeat_ngram_size` and `encoder_repetition_penalty` need the "
+                                    "encoder's input token ids (give them as `input_ids`, also with "
+                                    "`encoder_outputs`).",
+                                    reason="encoder processors without encoder input ids")
     model_kwargs["encoder_outputs"] = encoder_outputs
-    decoder_ids = _decoder_prompt(config, tokens, model_kwargs, batch, device)
+    if name != "input_ids" and "decoder_input_ids" not in model_kwargs and "input_ids" in model_kwargs:
+        model_kwargs["decoder_input_ids"] = model_kwargs.pop("input_ids")  # 4.57 reads them as the decoder's
+    decoder_ids = _decoder_prompt(config, tokens, model_kwargs, batch, device,
+                                  add_start=not _keeps_decoder_ids_as_given(model))
     return decoder_ids, encoder_ids, model_kwargs
+
+
+def _encoder_tensor(value: Any, name: str) -> torch.Tensor:
+    """The encoder input ``name`` (not token ids), checked: a tensor with a batch dimension of at least one row."""
+    if value is None:
+        raise ValueError(f"generate() needs the encoder's input `{name}` (or `encoder_outputs`).")
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] == 0:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"`{name}` must be a tensor [batch, ...] with at least one row, got {shape}")
+    return value
+
+
+def _default_encoder_mask(name: str, encoder_input: torch.Tensor, model_kwargs: dict,
+                          tokens: SpecialTokens) -> torch.Tensor:
+    """transformers 4.57's attention mask when none is given: inferred from padding for token ids (an
+    ``input_ids`` keyword, the decoder's, takes the encoder input's place there, as in 4.57), else ones over
+    the input's first two dimensions."""
+    ids = model_kwargs.get("input_ids")
+    if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] > 0:
+        encoder_input = ids
+    if encoder_input.dim() == 2 and encoder_input.dtype in (torch.int32, torch.int64):
+        return _infer_attention_mask(encoder_input, tokens)
+    return torch.ones(encoder_input.shape[:2], dtype=torch.long, device=encoder_input.device)
+
+
+def _keeps_decoder_ids_as_given(model: Any) -> bool:
+    """transformers 4.57 never puts the start token in front of the given decoder ids of Whisper and Donut models
+    (their prompts hold task tokens in its place)."""
+    config = model.config
+    if "donut" in type(model).__name__.lower() or getattr(config, "model_type", None) == "whisper":
+        return True
+    encoder = getattr(config, "encoder", None)
+    return (getattr(config, "model_type", None) == "vision-encoder-decoder"
+            and "donut" in str(getattr(encoder, "model_type", "")).lower())
 
 
 def _as_encoder_output(encoder_outputs: Any) -> Any:
@@ -703,9 +784,11 @@ def _as_encoder_output(encoder_outputs: Any) -> Any:
     return encoder_outputs
 
 
-def _run_encoder(model: Any, encoder_ids: torch.Tensor, config: GenerationConfig, model_kwargs: dict) -> Any:
-    """One encoder pass over ``encoder_ids`` with the model kwargs meant for it (none named ``decoder_*``,
-    ``cross_attn*`` or ``use_cache``; only those its ``forward`` takes unless it takes ``**kwargs``)."""
+def _run_encoder(model: Any, name: str, encoder_input: torch.Tensor, config: GenerationConfig,
+                 model_kwargs: dict) -> Any:
+    """One encoder pass over ``encoder_input`` (passed as ``name``) with the model kwargs meant for it (none named
+    ``decoder_*``, ``cross_attn*`` or ``use_cache``; only those its ``forward`` takes unless it takes
+    ``**kwargs``)."""
     encoder = model.get_encoder()
     parameters = inspect.signature(encoder.forward).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -715,14 +798,15 @@ def _run_encoder(model: Any, encoder_ids: torch.Tensor, config: GenerationConfig
     arguments["output_attentions"] = config.output_attentions
     arguments["output_hidden_states"] = config.output_hidden_states
     arguments["return_dict"] = True
-    arguments["input_ids"] = encoder_ids
+    arguments[name] = encoder_input
     return encoder(**arguments)
 
 
 def _decoder_prompt(config: GenerationConfig, tokens: SpecialTokens, model_kwargs: dict, batch: int,
-                    device: torch.device) -> torch.Tensor:
+                    device: torch.device, add_start: bool = True) -> torch.Tensor:
     """The decoder's prompt (see :func:`_prepare_encoder_decoder`); pops ``decoder_input_ids`` from
-    ``model_kwargs`` and updates ``decoder_attention_mask`` there when the start token is put in front."""
+    ``model_kwargs`` and updates ``decoder_attention_mask`` there when the start token is put in front (never
+    without ``add_start``)."""
     start = _token_tensor(config.decoder_start_token_id, "decoder_start_token_id")
     if start is None:
         start = tokens.bos
@@ -756,7 +840,7 @@ def _decoder_prompt(config: GenerationConfig, tokens: SpecialTokens, model_kwarg
         raise ValueError(f"`decoder_attention_mask` must be a tensor of the shape of `decoder_input_ids` "
                          f"{tuple(decoder_ids.shape)}, got {shape}")
     # transformers' rule: the start token is put in front only when no row starts with it.
-    if bool((decoder_ids[:, 0] != start[:, 0]).all()):
+    if add_start and bool((decoder_ids[:, 0] != start[:, 0]).all()):
         decoder_ids = torch.cat([start.to(decoder_ids.dtype), decoder_ids], dim=-1)
         if mask is not None:
             model_kwargs["decoder_attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=-1)
@@ -777,6 +861,10 @@ def _prepare_encoder_decoder_cache(model: Any, config: GenerationConfig, model_k
     ``cache_implementation`` ``None`` / ``"dynamic"``: two ``DynamicCache``; ``"static"``: two transformers
     ``StaticCache``, of ``max_length - 1`` positions and of the encoder's length. ``None`` with
     ``use_cache=False``. Other kinds are not supported."""
+    if _compat.is_transformers_4_45():  # its T5/BART-style models keep legacy tuple caches only
+        raise UnsupportedByTurbogen("encoder-decoder generation is not supported with transformers 4.45; use "
+                                    "transformers >= 4.57 for it",
+                                    reason="an encoder-decoder model with transformers 4.45")
     if config.use_cache is False:
         return None
     if config.cache_implementation not in (None, "dynamic", "static"):

@@ -28,7 +28,7 @@ from ..errors import UnsupportedByTurbogen
 from .prepare import accepts, forward_parameters, is_encoder_decoder
 from .record import Record
 
-__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "make_runner"]
+__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "StockEncoderDecoderRunner", "make_runner"]
 
 
 @runtime_checkable
@@ -90,8 +90,14 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
         return PagedRunner(model, input_ids, model_kwargs, cache, use_cache, max_length, record)
     if is_encoder_decoder(model):
         # The decoder's inputs (decoder ids, masks, encoder outputs, the two-part cache) follow transformers'
-        # own preparation step by step; the encoder ran once in `prepare_call`.
+        # own preparation; the encoder ran once in `prepare_call`.
+        if StockEncoderDecoderRunner.applies(model, model_kwargs, cache, use_cache):
+            return StockEncoderDecoderRunner(model, input_ids, model_kwargs, cache, use_cache, record)
         return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
+    if type(cache) is StaticKVCache and _compat.is_transformers_4_45():
+        # 4.45's models size the causal mask for their own StaticCache only (see cache.factory.make_cache).
+        raise UnsupportedByTurbogen("turbogen's StaticKVCache is not supported with transformers 4.45; use "
+                                    "transformers >= 4.57 for it", reason="a static cache with transformers 4.45")
     if _compat.prepares_own_inputs(model):  # (4.45: Llama-family overrides count as the standard preparation)
         for name in ("inputs_embeds", "prefill_chunk_size"):
             if model_kwargs.get(name) is not None:
@@ -214,8 +220,9 @@ def _slot_storage(cache: Any) -> Optional[tuple[str, list]]:
     ``("static", [(tensor, dim), ...])`` for a cache of fixed capacity written in place (turbogen's
     :class:`~turbogen.cache.StaticKVCache`: its two storage tensors; transformers' ``StaticCache`` of
     full-attention layers: every layer's keys and values), ``("dynamic", layers)`` for transformers'
-    ``DynamicCache`` of full-attention ``DynamicLayer`` layers (their tensors are replaced), or None for any
-    other cache (per-row lengths are then refused)."""
+    ``DynamicCache`` of full-attention ``DynamicLayer`` layers (their tensors are replaced; under transformers 4.45,
+    whose ``DynamicCache`` keeps every layer full in two lists, ``layers`` is ``[cache]``), or None for any other
+    cache (per-row lengths are then refused)."""
     if type(cache) is StaticKVCache:
         return "static", [(cache.key_cache, 3), (cache.value_cache, 3)]
     static_layers = _compat.full_static_cache_layers(cache)
@@ -224,7 +231,9 @@ def _slot_storage(cache: Any) -> Optional[tuple[str, list]]:
                           for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
                           if isinstance(tensor, torch.Tensor) and tensor.dim() == 4]
     if _is_transformers(cache, ("DynamicCache",)) and not getattr(cache, "offloading", False):
-        layers = list(getattr(cache, "layers", ()))
+        if not hasattr(cache, "layers"):  # transformers 4.45
+            return "dynamic", [cache]
+        layers = list(cache.layers)
         if all(_is_transformers(layer, ("DynamicLayer",)) for layer in layers):
             return "dynamic", layers
     return None
@@ -768,12 +777,9 @@ class DirectRunner:
             for tensor, dim in storage[1]:
                 tensor.narrow(dim, 0, length).copy_(_gather_slots(tensor, dim, index.to(tensor.device), slots))
             self._cut_slots(length, slots)
-        elif storage is not None:
-            for layer in storage[1]:
-                for name in ("keys", "values"):
-                    tensor = getattr(layer, name, None)
-                    if isinstance(tensor, torch.Tensor) and tensor.dim() == 4:
-                        setattr(layer, name, _gather_slots(tensor, 2, index.to(tensor.device), slots))
+        elif storage is not None:  # a DynamicCache: its tensors are replaced (4.45's lists or the layers')
+            _compat.replace_dynamic_cache_tensors(cache, lambda tensor: _gather_slots(
+                tensor, 2, index.to(tensor.device), slots) if tensor.dim() == 4 else tensor)
         if self._all_ids is not None:
             self._all_ids = self._all_ids.gather(1, index.to(self._all_ids.device))
         self._mask[:, :length] = self._mask[:, :slots].gather(1, index).masked_fill_(~held, 0)
@@ -832,6 +838,7 @@ class PreparedRunner:
         self._cached_at_prefill = 0 if cache is None else int(cache.get_seq_length())
         self.fed_length = self._cached_at_prefill
         self._encoder_decoder = is_encoder_decoder(model)
+        self._cross_rows = _CrossAttentionRows()
         # An encoder-decoder's `attention_mask` is the encoder's: no positions derive from it.
         _compat.start_prepared_inputs(self._kwargs, input_ids, self._cached_at_prefill,
                                       accepts_position_ids=accepts(model, "position_ids")
@@ -867,8 +874,150 @@ class PreparedRunner:
 
     def reorder(self, index: torch.Tensor) -> None:
         self._ids = self._ids.index_select(0, index)
-        if self.past_key_values is not None:
-            self.past_key_values = _reorder_cache(self.model, self.past_key_values, index)
+        self._reorder_cache(index)
+
+    def _reorder_cache(self, index: torch.Tensor) -> None:
+        if self.past_key_values is None:
+            return
+        if self._encoder_decoder and _reorder_self_attention_only(self.model, self.past_key_values, index,
+                                                                   self._cross_rows):
+            return
+        self.past_key_values = _reorder_cache(self.model, self.past_key_values, index)
 
     def crop(self, lengths: Union[int, torch.Tensor]) -> None:
         raise ValueError("this runner cannot crop: the model's own input preparation tracks the cache itself")
+
+
+class _CrossAttentionRows:
+    """Which rows of an ``EncoderDecoderCache``'s cross-attention part hold bit-identical keys and values.
+
+    Beam search keeps ``num_beams`` rows per input, all attending to the same encoder output, and reorders rows
+    only among one input's beams; the cross-attention cache, written once by the first decoder call and never
+    again, then holds the same bits in all of them, so gathering it changes nothing. Whether it does is checked,
+    not assumed: once, the rows are split into runs of consecutive rows whose cross-attention keys and values are
+    bitwise equal (``groups``); a reorder whose every row takes its source from its own run can skip them."""
+
+    def __init__(self):
+        self.groups: Optional[torch.Tensor] = None
+
+    def unchanged_by(self, cross_tensors: list, index: torch.Tensor) -> bool:
+        """Whether reordering ``cross_tensors`` (every layer's cross-attention keys and values, rows first) by
+        ``index`` leaves their bits unchanged."""
+        if not cross_tensors:
+            return False
+        rows = cross_tensors[0].shape[0]
+        if self.groups is None or self.groups.shape[0] != rows:
+            self.groups = _equal_row_runs(cross_tensors)
+        groups = self.groups.to(index.device)
+        return bool(torch.equal(groups.index_select(0, index), groups))
+
+
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _equal_row_runs(tensors: list) -> torch.Tensor:
+    """``[rows]`` int64: a run number per row, equal for consecutive rows whose data is bitwise equal in every one of
+    ``tensors`` (compared as integers of the same width, so that -0.0 and 0.0, or two NaNs, are told apart as
+    their bits are)."""
+    rows = tensors[0].shape[0]
+    same_as_previous = torch.ones(max(rows - 1, 0), dtype=torch.bool, device=tensors[0].device)
+    for tensor in tensors:
+        bits = tensor.view(_SAME_SIZE_INTEGER[tensor.element_size()]) if tensor.is_floating_point() else tensor
+        same_as_previous &= (bits[1:] == bits[:-1]).reshape(rows - 1, -1).all(dim=1).to(same_as_previous.device)
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64, device=same_as_previous.device),
+                        (~same_as_previous).long()])
+    return starts.cumsum(0).cpu()
+
+
+def _reorder_self_attention_only(model: Any, cache: Any, index: torch.Tensor,
+                                 cross_rows: "_CrossAttentionRows") -> bool:
+    """Reorder ``cache`` (an ``EncoderDecoderCache`` that :func:`_reorder_cache` would gather in place) by
+    ``index`` without gathering its cross-attention part, when ``cross_rows`` shows that gathering it would change
+    no bit. Returns whether it did; ``False``: nothing was done (the caller reorders the whole cache)."""
+    if _compat.model_reorder_cache(model) is not None or not _is_transformers(cache, ("EncoderDecoderCache",)):
+        return False
+    self_tensors = _layer_tensors(cache.self_attention_cache)
+    cross_tensors = _layer_tensors(cache.cross_attention_cache)
+    if self_tensors is None or cross_tensors is None or index.dim() != 1:
+        return False
+    if any(tensor.shape[0] != index.shape[0] for tensor in self_tensors + cross_tensors):
+        return False
+    if not cross_rows.unchanged_by(cross_tensors, index):
+        return False
+    reorder_rows_(self_tensors, 0, index)
+    return True
+
+
+class StockEncoderDecoderRunner(PreparedRunner):
+    """An encoder-decoder whose model uses transformers 4.57's generic ``prepare_inputs_for_generation``, over a
+    cache, without ``decoder_attention_mask``, ``decoder_position_ids`` or ``token_type_ids``: what that
+    preparation computes for a decoding step is then fixed, so this runner builds it directly instead of calling
+    the preparation and ``_update_model_kwargs_for_generation`` at every step.
+
+    The prefill goes through the model's own preparation (as :class:`PreparedRunner`). Each decoding step then
+    calls the model with exactly what 4.57's preparation would pass: ``decoder_input_ids`` the new tokens
+    ``[rows, 1]``, ``cache_position`` ``[fed_length]``, the cache, the encoder's ``attention_mask`` when there is
+    one, and every other model keyword (``encoder_outputs``, ``use_cache``, output flags...) unchanged. The
+    decoder ids so far are not kept (nothing reads them)."""
+
+    #: Keywords with which 4.57's preparation computes per-step inputs (positions, masks): the general runner.
+    _PER_STEP_INPUTS = ("decoder_attention_mask", "decoder_position_ids", "token_type_ids", "position_ids",
+                        "decoder_inputs_embeds", "inputs_embeds")
+    #: Named parameters of 4.57's preparation (not forwarded as keywords) and what it drops.
+    _NOT_FORWARDED = ("input_ids", "past_key_values", "attention_mask", "inputs_embeds", "cache_position", "labels")
+
+    @classmethod
+    def applies(cls, model: Any, model_kwargs: dict, cache: Any, use_cache: bool) -> bool:
+        """Whether this runner reproduces 4.57's preparation for this call (else :class:`PreparedRunner`)."""
+        return (bool(use_cache) and cache is not None and not _compat._is_transformers_5()
+                and not _compat.is_transformers_4_45() and not _compat.prepares_own_inputs(model)
+                and all(model_kwargs.get(name) is None for name in cls._PER_STEP_INPUTS))
+
+    def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
+                 record: Record):
+        super().__init__(model, input_ids, model_kwargs, cache, use_cache, record)
+        self._fixed_inputs: Optional[dict] = None
+        # Cache positions, sliced one per step: `_positions[i]` is position `_positions_start + i`.
+        self._positions = torch.empty(0, dtype=torch.int64)
+        self._positions_start = 0
+
+    def _decode_inputs(self) -> dict:
+        """The step's model inputs other than the new tokens and the cache position (built after the prefill)."""
+        if self._fixed_inputs is None:
+            kwargs = self._kwargs
+            inputs = {"past_key_values": kwargs.get("past_key_values")}
+            if kwargs.get("attention_mask") is not None:
+                inputs["attention_mask"] = kwargs["attention_mask"]
+            inputs.update((key, value) for key, value in kwargs.items() if key not in self._NOT_FORWARDED)
+            self._fixed_inputs = inputs
+            self._positions = self._positions.to(self._kwargs["cache_position"].device)
+        return self._fixed_inputs
+
+    def _cache_position(self) -> torch.Tensor:
+        """``[fed_length]``, a slice of a table built once per ``_POSITIONS_PER_TABLE`` steps."""
+        offset = self.fed_length - self._positions_start
+        if not 0 <= offset < self._positions.shape[0]:
+            self._positions_start, offset = self.fed_length, 0
+            self._positions = torch.arange(self.fed_length, self.fed_length + self._POSITIONS_PER_TABLE,
+                                           device=self._positions.device)
+        return self._positions[offset:offset + 1]
+
+    _POSITIONS_PER_TABLE = 1024
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        inputs = self._decode_inputs()
+        inputs["decoder_input_ids"] = tokens.reshape(-1, 1)
+        inputs["cache_position"] = self._cache_position()
+        outputs = self.model(**inputs, return_dict=True)
+        if getattr(outputs, "past_key_values", None) is not None:
+            inputs["past_key_values"] = self._kwargs["past_key_values"] = outputs.past_key_values
+        self.record.model_outputs(outputs)
+        self.fed_length += 1
+        return _last_logits(outputs)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self._fixed_inputs is None:  # still before the first decoding step: the ids are the preparation's input
+            self._ids = self._ids.index_select(0, index)
+        self._reorder_cache(index)
+        if self._fixed_inputs is not None and self.past_key_values is not self._fixed_inputs["past_key_values"]:
+            self._fixed_inputs["past_key_values"] = self.past_key_values

@@ -16,19 +16,19 @@ KINDS = ("llama", "gpt2")
 SEED = 1234
 
 
-def build_model(kind: str):
-    """The tiny ``kind`` model (``"llama"`` or ``"gpt2"``), eval mode, float32, eager attention (the attention
-    weights of ``output_attentions`` exist in every version)."""
+def build_model(kind: str, num_layers: int = 2):
+    """The tiny ``kind`` model (``"llama"`` or ``"gpt2"``) with ``num_layers`` layers, eval mode, float32, eager
+    attention (the attention weights of ``output_attentions`` exist in every version)."""
     import transformers
 
     common = dict(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     if kind == "llama":
-        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                           **common)
         model_class = transformers.LlamaForCausalLM
     elif kind == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
+        config = transformers.GPT2Config(n_embd=32, n_layer=num_layers, n_head=4, n_positions=64, resid_pdrop=0.0,
                                          embd_pdrop=0.0, attn_pdrop=0.0, **common)
         model_class = transformers.GPT2LMHeadModel
     else:
