@@ -5,7 +5,7 @@ contrastive_models.py, for the cases of tests/generation/data/beam_strategies_ca
 
 Run it in the transformers 4.45.2 environment (it refuses any other version):
 
-    .venv-hf445/bin/python scripts/make_beam_strategies_oracle.py
+    .venv-hf445/bin/python scripts/make_beam_strategies_oracle.py [--output PATH]
 
 For every case it stores the sequences, ``sequences_scores`` (as ``float.hex`` of the float32 values, exact),
 ``beam_indices`` and, as a guard against a transformers release computing the model differently, the greedy
@@ -15,43 +15,27 @@ so) where that environment's greedy output differs from 4.45.2's.
 
 from __future__ import annotations
 
-import json
-import pathlib
-import sys
-
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "generation" / "data"
+from _v445_oracle import DATA, ModelCache, generate_with_greedy_guard, oracle_environment, output_path, write_oracle
+
 OUTPUT = DATA / "beam_strategies_oracle_4_45_2.json"
 
 
-def main() -> int:
-    import transformers
-
-    if not transformers.__version__.startswith("4.45."):
-        print(f"needs transformers 4.45.x (the oracle), found {transformers.__version__}", file=sys.stderr)
+def main(argv=None) -> int:
+    output = output_path(OUTPUT, argv)
+    environment = oracle_environment("beam_strategies_cases", "contrastive_models")
+    if environment is None:
         return 1
-    transformers.logging.set_verbosity_error()
-    sys.path.insert(0, str(DATA))
-    import beam_strategies_cases as cases_module
-    import contrastive_models as models
-
-    torch.set_num_threads(1)
-    built = {}
+    transformers, (cases_module, models) = environment
+    model_of_kind = ModelCache(models)
     stored = {}
     with torch.no_grad():
         for strategy, cases in (("group", cases_module.GROUP_CASES), ("constrained", cases_module.CONSTRAINED_CASES)):
             for name, kind, prompt, arguments in cases:
-                model = built.setdefault(kind, models.build_model(kind))
-                input_ids, attention_mask = models.prompts(prompt)
-                call = dict(dict(eos_token_id=models.EOS_ID), **cases_module.build_arguments(arguments, transformers))
-                out = model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
-                                     return_dict_in_generate=True, output_scores=True, pad_token_id=models.PAD_ID,
-                                     **call)
-                greedy = model.generate(input_ids, attention_mask=attention_mask, do_sample=False,
-                                        max_new_tokens=arguments["max_new_tokens"], pad_token_id=models.PAD_ID,
-                                        eos_token_id=models.EOS_ID)
+                out, greedy = generate_with_greedy_guard(model_of_kind(kind), models, prompt,
+                                                         cases_module.build_arguments(arguments, transformers),
+                                                         arguments["max_new_tokens"])
                 stored[name] = {
                     "strategy": strategy, "kind": kind, "prompt": prompt, "arguments": arguments,
                     "sequences": out.sequences.tolist(),
@@ -59,9 +43,7 @@ def main() -> int:
                     "beam_indices": None if out.beam_indices is None else out.beam_indices.tolist(),
                     "greedy": greedy.tolist(),
                 }
-    OUTPUT.write_text(json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
-                                  "cases": stored}, indent=1) + "\n")
-    print(f"wrote {len(stored)} cases to {OUTPUT.relative_to(ROOT)}")
+    write_oracle(output, transformers, stored)
     return 0
 
 

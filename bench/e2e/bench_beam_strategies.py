@@ -18,7 +18,6 @@ medians, the speed-up and the load average are printed. On a shared machine the 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from bench.common import interleaved_medians  # noqa: E402
+from bench.common import add_side_by_side_arguments, time_against_transformers, transformers_is_4_45  # noqa: E402
 
 STRATEGIES = {
     "diverse": dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.5),
@@ -48,51 +47,29 @@ def _model_and_vocab(name: str):
 
 
 def main(argv=None) -> int:
-    import transformers
-
-    import turbogen
     from turbogen.cli import benchmark as e2e
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    add_side_by_side_arguments(parser)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--model", default="bench", choices=["bench", "oracle"], help=_model_and_vocab.__doc__)
     args = parser.parse_args(argv)
-    if not transformers.__version__.startswith("4.45."):
-        print(f"needs transformers 4.45.x (its own diverse/constrained beam search), found {transformers.__version__}",
-              file=sys.stderr)
+    if not transformers_is_4_45("its own diverse/constrained beam search"):
         return 1
+    import transformers
+
     transformers.logging.set_verbosity_error()
     model, vocab = _model_and_vocab(args.model)
-    print(f"{args.model} model; transformers {transformers.__version__}, torch {torch.__version__}, {args.new_tokens} new tokens, "
-          f"{args.rounds} interleaved rounds; load average before: {os.getloadavg()}")
-    print(f"{'strategy':<12}{'batch':>6}{'threads':>8}{'transformers ms':>17}{'turbogen ms':>13}{'speed-up':>10}")
-    with torch.no_grad():
+
+    def cases():
         for strategy in args.strategies:
             for batch in args.batches:
                 input_ids, attention_mask = e2e.bench_prompt(batch, vocab_size=vocab)
-                kwargs = dict(attention_mask=attention_mask, max_new_tokens=args.new_tokens,
-                              min_new_tokens=args.new_tokens, pad_token_id=0, eos_token_id=2, do_sample=False, **STRATEGIES[strategy])
-                calls = {
-                    "transformers": lambda: model.generate(input_ids, **kwargs),
-                    "turbogen": lambda: turbogen.generate(model, input_ids, **kwargs),
-                }
-                expected, got = calls["transformers"](), calls["turbogen"]()
-                if not torch.equal(expected, got):
-                    print(f"{strategy} B={batch}: OUTPUTS DIFFER", file=sys.stderr)
-                    return 1
-                for threads in args.threads:
-                    torch.set_num_threads(threads)
-                    medians = interleaved_medians(calls, args.rounds)
-                    print(f"{strategy:<12}{batch:>6}{threads:>8}{medians['transformers'] * 1e3:>17.1f}"
-                          f"{medians['turbogen'] * 1e3:>13.1f}{medians['transformers'] / medians['turbogen']:>9.2f}x",
-                          flush=True)
-    print(f"load average after: {os.getloadavg()} (identical sequences checked for every strategy and batch)")
-    return 0
+                yield strategy, batch, input_ids, attention_mask, STRATEGIES[strategy]
 
+    with torch.no_grad():
+        return time_against_transformers(model, cases(), new_tokens=args.new_tokens, rounds=args.rounds,
+                                         threads=args.threads, title=f"{args.model} model; ")
 
 if __name__ == "__main__":
     raise SystemExit(main())

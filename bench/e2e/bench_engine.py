@@ -25,7 +25,8 @@ included, model loading excluded).
 Systems (``--systems=``, default all):
 
 * ``engine``: :func:`turbogen.generate_batch` (the continuous-batching Engine), every request with its own
-  max_new_tokens; ``block_size`` 16, the Engine's own defaults otherwise (``--engine-kwargs=JSON`` adds more).
+  max_new_tokens, with transformers 4.57; ``engine-hf5``: the same with transformers 5.x (whose model forward
+  differs), the Engine the 5.x systems are compared with; ``block_size`` 16, the Engine's own defaults otherwise (``--engine-kwargs=JSON`` adds more).
   Also reports the Engine's peak KV memory (blocks in use x block bytes) against the bytes of the tokens it held
   at that moment, when the Engine exposes its cache (see ``engine_kv_stats``).
 * ``tg-padded``: turbogen's ``generate()`` on left-padded batches; ``tg-paged``: the same with
@@ -73,13 +74,16 @@ import time
 from typing import Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-ALL_SYSTEMS = ("engine", "tg-padded", "tg-paged", "hf457-padded", "hf5-padded", "hf5-cb", "hf457-cb")
+ALL_SYSTEMS = ("engine", "engine-hf5", "tg-padded", "tg-paged", "hf457-padded", "hf5-padded", "hf5-cb", "hf457-cb")
 PADDED_SYSTEMS = ("tg-padded", "tg-paged", "hf457-padded", "hf5-padded")
 ENVIRONMENT = {"engine": "457", "tg-padded": "457", "tg-paged": "457", "hf457-padded": "457", "hf457-cb": "457",
-               "hf5-padded": "5", "hf5-cb": "5"}
+               "engine-hf5": "5", "hf5-padded": "5", "hf5-cb": "5"}
 BLOCK_SIZE = 16
 # The throughput targets: the Engine's rate over each system's, at least.
 TARGETS = {"hf457-padded": 2.0, "hf5-padded": 2.0, "tg-padded": 1.5, "hf5-cb": 2.5}
+# The Engine run each system is compared with: the one in the same transformers environment (the model's own
+# forward differs between 4.57 and 5.x).
+ENGINE_OF_ENVIRONMENT = {"457": "engine", "5": "engine-hf5"}
 OPTIONS = ("--quick", "--models", "--threads", "--rounds", "--requests", "--seed", "--systems", "--batches",
            "--orders", "--json", "--python457", "--python5", "--engine-kwargs", "--max-batch-tokens", "--serve",
            "-h", "--help")
@@ -182,7 +186,7 @@ class Worker:
         with (torch.no_grad() if system.endswith("-cb") else torch.inference_mode()):
             if system in PADDED_SYSTEMS:
                 outputs = self.padded(model, requests, system, command["batch"], command["order"])
-            elif system == "engine":
+            elif system in ("engine", "engine-hf5"):
                 outputs, extra = self.engine(model, requests, command.get("engine_kwargs") or {})
             elif system == "hf5-cb":
                 outputs = self.transformers_cb(model, requests, command["max_batch_tokens"])
@@ -538,7 +542,6 @@ def run_model(settings: dict, threads: int, model: str, environments: dict, resu
         good = [a for a in answers if "counted" in a]
         if good:
             medians[name] = statistics.median(rate(a) for a in good)
-    engine = medians.get("engine")
     print(f"\n{model}, {threads} thread(s), {settings['requests']} requests, {settings['rounds']} round(s), load "
           f"{load_before} -> {load_after}")
     print("\n| system | tok/s median (best) | counted tokens | ended at EOS | same tokens as reference | "
@@ -551,7 +554,9 @@ def run_model(settings: dict, threads: int, model: str, environments: dict, resu
             continue
         same = "-" if reference is None else \
             f"{sum(a == b for a, b in zip(good[0]['tokens'], reference))}/{len(reference)}"
-        target = TARGETS.get(name.split("[")[0])
+        system = name.split("[")[0]
+        target = TARGETS.get(system)
+        engine = medians.get(ENGINE_OF_ENVIRONMENT[ENVIRONMENT[system]]) or medians.get("engine")
         versus = (f"{engine / medians[name]:.2f}" if engine else "-") + (f" (>= {target})" if target else "")
         print(f"| {name} | {medians[name]:.1f} ({max(rate(a) for a in good):.1f}) | {good[0]['counted']} | "
               f"{good[0]['eos_finished']} | {same} | {versus} |")

@@ -14,97 +14,33 @@ strategy to the Hub):
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import pathlib
-
 import pytest
 import torch
 
 import transformers
 
 import turbogen
-from tolerances import assert_bit_exact, assert_close_across_compilations
 from turbogen.generation.beam_constraints import DisjunctiveTrie
 
-DATA = pathlib.Path(__file__).parent / "data"
-ORACLE = json.loads((DATA / "beam_strategies_oracle_4_45_2.json").read_text())["cases"]
+import legacy_oracle
+from legacy_oracle import IS_4_45, applicable_stored_case, assert_same_beams_as_stored, beam_call, data_module
+from legacy_oracle import oracle_model as _model, oracle_test_marks, quiet_transformers, stored_oracle  # noqa: F401
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, DATA / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-models = _load("contrastive_models")
-cases = _load("beam_strategies_cases")
-
-IS_4_45 = transformers.__version__.startswith("4.45.")
+ORACLE = stored_oracle("beam_strategies_oracle_4_45_2.json")["cases"]
+models = data_module("contrastive_models")
+cases = data_module("beam_strategies_cases")
 HAS_TRANSFORMERS_CONSTRAINTS = hasattr(transformers, "PhrasalConstraint") and hasattr(transformers,
                                                                                        "DisjunctiveConstraint")
-live_oracle = pytest.mark.skipif(
-    not IS_4_45, reason=f"the live oracle is transformers 4.45.2's constrained beam search; this is "
-                        f"{transformers.__version__} (run in .venv-hf445); the stored oracle tests run here")
-
-pytestmark = pytest.mark.filterwarnings("ignore:GenerationConfig has flags:UserWarning")
+live_oracle = legacy_oracle.live_oracle("constrained beam search")
+pytestmark = oracle_test_marks()
 IDS = [c[0] for c in cases.CONSTRAINED_CASES]
-
-_MODELS = {}
-
-
-def _model(kind):
-    if kind not in _MODELS:
-        _MODELS[kind] = models.build_model(kind)
-    return _MODELS[kind]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    yield
-    transformers.logging.set_verbosity(verbosity)
-
-
-def _call(prompt, arguments, **extra):
-    input_ids, attention_mask = models.prompts(prompt)
-    call = dict(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=models.PAD_ID, do_sample=False,
-                return_dict_in_generate=True, output_scores=True, eos_token_id=models.EOS_ID)
-    call.update(arguments)
-    call.update(extra)
-    return call
-
-
-def _check_against_stored(out, stored):
-    assert out.sequences.tolist() == stored["sequences"]
-    expected_scores = torch.tensor([float.fromhex(v) for v in stored["sequences_scores"]])
-    if IS_4_45:
-        assert_bit_exact(out.sequences_scores, expected_scores)
-    else:  # another transformers computes the same model up to float rounding
-        assert_close_across_compilations(out.sequences_scores, expected_scores)
-    assert (None if out.beam_indices is None else out.beam_indices.tolist()) == stored["beam_indices"]
-
-
-def _stored(name, kind, prompt, arguments):
-    stored = ORACLE[name]
-    assert stored["arguments"] == json.loads(json.dumps(arguments)), "regenerate the oracle: the case changed"
-    input_ids, attention_mask = models.prompts(prompt)
-    greedy = _model(kind).generate(input_ids, attention_mask=attention_mask, do_sample=False,
-                                   max_new_tokens=arguments["max_new_tokens"], pad_token_id=models.PAD_ID,
-                                   eos_token_id=models.EOS_ID)
-    if greedy.tolist() != stored["greedy"]:
-        pytest.skip(f"transformers {transformers.__version__} computes the tiny {kind} differently from 4.45.2 "
-                    "(greedy output differs): the stored tokens do not apply")
-    return stored
 
 
 @pytest.mark.parametrize("name,kind,prompt,arguments", cases.CONSTRAINED_CASES, ids=IDS)
 def test_stored_oracle(name, kind, prompt, arguments):
-    stored = _stored(name, kind, prompt, arguments)
-    out = turbogen.generate(_model(kind), **_call(prompt, cases.build_arguments(arguments, turbogen)))
-    _check_against_stored(out, stored)
+    stored = applicable_stored_case(ORACLE, name, kind, prompt, arguments)
+    out = turbogen.generate(_model(kind), **beam_call(prompt, cases.build_arguments(arguments, turbogen)))
+    assert_same_beams_as_stored(out, stored)
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS_CONSTRAINTS,
@@ -112,17 +48,17 @@ def test_stored_oracle(name, kind, prompt, arguments):
 @pytest.mark.parametrize("name,kind,prompt,arguments", [c for c in cases.CONSTRAINED_CASES if "constraints" in c[3]],
                          ids=[c[0] for c in cases.CONSTRAINED_CASES if "constraints" in c[3]])
 def test_transformers_constraint_objects_are_accepted(name, kind, prompt, arguments):
-    stored = _stored(name, kind, prompt, arguments)
-    out = turbogen.generate(_model(kind), **_call(prompt, cases.build_arguments(arguments, transformers)))
-    _check_against_stored(out, stored)
+    stored = applicable_stored_case(ORACLE, name, kind, prompt, arguments)
+    out = turbogen.generate(_model(kind), **beam_call(prompt, cases.build_arguments(arguments, transformers)))
+    assert_same_beams_as_stored(out, stored)
 
 
 @live_oracle
 @pytest.mark.parametrize("name,kind,prompt,arguments", cases.CONSTRAINED_CASES, ids=IDS)
 def test_live_oracle(name, kind, prompt, arguments):
     model = _model(kind)
-    expected = model.generate(**_call(prompt, cases.build_arguments(arguments, transformers), output_logits=True))
-    got = turbogen.generate(model, **_call(prompt, cases.build_arguments(arguments, turbogen), output_logits=True))
+    expected = model.generate(**beam_call(prompt, cases.build_arguments(arguments, transformers), output_logits=True))
+    got = turbogen.generate(model, **beam_call(prompt, cases.build_arguments(arguments, turbogen), output_logits=True))
     assert torch.equal(got.sequences, expected.sequences)
     assert torch.equal(got.sequences_scores, expected.sequences_scores)
     assert (got.beam_indices is None) == (expected.beam_indices is None)
@@ -173,12 +109,12 @@ class EndsWithPair(turbogen.Constraint):
 @pytest.mark.parametrize("kind", cases.KINDS)
 def test_a_user_constraint_subclass_works_like_the_builtin(kind):
     arguments = dict(num_beams=4, max_new_tokens=10)
-    builtin = turbogen.generate(_model(kind), **_call("padded", dict(arguments, force_words_ids=[[20, 21]])))
-    custom = turbogen.generate(_model(kind), **_call("padded", dict(arguments, constraints=[EndsWithPair(20, 21)])))
+    builtin = turbogen.generate(_model(kind), **beam_call("padded", dict(arguments, force_words_ids=[[20, 21]])))
+    custom = turbogen.generate(_model(kind), **beam_call("padded", dict(arguments, constraints=[EndsWithPair(20, 21)])))
     assert torch.equal(custom.sequences, builtin.sequences)
     assert torch.equal(custom.sequences_scores, builtin.sequences_scores)
     if IS_4_45:  # the same object in transformers 4.45's own constrained beam search
-        expected = _model(kind).generate(**_call("padded", dict(arguments, constraints=[EndsWithPair(20, 21)])))
+        expected = _model(kind).generate(**beam_call("padded", dict(arguments, constraints=[EndsWithPair(20, 21)])))
         assert torch.equal(custom.sequences, expected.sequences)
 
 

@@ -17,10 +17,6 @@ through :func:`turbogen_contrastive`, which resolves the call with ``prepare_cal
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import pathlib
-
 import pytest
 import torch
 
@@ -30,35 +26,14 @@ from turbogen import _transformers_compat as _compat
 from turbogen.errors import UnsupportedByTurbogen
 from turbogen.generation.contrastive import contrastive_from_call, contrastive_ranking
 
-DATA = pathlib.Path(__file__).parent / "data"
-ORACLE = json.loads((DATA / "contrastive_oracle_4_45_2.json").read_text())
+import legacy_oracle
+from legacy_oracle import data_module, oracle_model as _model, oracle_test_marks, quiet_transformers  # noqa: F401
+from legacy_oracle import stored_oracle
 
-_spec = importlib.util.spec_from_file_location("contrastive_models", DATA / "contrastive_models.py")
-models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models)
-
-IS_4_45 = transformers.__version__.startswith("4.45.")
-live_oracle = pytest.mark.skipif(
-    not IS_4_45, reason=f"the live oracle is transformers 4.45.2's contrastive search; this is "
-                        f"{transformers.__version__} (run in .venv-hf445); the stored oracle tests run here")
-
-pytestmark = pytest.mark.filterwarnings("ignore:GenerationConfig has flags:UserWarning")
-
-_MODELS = {}
-
-
-def _model(kind):
-    if kind not in _MODELS:
-        _MODELS[kind] = models.build_model(kind)
-    return _MODELS[kind]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    yield
-    transformers.logging.set_verbosity(verbosity)
+ORACLE = stored_oracle("contrastive_oracle_4_45_2.json")
+models = data_module("contrastive_models")
+live_oracle = legacy_oracle.live_oracle("contrastive search")
+pytestmark = oracle_test_marks()
 
 
 def turbogen_contrastive(model, input_ids, attention_mask, **arguments):

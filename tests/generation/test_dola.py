@@ -15,10 +15,6 @@ step's processed scores with the row's seed at the step's offset (the seed contr
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import pathlib
-
 import pytest
 import torch
 
@@ -28,36 +24,21 @@ import turbogen
 from turbogen import ops
 from turbogen.generation.dola import dola_candidate_layers
 
-DATA = pathlib.Path(__file__).parent / "data"
-ORACLE = json.loads((DATA / "dola_oracle_4_45_2.json").read_text())
+import legacy_oracle
+from legacy_oracle import IS_4_45, data_module, oracle_model, oracle_test_marks, quiet_transformers  # noqa: F401
+from legacy_oracle import stored_oracle
 
-_spec = importlib.util.spec_from_file_location("contrastive_models", DATA / "contrastive_models.py")
-models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(models)
-
-IS_4_45 = transformers.__version__.startswith("4.45.")
-live_oracle = pytest.mark.skipif(
-    not IS_4_45, reason=f"the live oracle is transformers 4.45.2's DoLa decoding (4.57 moved it to the Hub); this "
-                        f"is {transformers.__version__} (run in .venv-hf445); the stored oracle tests run here")
-
-pytestmark = pytest.mark.filterwarnings("ignore:GenerationConfig has flags:UserWarning")
+ORACLE = stored_oracle("dola_oracle_4_45_2.json")
+models = data_module("contrastive_models")
+live_oracle = legacy_oracle.live_oracle("DoLa decoding (4.57 moved it to the Hub)")
+pytestmark = oracle_test_marks()
 
 NUM_LAYERS = 6
-_MODELS = {}
 
 
 def _model(kind, num_layers=NUM_LAYERS):
-    if (kind, num_layers) not in _MODELS:
-        _MODELS[kind, num_layers] = models.build_model(kind, num_layers=num_layers)
-    return _MODELS[kind, num_layers]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    yield
-    transformers.logging.set_verbosity(verbosity)
+    """The oracle's tiny ``kind`` model, with 6 layers by default (DoLa needs layers to choose from)."""
+    return oracle_model(kind, num_layers)
 
 
 def _generate(model, input_ids, attention_mask, **arguments):

@@ -13,96 +13,37 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import pathlib
-
 import pytest
 import torch
 
 import transformers
 
 import turbogen
-from tolerances import assert_bit_exact, assert_close_across_compilations
 from turbogen.generation.group_beam import HammingDiversityLogitsProcessor
 
-DATA = pathlib.Path(__file__).parent / "data"
-ORACLE = json.loads((DATA / "beam_strategies_oracle_4_45_2.json").read_text())["cases"]
+import legacy_oracle
+from legacy_oracle import applicable_stored_case, assert_same_beams_as_stored, beam_call, data_module
+from legacy_oracle import oracle_model as _model, oracle_test_marks, quiet_transformers, stored_oracle  # noqa: F401
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, DATA / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-models = _load("contrastive_models")
-cases = _load("beam_strategies_cases")
-
-IS_4_45 = transformers.__version__.startswith("4.45.")
-live_oracle = pytest.mark.skipif(
-    not IS_4_45, reason=f"the live oracle is transformers 4.45.2's group beam search; this is "
-                        f"{transformers.__version__} (run in .venv-hf445); the stored oracle tests run here")
-
-pytestmark = pytest.mark.filterwarnings("ignore:GenerationConfig has flags:UserWarning")
-
-_MODELS = {}
-
-
-def _model(kind):
-    if kind not in _MODELS:
-        _MODELS[kind] = models.build_model(kind)
-    return _MODELS[kind]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_transformers():
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    yield
-    transformers.logging.set_verbosity(verbosity)
-
-
-def _call(kind, prompt, arguments, **extra):
-    input_ids, attention_mask = models.prompts(prompt)
-    call = dict(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=models.PAD_ID, do_sample=False,
-                return_dict_in_generate=True, output_scores=True, eos_token_id=models.EOS_ID)
-    call.update(arguments)
-    call.update(extra)
-    return call
-
-
-def _same_model_as_oracle(stored, kind, prompt):
-    input_ids, attention_mask = models.prompts(prompt)
-    greedy = _model(kind).generate(input_ids, attention_mask=attention_mask, do_sample=False,
-                                   max_new_tokens=stored["arguments"]["max_new_tokens"], pad_token_id=models.PAD_ID,
-                                   eos_token_id=models.EOS_ID)
-    return greedy.tolist() == stored["greedy"]
+ORACLE = stored_oracle("beam_strategies_oracle_4_45_2.json")["cases"]
+models = data_module("contrastive_models")
+cases = data_module("beam_strategies_cases")
+live_oracle = legacy_oracle.live_oracle("group beam search")
+pytestmark = oracle_test_marks()
 
 
 @pytest.mark.parametrize("name,kind,prompt,arguments", cases.GROUP_CASES, ids=[c[0] for c in cases.GROUP_CASES])
 def test_stored_oracle(name, kind, prompt, arguments):
-    stored = ORACLE[name]
-    assert stored["arguments"] == json.loads(json.dumps(arguments)), "regenerate the oracle: the case changed"
-    if not _same_model_as_oracle(stored, kind, prompt):
-        pytest.skip(f"transformers {transformers.__version__} computes the tiny {kind} differently from 4.45.2 "
-                    "(greedy output differs): the stored tokens do not apply")
-    out = turbogen.generate(_model(kind), **_call(kind, prompt, arguments))
-    assert out.sequences.tolist() == stored["sequences"]
-    expected_scores = torch.tensor([float.fromhex(v) for v in stored["sequences_scores"]])
-    if IS_4_45:
-        assert_bit_exact(out.sequences_scores, expected_scores)
-    else:  # another transformers computes the same model up to float rounding
-        assert_close_across_compilations(out.sequences_scores, expected_scores)
-    assert (None if out.beam_indices is None else out.beam_indices.tolist()) == stored["beam_indices"]
+    stored = applicable_stored_case(ORACLE, name, kind, prompt, arguments)
+    out = turbogen.generate(_model(kind), **beam_call(prompt, arguments))
+    assert_same_beams_as_stored(out, stored)
 
 
 @live_oracle
 @pytest.mark.parametrize("name,kind,prompt,arguments", cases.GROUP_CASES, ids=[c[0] for c in cases.GROUP_CASES])
 def test_live_oracle(name, kind, prompt, arguments):
     model = _model(kind)
-    call = _call(kind, prompt, arguments, output_logits=True)
+    call = beam_call(prompt, arguments, output_logits=True)
     expected = model.generate(**call)
     got = turbogen.generate(model, **call)
     assert torch.equal(got.sequences, expected.sequences)
@@ -118,7 +59,7 @@ def test_live_oracle(name, kind, prompt, arguments):
 def test_live_oracle_attentions_hidden_states_and_plain_output(kind):
     model = _model(kind)
     arguments = dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=5)
-    call = _call(kind, "padded", arguments, output_attentions=True, output_hidden_states=True)
+    call = beam_call("padded", arguments, output_attentions=True, output_hidden_states=True)
     expected = model.generate(**call)
     got = turbogen.generate(model, **call)
     assert torch.equal(got.sequences, expected.sequences)
@@ -133,9 +74,9 @@ def test_live_oracle_attentions_hidden_states_and_plain_output(kind):
 
 def test_without_output_scores_there_are_no_sequence_scores_nor_beam_indices():
     arguments = dict(num_beams=4, num_beam_groups=2, diversity_penalty=1.0, max_new_tokens=4)
-    out = turbogen.generate(_model("llama"), **_call("llama", "single", arguments, output_scores=False))
+    out = turbogen.generate(_model("llama"), **beam_call("single", arguments, output_scores=False))
     assert out.sequences_scores is None and out.beam_indices is None and out.scores is None
-    plain = turbogen.generate(_model("llama"), **_call("llama", "single", arguments, return_dict_in_generate=False))
+    plain = turbogen.generate(_model("llama"), **beam_call("single", arguments, return_dict_in_generate=False))
     assert torch.equal(plain, out.sequences)
 
 
@@ -144,11 +85,11 @@ def test_groups_are_diverse_and_the_penalty_matters():
     tokens the earlier ones chose at the same step, so the four hypotheses differ at every step."""
     arguments = dict(num_beams=4, num_beam_groups=4, diversity_penalty=50.0, max_new_tokens=4, num_return_sequences=4,
                      eos_token_id=None)
-    out = turbogen.generate(_model("llama"), **_call("llama", "single", arguments))
+    out = turbogen.generate(_model("llama"), **beam_call("single", arguments))
     new = out.sequences[:, 7:]
     assert all(len(set(new[:, step].tolist())) == 4 for step in range(new.shape[1]))
-    greedy = turbogen.generate(_model("llama"), **_call("llama", "single", dict(max_new_tokens=4, eos_token_id=None),
-                                                        return_dict_in_generate=False))
+    greedy = turbogen.generate(_model("llama"), **beam_call("single", dict(max_new_tokens=4, eos_token_id=None),
+                                                            return_dict_in_generate=False))
     assert greedy[0, 7:].tolist() in new.tolist()
 
 
