@@ -187,21 +187,28 @@ def audio_features(batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, NUM_MEL_BINS, AUDIO_FRAMES, generator=generator)
 
 
+def _cross_attention_gpt2_config():
+    """The GPT-2 decoder (with cross-attention, starting from BOS) of the tiny vision and speech encoder-decoders."""
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=vocab_size(), n_embd=HIDDEN_SIZE, n_layer=NUM_LAYERS, n_head=NUM_HEADS,
+                      n_positions=MAX_POSITIONS, add_cross_attention=True, is_decoder=True,
+                      initializer_range=INITIALIZER_RANGE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_vision_encoder_decoder(seed: int = 0):
     """A tiny random-weight image-to-text ``VisionEncoderDecoderModel``: a ViT encoder reading ``pixel_values``
     ``[batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE]`` (see :func:`images`) and a GPT-2 decoder with
     cross-attention, starting from BOS. Shared across the session: do not mutate it."""
-    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+    from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
     encoder = ViTConfig(hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS, num_attention_heads=NUM_HEADS,
                         intermediate_size=2 * HIDDEN_SIZE, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
                         num_channels=IMAGE_CHANNELS, initializer_range=0.3, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
-    decoder = GPT2Config(vocab_size=vocab_size(), n_embd=HIDDEN_SIZE, n_layer=NUM_LAYERS, n_head=NUM_HEADS,
-                         n_positions=MAX_POSITIONS, add_cross_attention=True, is_decoder=True,
-                         initializer_range=INITIALIZER_RANGE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    decoder = _cross_attention_gpt2_config()
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
     return _seeded_init(lambda: VisionEncoderDecoderModel(config=config), seed)
@@ -222,7 +229,7 @@ def tiny_speech_encoder_decoder(seed: int = 0):
     ``[batch, WAVEFORM_SAMPLES]`` (see :func:`waveforms`; the model's own ``main_input_name`` is ``inputs``, the
     encoder's ``input_values``) and a GPT-2 decoder with cross-attention, starting from BOS. Shared across the
     session: do not mutate it."""
-    from transformers import GPT2Config, SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
+    from transformers import SpeechEncoderDecoderConfig, SpeechEncoderDecoderModel, Wav2Vec2Config
 
     encoder = Wav2Vec2Config(hidden_size=HIDDEN_SIZE, num_hidden_layers=NUM_LAYERS, num_attention_heads=NUM_HEADS,
                              intermediate_size=2 * HIDDEN_SIZE, conv_dim=(16, 16), conv_stride=(5, 2),
@@ -230,10 +237,7 @@ def tiny_speech_encoder_decoder(seed: int = 0):
                              feat_extract_norm="layer", do_stable_layer_norm=True, hidden_dropout=0.0,
                              attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
                              initializer_range=0.3)
-    decoder = GPT2Config(vocab_size=vocab_size(), n_embd=HIDDEN_SIZE, n_layer=NUM_LAYERS, n_head=NUM_HEADS,
-                         n_positions=MAX_POSITIONS, add_cross_attention=True, is_decoder=True,
-                         initializer_range=INITIALIZER_RANGE, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    decoder = _cross_attention_gpt2_config()
     config = SpeechEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
     return _seeded_init(lambda: SpeechEncoderDecoderModel(config=config), seed)
