@@ -106,8 +106,7 @@ from .config import GenerationMode
 from .generation.constrained_beam import constrained_beam_from_call
 from .generation.contrastive import contrastive_from_call
 from .generation.dola import dola_from_call
-from .generation.custom_generate import (custom_generate_plan, custom_repository_name, native_mode_check,
-                                        run_custom_decoding)
+from .generation.custom_generate import CustomGeneratePlan, custom_generate_plan, run_custom_decoding
 from .generation.custom_generate import extra_arguments as extra_custom_arguments
 from .generation.group_beam import group_beam_from_call
 from .generation.synced_gpus import PeerSync, SyncedRunner, check_synced_gpus
@@ -188,36 +187,37 @@ def generate(
         turbogen.NonFiniteScoresError: (a ``RuntimeError``) when sampling meets scores it cannot sample from.
     """
     user_cache = kwargs.get("past_key_values") is not None
-    custom = None
+    custom = CustomGeneratePlan()
     if kwargs.get("custom_generate") is not None:
         custom = custom_generate_plan(kwargs.pop("custom_generate"))
         kwargs.pop("trust_remote_code", None)  # turbogen runs no remote code
-        if custom[0] == "directory":  # the whole call is the directory's generate()
-            return custom[1](model=model, **_custom_generate_arguments(
+        if custom.whole_call is not None:
+            return custom.whole_call(model=model, **_custom_generate_arguments(
                 inputs, generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, streamer,
                 tokenizer, kwargs))
     else:
         kwargs.pop("custom_generate", None)
-    extra = extra_custom_arguments(custom[1], kwargs) if custom is not None and custom[0] == "callable" else None
+    extra = extra_custom_arguments(custom.decoding_loop, kwargs) if custom.decoding_loop is not None else None
     with torch.no_grad():
         call = prepare_call(model, inputs, generation_config, logits_processor, stopping_criteria,
                             prefix_allowed_tokens_fn, streamer, tokenizer, kwargs,
                             sampler_may_filter=extra is None)
         if extra is not None:
-            result = run_custom_decoding(custom[1], model, call, extra, streamer)
+            result = run_custom_decoding(custom.decoding_loop, model, call, extra, streamer)
             if call.config.return_legacy_cache is True and hasattr(getattr(result, "past_key_values", None),
                                                                    "to_legacy_cache"):
                 result.past_key_values = result.past_key_values.to_legacy_cache()
             return result
         record = Record(call.config, encoder_decoder=call.encoder_outputs is not None)
         mode = call.config.get_generation_mode()
-        if custom is not None:  # a strategy 4.57 moved to the Hub: its native implementation
-            native_mode_check(custom[1], mode, custom_repository_name(custom[1]))
+        custom.check_mode(mode)  # a strategy 4.57 moved to the Hub runs natively: the parameters must select it
         peers = _synced_peers(call, mode)
         # transformers 4.45.2's strategies (4.57 moved them to the Hub), each in its own module; each streams the
         # prompt itself.
         if mode == GenerationMode.CONTRASTIVE_SEARCH:
-            return _legacy_cache_if_asked(call, contrastive_from_call(model, call, record, streamer), user_cache)
+            result = contrastive_from_call(model, call, record, streamer)
+            return _legacy_cache_if_asked(call, _decoder_only_output(call, result.past_key_values, record,
+                                                                     result.sequences), user_cache)
         if mode in (GenerationMode.GROUP_BEAM_SEARCH, GenerationMode.CONSTRAINED_BEAM_SEARCH) and streamer is not None:
             raise ValueError("`streamer` cannot be used with beam search (as in transformers 4.45): set `num_beams=1`.")
         if mode == GenerationMode.GROUP_BEAM_SEARCH:
@@ -225,7 +225,9 @@ def generate(
         if mode == GenerationMode.CONSTRAINED_BEAM_SEARCH:
             return _legacy_cache_if_asked(call, constrained_beam_from_call(model, call, record), user_cache)
         if mode == GenerationMode.DOLA_GENERATION:
-            return _legacy_cache_if_asked(call, dola_from_call(model, call, record, streamer, peers), user_cache)
+            result = dola_from_call(model, call, record, streamer, peers)
+            return _legacy_cache_if_asked(call, _decoder_only_output(call, result.past_key_values, record,
+                                                                     result.sequences), user_cache)
         speculation = call.speculation
         user_code_per_step = (bool(logits_processor) or prefix_allowed_tokens_fn is not None
                               or streamer is not None)

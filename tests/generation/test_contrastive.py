@@ -9,10 +9,6 @@
   ``data/contrastive_models.py`` (``data/contrastive_oracle_4_45_2.json``, written by
   ``scripts/make_contrastive_oracle.py`` under 4.45.2). A case is skipped, with the reason, where this
   environment's transformers computes the model itself differently (its greedy output differs from 4.45.2's).
-
-Until ``turbogen.generate`` dispatches contrastive search (requested from generate.py / prepare.py), the calls go
-through :func:`turbogen_contrastive`, which resolves the call with ``prepare_call`` and runs
-:func:`turbogen.generation.contrastive.contrastive_from_call`, as the dispatch will.
 """
 
 from __future__ import annotations
@@ -22,9 +18,7 @@ import torch
 
 import transformers
 
-from turbogen import _transformers_compat as _compat
-from turbogen.errors import UnsupportedByTurbogen
-from turbogen.generation.contrastive import contrastive_from_call, contrastive_ranking
+from turbogen.generation.contrastive import contrastive_ranking
 
 import legacy_oracle
 from legacy_oracle import data_module, oracle_model as _model, oracle_test_marks, quiet_transformers  # noqa: F401
@@ -37,28 +31,11 @@ pytestmark = oracle_test_marks()
 
 
 def turbogen_contrastive(model, input_ids, attention_mask, **arguments):
-    """turbogen's contrastive search for a ``generate(model, input_ids, attention_mask=..., **arguments)`` call:
-    through ``turbogen.generate`` once it dispatches contrastive search, else as that dispatch will."""
+    """turbogen's contrastive search for a ``generate(model, input_ids, attention_mask=..., **arguments)`` call."""
     from turbogen.generate import generate
-    from turbogen.generation.prepare import prepare_call
-    from turbogen.generation.record import Record
 
     arguments = dict(arguments, pad_token_id=models.PAD_ID, eos_token_id=models.EOS_ID)
-    try:
-        return generate(model, input_ids, attention_mask=attention_mask, **arguments)
-    except UnsupportedByTurbogen as error:
-        if "contrastive" not in str(error):
-            raise
-    alpha, top_k = arguments.pop("penalty_alpha"), arguments.pop("top_k")
-    low_memory = arguments.pop("low_memory", False)
-    # The cache is made here (prepare_call's refuses transformers 4.45 until the requested prepare.py fix).
-    arguments.update(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    with torch.no_grad():
-        call = prepare_call(model, None, None, None, None, None, None, None, arguments)
-        call.config.penalty_alpha, call.config.top_k, call.config.low_memory = alpha, top_k, low_memory
-        call.config.use_cache = True
-        call.cache = _compat.new_dynamic_cache() if _compat.supports_default_dynamic_cache(model) else None
-        return contrastive_from_call(model, call, Record(call.config))
+    return generate(model, input_ids, attention_mask=attention_mask, **arguments)
 
 
 def _oracle(model, input_ids, attention_mask, **arguments):

@@ -357,13 +357,11 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
     return ContrastiveResult(sequences, past)
 
 
-def contrastive_from_call(model: Any, call: Any, record: Record, streamer: Any = None) -> Any:
+def contrastive_from_call(model: Any, call: Any, record: Record, streamer: Any = None) -> ContrastiveResult:
     """Contrastive search for a resolved :func:`turbogen.generate` call (a
-    :class:`~turbogen.generation.prepare.PreparedCall` whose mode is contrastive search): the sequences, or with
-    ``return_dict_in_generate`` a ``GenerateDecoderOnlyOutput`` (scores, logits, attentions, hidden states and
-    the cache, as 4.45.2 returns them)."""
-    from ..outputs import GenerateDecoderOnlyOutput
-
+    :class:`~turbogen.generation.prepare.PreparedCall` whose mode is contrastive search): the sequences and the
+    cache as 4.45.2 returns them; scores, logits, attentions and hidden states go to ``record``, and
+    :func:`turbogen.generate` packages the output."""
     config = call.config
     if call.encoder_outputs is not None:
         raise UnsupportedByTurbogen("contrastive search is not supported for encoder-decoder models by "
@@ -381,13 +379,4 @@ def contrastive_from_call(model: Any, call: Any, record: Record, streamer: Any =
         model, call.input_ids, attention_mask, call.cache, call.processors, call.stopping, record, call.tokens.pad,
         penalty_alpha=float(config.penalty_alpha), top_k=int(config.top_k), low_memory=bool(config.low_memory),
         streamer=streamer, model_kwargs=model_kwargs, return_dict=bool(config.return_dict_in_generate))
-    if not config.return_dict_in_generate:
-        return result.sequences
-    return GenerateDecoderOnlyOutput(
-        sequences=result.sequences,
-        scores=record.collected_scores,
-        logits=record.collected_logits,
-        attentions=record.attentions,
-        hidden_states=record.hidden_states,
-        past_key_values=result.past_key_values,
-    )
+    return result

@@ -31,13 +31,13 @@ import inspect
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..errors import UnsupportedByTurbogen
 
-__all__ = ["NATIVE_STRATEGY_REPOSITORIES", "SAMPLE_LOOP_PARAMETERS", "custom_generate_plan", "custom_repository_name",
-           "extra_arguments",
-           "load_local_custom_generate", "native_mode_check", "run_custom_decoding"]
+__all__ = ["NATIVE_STRATEGY_REPOSITORIES", "SAMPLE_LOOP_PARAMETERS", "CustomGeneratePlan", "custom_generate_plan",
+           "extra_arguments", "load_local_custom_generate", "run_custom_decoding"]
 
 #: The Hub repositories transformers 4.57 loads for the strategies it moved out of the library, and the
 #: generation mode (``GenerationMode`` value) turbogen runs natively for each.
@@ -54,9 +54,33 @@ SAMPLE_LOOP_PARAMETERS = frozenset({"self", "input_ids", "logits_processor", "st
                                     "synced_gpus", "streamer", "model_kwargs"})
 
 
-def custom_generate_plan(custom_generate: Any) -> tuple[str, Any]:
-    """How to serve ``custom_generate``: ``("native", mode)`` for a repository of :data:`NATIVE_STRATEGY_REPOSITORIES`,
-    ``("callable", fn)``, ``("directory", generate_function)`` for a local directory.
+@dataclass(frozen=True)
+class CustomGeneratePlan:
+    """How :func:`turbogen.generate` serves one ``custom_generate`` value (:func:`custom_generate_plan`): exactly one
+    field is set."""
+
+    #: A local directory's ``generate(model, **arguments)``: it replaces the whole call.
+    whole_call: Optional[Callable] = None
+    #: A callable decoding loop, run on the prepared call (:func:`run_custom_decoding`).
+    decoding_loop: Optional[Callable] = None
+    #: A repository of :data:`NATIVE_STRATEGY_REPOSITORIES`: turbogen's own implementation of its strategy runs.
+    native_repository: Optional[str] = None
+
+    def check_mode(self, mode: Any) -> None:
+        """Raise ValueError when a native repository's strategy is not the one the generation parameters select."""
+        if self.native_repository is None:
+            return
+        wanted = NATIVE_STRATEGY_REPOSITORIES[self.native_repository]
+        selected = getattr(mode, "value", mode)
+        if selected != wanted:
+            raise ValueError(f"`custom_generate={self.native_repository!r}` runs {wanted.replace('_', ' ')}, but the "
+                             f"generation parameters select {selected}: set that strategy's parameters (e.g. "
+                             "`dola_layers`, `penalty_alpha` with `top_k`, `num_beam_groups`, `force_words_ids` / "
+                             "`constraints`).")
+
+
+def custom_generate_plan(custom_generate: Any) -> CustomGeneratePlan:
+    """How to serve ``custom_generate`` (see the module docstring).
 
     Raises:
         TypeError: neither a string, a path nor a callable.
@@ -68,16 +92,16 @@ def custom_generate_plan(custom_generate: Any) -> tuple[str, Any]:
         custom_generate = os.fspath(custom_generate)
     if isinstance(custom_generate, str):
         if custom_generate in NATIVE_STRATEGY_REPOSITORIES:
-            return "native", NATIVE_STRATEGY_REPOSITORIES[custom_generate]
+            return CustomGeneratePlan(native_repository=custom_generate)
         if os.path.isdir(custom_generate):
-            return "directory", load_local_custom_generate(custom_generate)
+            return CustomGeneratePlan(whole_call=load_local_custom_generate(custom_generate))
         raise UnsupportedByTurbogen(
             f"`custom_generate={custom_generate!r}` is neither a local directory nor a strategy turbogen runs natively "
             f"({', '.join(sorted(NATIVE_STRATEGY_REPOSITORIES))}); turbogen does not download code from the Hub: "
             "download the repository (e.g. `huggingface_hub.snapshot_download`) and pass its local directory.",
             reason="custom_generate from the Hub")
     if callable(custom_generate):
-        return "callable", custom_generate
+        return CustomGeneratePlan(decoding_loop=custom_generate)
     raise TypeError(f"`custom_generate` must be a string (a local directory or a repository id) or a callable, "
                     f"got {type(custom_generate).__name__}.")
 
@@ -166,17 +190,3 @@ def run_custom_decoding(function: Callable, model: Any, call: Any, extra: dict, 
     return function(model, call.input_ids, logits_processor=call.processors,
                     stopping_criteria=StoppingCriteriaList(criteria), generation_config=config,
                     **extra, **model_kwargs)
-
-
-def custom_repository_name(mode: str) -> str:
-    """The repository of :data:`NATIVE_STRATEGY_REPOSITORIES` whose strategy is ``mode``."""
-    return next(name for name, value in NATIVE_STRATEGY_REPOSITORIES.items() if value == mode)
-
-
-def native_mode_check(repository_mode: str, mode: Any, repository: Optional[str]) -> None:
-    """Raise ValueError when the generation parameters do not select the strategy of ``repository``."""
-    if getattr(mode, "value", mode) != repository_mode:
-        raise ValueError(f"`custom_generate={repository!r}` runs {repository_mode.replace('_', ' ')}, but the "
-                         f"generation parameters select {getattr(mode, 'value', mode)}: set that strategy's "
-                         "parameters (e.g. `dola_layers`, `penalty_alpha` with `top_k`, `num_beam_groups`, "
-                         "`force_words_ids` / `constraints`).")

@@ -216,13 +216,11 @@ def run_dola(model: Any, input_ids: torch.Tensor, attention_mask: Optional[torch
 
 
 def dola_from_call(model: Any, call: Any, record: Record, streamer: Any = None,
-                   peers: Optional[PeerSync] = None) -> Any:
+                   peers: Optional[PeerSync] = None) -> DolaResult:
     """DoLa decoding for a resolved :func:`turbogen.generate` call (a
-    :class:`~turbogen.generation.prepare.PreparedCall` whose mode is DoLa): the sequences, or with
-    ``return_dict_in_generate`` a ``GenerateDecoderOnlyOutput`` (scores, logits, attentions, hidden states and
-    the cache, as 4.45.2 returns them)."""
-    from ..outputs import GenerateDecoderOnlyOutput
-
+    :class:`~turbogen.generation.prepare.PreparedCall` whose mode is DoLa): the sequences and the cache as 4.45.2
+    returns them; scores, logits, attentions and hidden states go to ``record``, and :func:`turbogen.generate`
+    packages the output."""
     config = call.config
     if call.encoder_outputs is not None or _compat.is_encoder_decoder_model(model):
         raise ValueError("DoLa decoding is only available for decoder-only models.")
@@ -243,13 +241,4 @@ def dola_from_call(model: Any, call: Any, record: Record, streamer: Any = None,
     use_cache = config.use_cache is not False
     result = run_dola(model, call.input_ids, attention_mask, call.cache if use_cache else None, use_cache, layers,
                       call.processors, call.stopping, record, batch, call.tokens.pad, streamer, model_kwargs, peers)
-    if not config.return_dict_in_generate:
-        return result.sequences
-    return GenerateDecoderOnlyOutput(
-        sequences=result.sequences,
-        scores=record.collected_scores,
-        logits=record.collected_logits,
-        attentions=record.attentions,
-        hidden_states=record.hidden_states,
-        past_key_values=result.past_key_values,
-    )
+    return result
