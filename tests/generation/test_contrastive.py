@@ -18,7 +18,7 @@ import torch
 
 import transformers
 
-from turbogen.generation.contrastive import contrastive_ranking
+from turbogen.generation.contrastive import ChosenRowsHead, contrastive_ranking
 
 import legacy_oracle
 from legacy_oracle import data_module, oracle_model as _model, oracle_test_marks, quiet_transformers  # noqa: F401
@@ -97,10 +97,15 @@ def test_sequences_equal_live_4_45_2(name):
     assert torch.equal(turbogen_contrastive(model, input_ids, attention_mask, **arguments), expected)
 
 
-def _assert_nested_equal(actual, expected, what):
+def _assert_nested_equal(actual, expected, what, close=False):
+    """Equal tensors at every leaf; ``close``: within float tolerance (turbogen computes the chosen candidates'
+    logits with the head over fewer rows, which may round differently)."""
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), what
-        assert torch.equal(actual, expected), what
+        if close:
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=what)
+        else:
+            assert torch.equal(actual, expected), what
         return
     if expected is None:
         assert actual is None, what
@@ -111,7 +116,7 @@ def _assert_nested_equal(actual, expected, what):
         actual = actual.to_legacy_cache()
     assert len(actual) == len(expected), what
     for i, (a, e) in enumerate(zip(actual, expected)):
-        _assert_nested_equal(a, e, f"{what}[{i}]")
+        _assert_nested_equal(a, e, f"{what}[{i}]", close)
 
 
 @live_oracle
@@ -127,7 +132,8 @@ def test_return_dict_equals_live_4_45_2(name):
     actual = turbogen_contrastive(model, input_ids, attention_mask, **flags, **arguments)
     assert type(actual).__name__ == type(expected).__name__
     for field in ("sequences", "scores", "logits", "hidden_states", "attentions", "past_key_values"):
-        _assert_nested_equal(getattr(actual, field), getattr(expected, field), field)
+        _assert_nested_equal(getattr(actual, field), getattr(expected, field), field,
+                             close=field in ("scores", "logits"))
 
 
 @live_oracle
@@ -181,3 +187,52 @@ def test_ranking_is_the_degeneration_penalty():
             penalty = similarity[mask[row].bool()].max()
             best.append(float((1 - alpha) * probs[row, k] - alpha * penalty))
         assert int(selected[row]) == max(range(top_k), key=best.__getitem__)
+
+
+@pytest.mark.parametrize("kind", models.KINDS)
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_head_runs_on_the_chosen_candidates_only(kind, low_memory):
+    """The candidates' forwards skip the LM head (zero positions reach it) and the head then runs on one row per
+    prompt row; the tokens equal those of a run that computes every candidate's logits."""
+    model = _model(kind)
+    input_ids, attention_mask = models.prompts("padded")
+    rows = input_ids.shape[0] if not low_memory else 1
+    input_ids, attention_mask = input_ids[:rows], attention_mask[:rows]
+    arguments = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=6, low_memory=low_memory,
+                     return_dict_in_generate=True, output_scores=True)
+    head = model.get_output_embeddings()
+    head_rows = []
+    # (a forward hook: it sees what the head computed, after turbogen's pre-hook cut its input)
+    handle = head.register_forward_hook(lambda module, args, output: head_rows.append(tuple(output.shape[:2])))
+    try:
+        skipped = turbogen_contrastive(model, input_ids, attention_mask, **arguments)
+    finally:
+        handle.remove()
+    steps = head_rows[2:]  # after the prompt's forward and the check of its logits
+    assert head_rows[1] == (rows, 1) and steps
+    assert all(shape == (rows, 1) or shape[1] == 0 for shape in steps), head_rows  # chosen rows, or skipped
+    chosen = sum(shape[1] != 0 for shape in steps)
+    skipped_forwards = 4 + 1 if low_memory else 1  # per step: each candidate (and the rerun), or all at once
+    assert sum(shape[1] == 0 for shape in steps) == chosen * skipped_forwards, head_rows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ChosenRowsHead, "for_model", classmethod(lambda cls, model, outputs: None))
+        whole = turbogen_contrastive(model, input_ids, attention_mask, **arguments)
+    assert torch.equal(skipped.sequences, whole.sequences)
+    _assert_nested_equal(skipped.scores, whole.scores, "scores", close=True)
+
+
+def test_head_is_whole_for_models_that_transform_logits():
+    """A config that caps or scales logits after the head, or a forward whose logits are not the head of the last
+    hidden state, keeps every candidate's logits."""
+    import types
+
+    model = _model("llama")
+    input_ids, attention_mask = models.prompts("padded")
+    with torch.no_grad():
+        outputs = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    assert ChosenRowsHead.for_model(model, outputs) is not None
+    scaled = types.SimpleNamespace(logits=outputs.logits * 2, hidden_states=outputs.hidden_states)
+    assert ChosenRowsHead.for_model(model, scaled) is None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
+        assert ChosenRowsHead.for_model(model, outputs) is None

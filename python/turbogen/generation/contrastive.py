@@ -14,6 +14,16 @@ repository): the same tokens, scores, logits, hidden states, attentions and retu
 4. the chosen candidate's cache, hidden state and logits are kept: its logits are the next step's, so each
    step costs one forward (``low_memory``: ``top_k + 1`` forwards of one row each).
 
+Only the chosen candidates' logits are ever read, so the candidates' forward skips the LM head (a forward
+pre-hook hands it zero positions) and the head then runs on the ``rows`` chosen last hidden states instead of
+``rows * top_k``: on a model with a wide vocabulary the head is most of a small model's forward. This applies when
+the model's logits are its output embeddings applied to its last hidden state, nothing after (checked on the
+prompt's logits, and refused for configs that scale or cap logits after the head: :class:`ChosenRowsHead`);
+other models compute every candidate's logits. The head over fewer rows may round differently (matrix products of
+another shape), so scores and logits equal 4.45.2's within float tolerance, the tokens exactly. The hook lives
+on the model's head module for the duration of each candidate forward: another thread calling the same model
+object during a contrastive search would get empty logits.
+
 The model is called directly with a transformers cache (a ``DynamicCache``, or the legacy tuples of a model that
 only returns those, such as GPT-2 under 4.45): contrastive search needs the model's hidden states and a cache it
 can repeat and select rows of, which turbogen's :class:`~turbogen.generation.runner.ModelRunner` does not
@@ -29,6 +39,7 @@ orders agree, and the tokens are 4.45.2's.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 from typing import Any, Optional
@@ -41,7 +52,7 @@ from ..processors.stages import LogitsStages
 from ..stopping import StoppingPlan
 from .record import Record
 
-__all__ = ["ContrastiveResult", "ModelCaller", "contrastive_from_call", "contrastive_ranking", "run_contrastive_search"]
+__all__ = ["ChosenRowsHead", "ContrastiveResult", "ModelCaller", "contrastive_from_call", "contrastive_ranking", "run_contrastive_search"]
 
 
 class ContrastiveResult:
@@ -141,6 +152,67 @@ def _drop_last_position(past: Any, length: int) -> Any:
         _compat.crop_cache(past, length - 1, current=length)
         return past
     return tuple(tuple(item[..., :-1, :] for item in layer) for layer in past)
+
+
+# Config attributes of models that transform the head's output (scale or cap the logits) inside ``forward``:
+# their logits are not the head applied to the last hidden state. (A check on the prompt's logits cannot tell a
+# cap from the identity where logits are small.)
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
+
+
+class ChosenRowsHead:
+    """The LM head of a model whose logits are ``head(last hidden state)``, run on the chosen candidates only (see
+    the module docstring): :meth:`skipped` makes a forward skip it, :meth:`__call__` computes the logits of given
+    last hidden states."""
+
+    def __init__(self, head: torch.nn.Module):
+        self._head = head
+
+    @classmethod
+    def for_model(cls, model: Any, prompt_outputs: Any) -> Optional["ChosenRowsHead"]:
+        """The model's head when its prompt logits (``prompt_outputs``, with hidden states) are the head applied to
+        the last hidden state, else None."""
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if any(getattr(config, name, neutral) not in (None, neutral) for name, neutral in _LOGIT_TRANSFORMS.items()):
+            return None
+        try:
+            head = model.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None
+        logits, hidden = prompt_outputs.logits, prompt_outputs.hidden_states
+        if not isinstance(head, torch.nn.Module) or hidden is None or logits is None or logits.dim() != 3:
+            return None
+        last_hidden = hidden[-1]
+        if last_hidden.dim() != 3:
+            return None
+        recomputed = head(last_hidden[:, -1:, :])
+        expected = logits[:, -1:, :]
+        if recomputed.shape != expected.shape or recomputed.dtype != expected.dtype:
+            return None
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        if not torch.allclose(recomputed, expected, rtol=1e-5, atol=1e-6 * max(scale, 1.0)):
+            return None
+        return cls(head)
+
+    @contextlib.contextmanager
+    def skipped(self):
+        """Within: every call of the head gets zero positions (``[rows, 0, hidden]``), so the model's logits come
+        out ``[rows, 0, vocab]`` at no cost."""
+
+        def no_positions(module, args):
+            if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 3:
+                return (args[0][:, :0, :],) + tuple(args[1:])
+            return None
+
+        handle = self._head.register_forward_pre_hook(no_positions)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def __call__(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """``[rows, vocab]`` float32 logits of ``last_hidden`` (``[rows, 1, hidden]``)."""
+        return self._head(last_hidden)[:, -1, :].float()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -275,6 +347,8 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
                          "contrastive search.")
     norm_context = _normalized(outputs.hidden_states[-1])
     next_logits = outputs.logits[:, -1, :].clone().float()
+    head = ChosenRowsHead.for_model(model, outputs)
+    skipping_head = head.skipped if head is not None else contextlib.nullcontext
     step_outputs = outputs
     del outputs
     if not low_memory:
@@ -298,7 +372,8 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
         if low_memory:
             each = []
             for i in range(top_k):
-                output = call(top_k_ids[:, i].view(-1, 1), mask_with_candidate, past, cached=length)
+                with skipping_head():
+                    output = call(top_k_ids[:, i].view(-1, 1), mask_with_candidate, past, cached=length)
                 if _is_cache_object(past):
                     _drop_last_position(past, length + 1)
                 each.append(output)
@@ -306,10 +381,10 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
             del each
         else:
             candidate_mask = torch.cat([candidate_mask, candidate_mask.new_ones((rows * top_k, 1))], dim=-1)
-            outputs = call(top_k_ids.view(-1, 1), candidate_mask, past, cached=length)
+            with skipping_head():
+                outputs = call(top_k_ids.view(-1, 1), candidate_mask, past, cached=length)
 
         next_hidden = outputs.hidden_states[-1]
-        candidate_logits = outputs.logits[:, -1, :].float()
         selected = _rank_candidates(norm_context, next_hidden, top_k_probs, context_mask, penalty_alpha, top_k)
         context_mask = mask_with_candidate
         selected = selected.to("cpu")
@@ -323,13 +398,17 @@ def run_contrastive_search(model: Any, input_ids: torch.Tensor, attention_mask: 
         if record.wants_attentions and outputs.attentions is not None:
             layers_attentions = tuple(layer[chosen_rows] for layer in outputs.attentions)
         if low_memory:
-            rerun = call(tokens.view(-1, 1), mask_with_candidate, past, cached=length, hidden_states=False,
-                         attentions=False)
+            with skipping_head():  # (its logits are the chosen candidate's, already known)
+                rerun = call(tokens.view(-1, 1), mask_with_candidate, past, cached=length, hidden_states=False,
+                             attentions=False)
             past = rerun.past_key_values
             del rerun
         else:
             past = _keep_chosen_candidate(outputs.past_key_values, chosen_rows, rows, top_k)
-        next_logits = candidate_logits[chosen_rows]
+        if outputs.logits.shape[1] == 0:  # the head was skipped: run it on the chosen candidates only
+            next_logits = head(next_hidden[chosen_rows])
+        else:
+            next_logits = outputs.logits[chosen_rows, -1, :].float()
         step_outputs = types.SimpleNamespace(hidden_states=layers_hidden, attentions=layers_attentions or None)
         del outputs
 
