@@ -1,19 +1,22 @@
 """Encoder-decoder generate(): turbogen vs transformers vs the bare encoder + decoder forward loop, on a tiny T5.
 
     python bench/e2e/bench_encoder_decoder.py                       # greedy and beam, batch 1 and 8, 2 threads
-    python bench/e2e/bench_encoder_decoder.py --threads=1 --rounds=5 greedy:8 beam:1
+    python bench/e2e/bench_encoder_decoder.py --threads=1 --rounds=9 greedy:8 beam:1
 
 The issue's target: turbogen at least 0.9x the bare forward loop and faster than transformers' generate().
 The model is a T5 (``T5ForConditionalGeneration``, relu feed-forward as the original T5) with random weights:
 vocabulary 32000, d_model 256, d_kv 32, d_ff 1024, 4 encoder + 4 decoder layers, 8 heads; encoder inputs of 16
 random tokens (all-ones mask), 64 new tokens, no EOS (every row generates all 64). Modes and runner plumbing
 are ``turbogen bench``'s (:mod:`turbogen.cli.benchmark`): greedy search, beam search with 4 beams, one explicit
-generation config for both generate() runners, the runners taking turns round by round
-(:func:`~turbogen.cli.benchmark.round_seconds`, one untimed warm-up each). The floor here is the encoder
+generation config for both generate() runners. The runners take turns round by round (7 rounds by default,
+after one untimed warm-up each), in an order rotated every round, so that none always runs right after the same
+other one (:func:`interleaved_round_seconds`). The floor here is the encoder
 once, then one decoder forward per token over an ``EncoderDecoderCache`` and an argmax; for beam search it
 runs over ``batch * num_beams`` rows (the encoder on ``batch`` rows, its output repeated per beam, as
-generate() does), so all three do equal model work. Rates are new tokens x decoded rows / s; ratios are
-turbogen's rate over the others', for the best and the median round.
+generate() does), so all three do equal model work. Rates are new tokens x decoded rows / s, for the best and
+the median round. Ratios are turbogen's rate over the others': of their best rounds, and the median over the
+rounds of the ratio within each round (runners of one round ran back to back, under about the same load: on a
+shared machine, whose load drifts from round to round, this is the steadier figure).
 
 Before timing, turbogen's and transformers' sequences are compared (and, for greedy search, the floor's).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 
 import torch
 
@@ -106,45 +110,68 @@ def check_sequences(calls, mode: str) -> bool:
     return same
 
 
+def interleaved_round_seconds(calls: dict, rounds: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of ``rounds`` timed calls of each of ``calls``, after one untimed warm-up call each.
+    Round ``r`` runs the calls in their order rotated by ``r`` places; ``[runner][r]`` is round ``r``'s time."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    for fn in calls.values():
+        fn()
+    names = list(calls)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def paired_median_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of turbogen's rate over another runner's in the same round (``theirs / ours``
+    seconds)."""
+    return statistics.median(other / mine for mine, other in zip(ours, theirs, strict=True))
+
+
 def main(argv: list[str]) -> int:
     options = {arg.split("=", 1)[0]: arg.split("=", 1)[1] for arg in argv if arg.startswith("--")}
     unknown = set(options) - {"--threads", "--rounds"}
     if unknown:
         raise SystemExit(f"unknown options {sorted(unknown)}")
     torch.set_num_threads(int(options.get("--threads", 2)))
-    rounds = int(options.get("--rounds", 3))
+    rounds = int(options.get("--rounds", 7))
     args = [arg for arg in argv if not arg.startswith("--")]
     cases = [(mode, int(batch)) for mode, batch in (arg.split(":") for arg in args)] if args else DEFAULT_CASES
     model = build_t5()
     print(f"tiny T5 (vocab {VOCAB_SIZE}, d_model {D_MODEL}, d_ff {D_FF}, {NUM_LAYERS}+{NUM_LAYERS} layers, "
           f"{NUM_HEADS} heads), {PROMPT_LENGTH}-token encoder inputs, {NEW_TOKENS} new tokens, no EOS; "
-          f"{torch.get_num_threads()} torch thread(s), {rounds} rounds taken in turns", flush=True)
-    measurements, all_same = [], True
+          f"{torch.get_num_threads()} torch thread(s), {rounds} rounds taken in turns (rotated order)", flush=True)
+    rows_out, all_same = [], True
     for mode, batch in cases:
         input_ids, attention_mask = e2e.bench_prompt(batch, PROMPT_LENGTH, VOCAB_SIZE)
         calls = runner_calls(model, input_ids, attention_mask, mode, NEW_TOKENS)
         print(f"{mode} B={batch}:", flush=True)
         all_same &= check_sequences(calls, mode)
-        seconds = e2e.round_seconds(calls, rounds)
+        seconds = interleaved_round_seconds(calls, rounds)
         rows = e2e.decoded_rows(mode, batch)
-        for runner, times in seconds.items():
-            measurement = e2e.Measurement(runner, mode, batch, rows, NEW_TOKENS, min(times),
-                                          statistics.median(times))
-            measurements.append(measurement)
-            print(f"  {runner:12s} best {measurement.tokens_per_second:8.0f} tok/s   median "
-                  f"{measurement.median_tokens_per_second:8.0f} tok/s   rounds (s) "
-                  + " ".join(f"{t:.3f}" for t in times), flush=True)
-    rate = {(m.mode, m.batch, m.runner): m for m in measurements}
+        rate = {}
+        for runner in e2e.RUNNERS:
+            times = seconds[runner]
+            rate[runner] = (rows * NEW_TOKENS / min(times), rows * NEW_TOKENS / statistics.median(times))
+            print(f"  {runner:12s} best {rate[runner][0]:8.0f} tok/s   median {rate[runner][1]:8.0f} tok/s   "
+                  "rounds (s) " + " ".join(f"{t:.3f}" for t in times), flush=True)
+        ratios = [(rate["turbogen"][0] / rate[other][0], paired_median_ratio(seconds["turbogen"], seconds[other]))
+                  for other in ("forward", "transformers")]
+        rows_out.append(f"| {mode} | {batch} | {rows} | "
+                        + " | ".join(f"{rate[runner][0]:.0f} ({rate[runner][1]:.0f})" for runner in e2e.RUNNERS)
+                        + " | " + " | ".join(f"{best:.2f} ({median:.2f})" for best, median in ratios) + " |")
     print("\n| mode | batch | rows | forward tok/s | turbogen tok/s | transformers tok/s | turbogen/forward | "
           "turbogen/transformers |")
     print("|---|---|---|---|---|---|---|---|")
-    for s in e2e.speedups(measurements):
-        cells = [rate[(s.mode, s.batch, runner)] for runner in e2e.RUNNERS]
-        print(f"| {s.mode} | {s.batch} | {cells[0].rows} | "
-              + " | ".join(f"{m.tokens_per_second:.0f} ({m.median_tokens_per_second:.0f})" for m in cells)
-              + f" | {s.vs_forward:.2f} ({s.vs_forward_median:.2f}) | "
-                f"{s.vs_transformers:.2f} ({s.vs_transformers_median:.2f}) |")
-    print("\nbest round (median round); sequences equal everywhere:", all_same)
+    print("\n".join(rows_out))
+    print("\ntok/s: best round (median round); ratios: of the best rounds (median of the per-round ratios); "
+          "sequences equal everywhere:", all_same)
     return 0 if all_same else 1
 
 

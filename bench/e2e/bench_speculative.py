@@ -2,6 +2,7 @@
 
     python bench/e2e/bench_speculative.py                          # every case, 2 threads, 3 rounds
     python bench/e2e/bench_speculative.py --threads=1 --rounds=5 embedded:1 tiny:8
+    python bench/e2e/bench_speculative.py --runners=plain,lookup,assisted embedded-self:1   # only these runners
 
 The issue's targets (greedy, 128 new tokens, an input-grounded workload): prompt lookup at least 2.0x the tokens/s
 of plain turbogen greedy at batch 1 and 1.5x at batch 8, identical output; assisted generation with the shipped
@@ -14,6 +15,21 @@ Workload ("input-grounded": the prompt holds a passage the output repeats or edi
 * ``tiny``: the tiny Llama of the end-to-end targets (random weights, vocabulary 32000, hidden 256, 4 layers). A
   model with random weights copies nothing on purpose; each prompt is a random passage followed by its first
   16 tokens. What prompt lookup finds there is whatever repetition the model's own greedy output has.
+
+Neither model reproduces those passages (they do not copy from their prompt), so two more workloads hold a
+passage the output does repeat, for the model at hand: the passage is the model's own output.
+
+* ``embedded-self``: for each of the Austen passages, the seed is the passage's first eight words; the
+  passage is the seed followed by the embedded model's greedy continuation of it (plain turbogen greedy,
+  batch 1, ``NEW_TOKENS`` new tokens, decoded without special tokens); the prompt is that passage, a blank
+  line, then the seed again. Continuing the prompt greedily means continuing the seed, which the passage
+  already did.
+* ``tiny-self``: the same with the tiny Llama at the token level: the seed of row ``r`` is ``8 + 4 * r``
+  random tokens; the passage is the seed followed by the model's greedy continuation of it (``NEW_TOKENS``
+  tokens); the prompt is the passage followed by the seed.
+
+These are built once, before timing, from the models' greedy output alone (nothing in them depends on the
+speed of any runner); the acceptance rate of each workload is reported with its speed.
 
 Batch 8 uses 8 prompts of different lengths (left-padded). EOS is the pad id, which neither model emits here, so
 every row generates all 128 tokens.
@@ -44,7 +60,8 @@ from turbogen.cli import benchmark as e2e
 
 NEW_TOKENS = 128
 LOOKUP_TOKENS = 10
-DEFAULT_CASES = (("embedded", 1), ("embedded", 8), ("tiny", 1), ("tiny", 8))
+DEFAULT_CASES = (("embedded", 1), ("embedded", 8), ("tiny", 1), ("tiny", 8), ("embedded-self", 1),
+                 ("embedded-self", 8), ("tiny-self", 1), ("tiny-self", 8))
 
 # Public-domain passages (Jane Austen, 1811-1817), for the embedded model's input-grounded prompts.
 PASSAGES = (
@@ -78,16 +95,21 @@ PASSAGES = (
 def embedded_workload(batch: int):
     """The embedded model, its draft (or None) and ``batch`` left-padded prompts: passage, blank line, the
     passage's first eight words."""
+    model, tokenizer, draft = _embedded_models()
+    texts = [f"{p}\n\n{' '.join(p.split()[:8])}" for p in (PASSAGES * batch)[:batch]]
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    return model, draft, encoded["input_ids"], encoded["attention_mask"]
+
+
+def _embedded_models():
+    """The embedded model, its tokenizer and its shipped draft (or None)."""
     from turbogen.models import load_default_model
 
     model, tokenizer, trained = load_default_model()
     if not trained:
         raise SystemExit("the embedded model's weights are not installed: this workload needs them")
-    draft = _default_draft()
-    texts = [f"{p}\n\n{' '.join(p.split()[:8])}" for p in (PASSAGES * batch)[:batch]]
-    tokenizer.padding_side = "left"
-    encoded = tokenizer(texts, return_tensors="pt", padding=True)
-    return model, draft, encoded["input_ids"], encoded["attention_mask"]
+    return model, tokenizer, _default_draft()
 
 
 def _default_draft():
@@ -110,16 +132,64 @@ def tiny_workload(batch: int):
     for row in range(batch):
         passage = torch.randint(3, model.config.vocab_size, (96 + 16 * row,), generator=generator)
         prompts.append(torch.cat([passage, passage[:16]]))
+    return (model, None) + _left_padded(prompts)
+
+
+def greedy_continuation(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The ``NEW_TOKENS`` tokens of plain turbogen greedy decoding after ``input_ids`` (``[1, P]``), EOS
+    being the pad id as in the timed runs."""
+    from transformers import GenerationConfig
+
+    from turbogen.generate import generate
+
+    config = GenerationConfig(do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=0)
+    call = e2e._in_inference_mode(e2e._with_model_defaults(model, config, lambda: generate(
+        model, input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+        eos_token_id=0)))
+    return call()[0, input_ids.shape[1]:]
+
+
+def embedded_self_workload(batch: int):
+    """The embedded model, its draft and ``batch`` left-padded prompts whose passage is the model's own
+    greedy continuation of the seed: seed + continuation, a blank line, the seed (the module docstring)."""
+    model, tokenizer, draft = _embedded_models()
+    texts = []
+    for passage in (PASSAGES * batch)[:batch]:
+        seed = " ".join(passage.split()[:8])
+        seed_ids = tokenizer(seed, return_tensors="pt")["input_ids"]
+        continuation = greedy_continuation(model, seed_ids)
+        own = tokenizer.decode(torch.cat([seed_ids[0], continuation]), skip_special_tokens=True)
+        texts.append(f"{own}\n\n{seed}")
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    return model, draft, encoded["input_ids"], encoded["attention_mask"]
+
+
+def tiny_self_workload(batch: int):
+    """The tiny Llama and ``batch`` left-padded prompts: seed (``8 + 4 * row`` random tokens), the model's
+    greedy continuation of it, the seed again (the module docstring)."""
+    model = e2e.ModelSpec().build()
+    generator = torch.Generator().manual_seed(0)
+    prompts = []
+    for row in range(batch):
+        seed = torch.randint(3, model.config.vocab_size, (8 + 4 * row,), generator=generator)
+        prompts.append(torch.cat([seed, greedy_continuation(model, seed[None]), seed]))
+    return (model, None) + _left_padded(prompts)
+
+
+def _left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` ``[len(prompts), longest]``, pad id 0 on the left."""
     width = max(len(p) for p in prompts)
-    input_ids = torch.zeros(batch, width, dtype=torch.long)
-    attention_mask = torch.zeros(batch, width, dtype=torch.long)
+    input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt):] = prompt
         attention_mask[row, width - len(prompt):] = 1
-    return model, None, input_ids, attention_mask
+    return input_ids, attention_mask
 
 
-WORKLOADS = {"embedded": embedded_workload, "tiny": tiny_workload}
+WORKLOADS = {"embedded": embedded_workload, "tiny": tiny_workload, "embedded-self": embedded_self_workload,
+             "tiny-self": tiny_self_workload}
 
 
 class ForwardCounter:
@@ -182,11 +252,14 @@ def acceptance(counter: ForwardCounter, new_tokens: int, batch: int) -> tuple[in
 
 def main(argv: list[str]) -> int:
     options = {arg.split("=", 1)[0]: arg.split("=", 1)[1] for arg in argv if arg.startswith("--")}
-    unknown = set(options) - {"--threads", "--rounds"}
+    unknown = set(options) - {"--threads", "--rounds", "--runners"}
     if unknown:
         raise SystemExit(f"unknown options {sorted(unknown)}")
     torch.set_num_threads(int(options.get("--threads", 2)))
     rounds = int(options.get("--rounds", 3))
+    chosen = options["--runners"].split(",") if "--runners" in options else None
+    if chosen is not None and "plain" not in chosen:
+        raise SystemExit("--runners must include plain (the reference of every ratio)")
     args = [arg for arg in argv if not arg.startswith("--")]
     cases = [(name, int(batch)) for name, batch in (arg.split(":") for arg in args)] if args else DEFAULT_CASES
     import transformers
@@ -199,6 +272,8 @@ def main(argv: list[str]) -> int:
         model, draft, input_ids, attention_mask = WORKLOADS[workload](batch)
         counter = ForwardCounter(model)
         calls = runner_calls(model, draft, input_ids, attention_mask, batch)
+        if chosen is not None:
+            calls = {name: call for name, call in calls.items() if name in chosen}
         print(f"{workload} B={batch} (prompt width {input_ids.shape[1]}):", flush=True)
         reference = calls["plain"]()
         stats = {}

@@ -6,15 +6,15 @@
 //
 // paged_attention: the work items are (sequence, kv head, tile of up to kQueryTile queries), on the thread pool.
 // An item holds the tile's queries for every head of its kv group (pre-scaled, float32) and streams the keys the
-// tile can see, block by block through the block table (never a dense copy of the cache): per block, each
-// (query, head) row scores the block's keys in its own causal / sliding-window range, and folds them into its
-// online softmax (running max, running sum, float32 accumulator rescaled when the max grows). A key outside a
-// row's range is never read for that row, so whatever unused slots hold (NaN included) cannot reach the output.
-// A decode token is one item per (sequence, kv head): each key row is read once for the whole GQA group. A tile
-// with at least kTransposeRows rows (prefill chunks) transposes each block's keys once and works on kRowBlock rows
-// at a time (attend_block_rows): their scores are register-blocked multiply-adds over head_dim (no reduction per
-// key), and their weighted values are summed in one pass over the block's value rows, so every key column and
-// value row is loaded once per row block and the multiply-add chains are independent.
+// tile can see through the block table (never a dense copy of the cache), with an online softmax per (query,
+// head) row (running max, running sum, float32 accumulator rescaled when the max grows). Only keys below the
+// sequence's length are ever read, so whatever unused slots hold (NaN included) cannot reach the output.
+// - Decode tiles (fewer than kPrefillRows rows: one query, the GQA group's heads; attend_decode_tile): block by
+//   block, each row scores the keys of its own causal / sliding-window range (8 keys at a time), and each key row
+//   is read once for the whole GQA group.
+// - Prefill tiles (attend_prefill_tile): the tile's rows score panels of kPanelKeys keys (across blocks) with a
+//   register-blocked GEMM micro-kernel over transposed queries; a row's keys outside its range get -inf scores
+//   (a select), and the softmax update runs once per panel, vectorised across rows.
 
 #include "turbogen/paged_attention.h"
 
@@ -52,17 +52,16 @@ struct Tile {
 };
 
 struct Scratch {
-  std::vector<float> q, acc, m, l, k, v, s, kt;
+  std::vector<float> q, acc, m, l, k, v, s;
+  std::vector<float> qt, alpha, base;          // prefill tiles: transposed queries, per-row softmax factors
+  std::vector<int64_t> first, last;            // prefill tiles: each row's key range [first, last]
+  std::vector<const float*> keys, values;      // prefill tiles: the panel's key and value rows
 };
 
-// From this many (query, head) rows per tile on, a block's keys are transposed once ([head_dim][n]) so that each
-// row's scores are a vectorised sum of q[d] * keys[d][0..n) with no horizontal reduction per key; with fewer rows
-// (decode: one query, the GQA group's heads) the transpose would cost more than it saves.
-constexpr int64_t kTransposeRows = 8;
-
-// s[c..c + kKeyChunk) = q . keys[c..c + kKeyChunk) for the chunks covering [lo, hi), from the transposed block kt
-// ([D][padded], zero beyond the block's keys): each chunk's kKeyChunk scores stay in registers across head_dim.
-constexpr int64_t kKeyChunk = 16;
+// From this many (query, head) rows per tile on (prefill chunks), a tile runs attend_prefill_tile: its scores are
+// small register-blocked GEMMs over a panel of keys, and its online softmax is vectorised across rows. With
+// fewer rows (decode: one query, the GQA group's heads) each row is scored on its own (dot, accumulate).
+constexpr int64_t kPrefillRows = 8;
 
 // 8 floats as one GCC/Clang vector: one AVX register in the _avx2 variant, two SSE registers in the portable one
 // (the auto-vectoriser split these loops into 4 + 2 + 1 + 1 lanes).
@@ -71,6 +70,7 @@ constexpr int64_t kKeyChunk = 16;
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 typedef float Vec8 __attribute__((vector_size(32)));
+constexpr int64_t kLanes8 = 8;
 
 TURBOGEN_ALWAYS_INLINE Vec8 load8(const float* p) {
   Vec8 v;
@@ -80,88 +80,107 @@ TURBOGEN_ALWAYS_INLINE Vec8 load8(const float* p) {
 
 TURBOGEN_ALWAYS_INLINE void store8(float* p, const Vec8& v) { std::memcpy(p, &v, sizeof(v)); }
 
-TURBOGEN_ALWAYS_INLINE void scores_transposed(const float* __restrict q, const float* __restrict kt, int64_t padded,
-                                              int64_t D, int64_t lo, int64_t hi, float* __restrict s) {
-  for (int64_t c = lo - lo % kKeyChunk; c < hi; c += kKeyChunk) {
-    Vec8 r0 = {}, r1 = {};
-    for (int64_t d = 0; d < D; ++d) {
-      const float qd = q[d];
-      const float* kd = kt + d * padded + c;
-      r0 += qd * load8(kd);
-      r1 += qd * load8(kd + 8);
+// Prefill layout: the tile's rows (row r = qi * group + g) padded to `rp`, a multiple of 8. Queries are
+// transposed once per tile, qt[d * rp + r] (pre-scaled), so that scores come out as st[j * rp + r]: a key's
+// scores for 8 rows are one vector, and the softmax's max, exp, sum and rescale over rows are plain vector loops.
+// The keys are read in place (one pointer per key row of the panel): no per-block transpose or copy for float32.
+constexpr int64_t kPanelKeys = 64;  // keys per online-softmax update
+constexpr int kScoreKeys = 6;       // keys per scores micro-kernel: 6 keys x 16 rows = 12 accumulators
+constexpr int kAccRows = 6;         // rows per value micro-kernel: 6 rows x 16 dims = 12 accumulators
+
+// st[j * rp + r0 + 8 * v + 0..8) = sum over d (in order) of qt[d * rp + r0 + 8 * v + ..] * keys[j][d], for the
+// J keys and NV vectors of 8 rows from r0.
+template <int NV, int J>
+TURBOGEN_ALWAYS_INLINE void score_panel_keys(const float* __restrict qt, int64_t rp, int64_t r0,
+                                             const float* const* keys, int64_t D, float* __restrict st) {
+  Vec8 acc[J][NV];
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[j][v] = Vec8{};
+  }
+  const float* key[J];
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j) key[j] = keys[j];
+  for (int64_t d = 0; d < D; ++d) {
+    Vec8 q[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) q[v] = load8(qt + d * rp + r0 + kLanes8 * v);
+#pragma GCC unroll 6
+    for (int j = 0; j < J; ++j) {
+      const float kd = key[j][d];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[j][v] += kd * q[v];
     }
-    store8(s + c, r0);
-    store8(s + c + 8, r1);
+  }
+#pragma GCC unroll 6
+  for (int j = 0; j < J; ++j) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) store8(st + j * rp + r0 + kLanes8 * v, acc[j][v]);
   }
 }
 
-// Prefill tiles score and accumulate kRowBlock (query, head) rows at a time: each transposed key column chunk and
-// each value row is loaded once per row block instead of once per row, and the block's 2 * kRowBlock accumulators
-// are independent multiply-add chains (one chain per row was latency-bound).
-constexpr int kRowBlock = 4;
-
-// s[i * s_stride + c..] = q_i . keys[c..c + kKeyChunk) for rows i < R (row i's query at q + i * D) and the chunks
-// covering [lo, hi) of the transposed block kt ([D][padded], zero beyond the block's keys). Each (row, key) score
-// sums over d in order, as scores_transposed does.
-template <int R>
-TURBOGEN_ALWAYS_INLINE void scores_rows(const float* __restrict q, const float* __restrict kt, int64_t padded,
-                                        int64_t D, int64_t lo, int64_t hi, float* __restrict s, int64_t s_stride) {
-  for (int64_t c = lo - lo % kKeyChunk; c < hi; c += kKeyChunk) {
-    Vec8 r[R][2];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) r[i][0] = r[i][1] = Vec8{};
-    for (int64_t d = 0; d < D; ++d) {
-      const float* kd = kt + d * padded + c;
-      const Vec8 k0 = load8(kd), k1 = load8(kd + 8);
-#pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) {
-        const float qd = q[i * D + d];
-        r[i][0] += qd * k0;
-        r[i][1] += qd * k1;
-      }
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) {
-      store8(s + i * s_stride + c, r[i][0]);
-      store8(s + i * s_stride + c + 8, r[i][1]);
-    }
+template <int NV>
+TURBOGEN_ALWAYS_INLINE void score_panel_rows(const float* __restrict qt, int64_t rp, int64_t r0,
+                                             const float* const* keys, int64_t n, int64_t D, float* __restrict st) {
+  int64_t j = 0;
+  for (; j + kScoreKeys <= n; j += kScoreKeys) score_panel_keys<NV, kScoreKeys>(qt, rp, r0, keys + j, D, st + j * rp);
+  switch (n - j) {
+    case 5: score_panel_keys<NV, 5>(qt, rp, r0, keys + j, D, st + j * rp); break;
+    case 4: score_panel_keys<NV, 4>(qt, rp, r0, keys + j, D, st + j * rp); break;
+    case 3: score_panel_keys<NV, 3>(qt, rp, r0, keys + j, D, st + j * rp); break;
+    case 2: score_panel_keys<NV, 2>(qt, rp, r0, keys + j, D, st + j * rp); break;
+    case 1: score_panel_keys<NV, 1>(qt, rp, r0, keys + j, D, st + j * rp); break;
+    default: break;
   }
 }
 
-// acc_i[0..D) += sum over j in [lo, hi) of w_i[j] * v[j * stride + 0..D) for rows i < R (acc_i = acc + i * D,
-// w_i = w + i * w_stride): each value row is loaded once for the R rows.
+// acc[(r0 + i) * D + d] += sum over j < n (in order) of p[j * rp + r0 + i] * values[j][d], for rows i < R: each
+// value row is loaded once for the R rows.
 template <int R>
-TURBOGEN_ALWAYS_INLINE void accumulate_rows(float* __restrict acc, const float* __restrict w, int64_t w_stride,
-                                            const float* __restrict v, int64_t stride, int64_t lo, int64_t hi,
-                                            int64_t D) {
+TURBOGEN_ALWAYS_INLINE void accumulate_panel_rows(float* __restrict acc, const float* __restrict p, int64_t rp,
+                                                  int64_t r0, const float* const* values, int64_t n, int64_t D) {
   int64_t d0 = 0;
-  for (; d0 + 16 <= D; d0 += 16) {
+  for (; d0 + 2 * kLanes8 <= D; d0 += 2 * kLanes8) {
     Vec8 r[R][2];
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int i = 0; i < R; ++i) {
-      r[i][0] = load8(acc + i * D + d0);
-      r[i][1] = load8(acc + i * D + d0 + 8);
+      r[i][0] = load8(acc + (r0 + i) * D + d0);
+      r[i][1] = load8(acc + (r0 + i) * D + d0 + kLanes8);
     }
-    for (int64_t j = lo; j < hi; ++j) {
-      const Vec8 v0 = load8(v + j * stride + d0), v1 = load8(v + j * stride + d0 + 8);
-#pragma GCC unroll 4
+    for (int64_t j = 0; j < n; ++j) {
+      const Vec8 v0 = load8(values[j] + d0), v1 = load8(values[j] + d0 + kLanes8);
+      const float* w = p + j * rp + r0;
+#pragma GCC unroll 6
       for (int i = 0; i < R; ++i) {
-        const float wj = w[i * w_stride + j];
-        r[i][0] += wj * v0;
-        r[i][1] += wj * v1;
+        r[i][0] += w[i] * v0;
+        r[i][1] += w[i] * v1;
       }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int i = 0; i < R; ++i) {
-      store8(acc + i * D + d0, r[i][0]);
-      store8(acc + i * D + d0 + 8, r[i][1]);
+      store8(acc + (r0 + i) * D + d0, r[i][0]);
+      store8(acc + (r0 + i) * D + d0 + kLanes8, r[i][1]);
     }
+  }
+  for (; d0 + kLanes8 <= D; d0 += kLanes8) {
+    Vec8 r[R];
+#pragma GCC unroll 6
+    for (int i = 0; i < R; ++i) r[i] = load8(acc + (r0 + i) * D + d0);
+    for (int64_t j = 0; j < n; ++j) {
+      const Vec8 v0 = load8(values[j] + d0);
+      const float* w = p + j * rp + r0;
+#pragma GCC unroll 6
+      for (int i = 0; i < R; ++i) r[i] += w[i] * v0;
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < R; ++i) store8(acc + (r0 + i) * D + d0, r[i]);
   }
   for (; d0 < D; ++d0) {
     for (int i = 0; i < R; ++i) {
-      float r = acc[i * D + d0];
-      for (int64_t j = lo; j < hi; ++j) r += w[i * w_stride + j] * v[j * stride + d0];
-      acc[i * D + d0] = r;
+      float r = acc[(r0 + i) * D + d0];
+      for (int64_t j = 0; j < n; ++j) r += p[j * rp + r0 + i] * values[j][d0];
+      acc[(r0 + i) * D + d0] = r;
     }
   }
 }
@@ -180,6 +199,37 @@ TURBOGEN_ALWAYS_INLINE float dot(const float* __restrict q, const float* __restr
   for (int i = 0; i < 8; ++i) sum += r0[i];
   return sum;
 }
+
+// s[0..8) = q . k_j over head_dim for the 8 key rows k_j = k + j * stride: a decode row scores a block's keys 8
+// at a time. Portable: 8 dot products. AVX2: 8 running vectors of products, then their 8 horizontal sums at
+// once (two rounds of pairwise adds and a swap of halves) instead of one horizontal reduction per key.
+using KeyScores8 = void (*)(const float* __restrict, const float* __restrict, int64_t, int64_t, float* __restrict);
+
+TURBOGEN_ALWAYS_INLINE void key_scores8_portable(const float* __restrict q, const float* __restrict k,
+                                                 int64_t stride, int64_t D, float* __restrict s) {
+  for (int j = 0; j < 8; ++j) s[j] = dot(q, k + j * stride, D);
+}
+
+#if defined(TURBOGEN_X86_DISPATCH)
+TURBOGEN_TARGET_AVX2 inline void key_scores8_avx2(const float* __restrict q, const float* __restrict k,
+                                                  int64_t stride, int64_t D, float* __restrict s) {
+  __m256 p[8];
+  for (int j = 0; j < 8; ++j) p[j] = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    const __m256 qd = _mm256_loadu_ps(q + d);
+    for (int j = 0; j < 8; ++j) p[j] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + j * stride + d), p[j]);
+  }
+  // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7]: after two rounds, e holds the four
+  // quarter sums of keys 0..3 (low half: dims 0-3 of each 8, high half: dims 4-7), f those of keys 4..7.
+  const __m256 e = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+  const __m256 f = _mm256_hadd_ps(_mm256_hadd_ps(p[4], p[5]), _mm256_hadd_ps(p[6], p[7]));
+  _mm256_storeu_ps(s, _mm256_add_ps(_mm256_permute2f128_ps(e, f, 0x20), _mm256_permute2f128_ps(e, f, 0x31)));
+  for (; d < D; ++d) {
+    for (int j = 0; j < 8; ++j) s[j] += q[d] * k[j * stride + d];
+  }
+}
+#endif
 
 // acc[0..D) += sum over j in [lo, hi) of w[j] * v[j * stride + 0..D): 8 dimensions at a time held in a register
 // across the keys.
@@ -203,92 +253,160 @@ TURBOGEN_ALWAYS_INLINE void accumulate(float* __restrict acc, const float* __res
   }
 }
 
-// One key block [j0, j1) of a prefill tile, its keys transposed in sc.kt ([D][padded]): the tile's rows in blocks
-// of kRowBlock. A row block's scores cover the union of its rows' key ranges within the block; each row's online
-// softmax reads only its own range, and its weights outside that range are set to 0 before the shared
-// accumulation. The union lies within [j0, j1), keys some query of the tile may see, all below the sequence's
-// length: written rows, never an unused slot, so a zero weight multiplies a written value.
+// A prefill tile (see the layout above): its rows' queries transposed and scaled in sc.qt, then its keys
+// [key_lo, key_hi) in panels of up to kPanelKeys (across cache blocks): per panel, the scores of every row
+// (score_panel_rows), each row's causal / sliding-window range enforced by replacing the scores outside it with
+// -inf (a select: whatever those keys hold cannot reach a weight), the online softmax of all rows at once (the
+// panel's max per row, the rescale of the running sum and accumulator when it grows, exp), then the weighted
+// values (accumulate_panel_rows). Every key of [key_lo, key_hi) is below the sequence's length (a written slot,
+// never an unused one), so a zero weight multiplies a written value. Padded rows (r >= rows) have zero queries and
+// see no key; their results are never stored.
 template <typename Position, typename Lowest>
-TURBOGEN_ALWAYS_INLINE void attend_block_rows(const PagedAttentionArgs& a, Scratch& sc, int64_t rows, int64_t group,
-                                              int64_t D, int64_t j0, int64_t j1, int64_t padded,
-                                              const float* __restrict v, int64_t stride, const Position& position,
-                                              const Lowest& lowest) {
-  const int64_t s_stride = padded;
-  float* s_all = sc.s.data();
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-    const int nr = static_cast<int>(std::min<int64_t>(kRowBlock, rows - r0));
-    int64_t lo[kRowBlock], hi[kRowBlock];
-    int64_t union_lo = padded, union_hi = 0;
-    for (int i = 0; i < nr; ++i) {
-      const int64_t p = position((r0 + i) / group);
-      lo[i] = std::max<int64_t>(lowest(p), j0) - j0;
-      hi[i] = std::max<int64_t>(std::min<int64_t>(p + 1, j1) - j0, lo[i]);
-      if (hi[i] > lo[i]) {
-        union_lo = std::min(union_lo, lo[i]);
-        union_hi = std::max(union_hi, hi[i]);
+TURBOGEN_ALWAYS_INLINE void attend_prefill_tile(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh,
+                                                Scratch& sc, const Position& position, const Lowest& lowest) {
+  const int64_t D = a.head_dim;
+  const int64_t group = a.heads / a.kv_heads;
+  const int64_t nq = tile.end - tile.begin;
+  const int64_t rows = nq * group;
+  const int64_t rp = (rows + kLanes8 - 1) / kLanes8 * kLanes8;
+  const int64_t esize = dtype_size(a.dtype);
+
+  sc.qt.assign(static_cast<size_t>(D * rp), 0.0f);
+  sc.acc.assign(static_cast<size_t>(rp * D), 0.0f);
+  sc.m.assign(static_cast<size_t>(rp), kNegInf);
+  sc.l.assign(static_cast<size_t>(rp), 0.0f);
+  sc.alpha.resize(static_cast<size_t>(rp));
+  sc.base.resize(static_cast<size_t>(rp));
+  sc.s.resize(static_cast<size_t>(kPanelKeys * rp));
+  sc.q.resize(static_cast<size_t>(D));
+  sc.first.assign(static_cast<size_t>(rp), 1);  // padded rows: an empty range [1, 0)
+  sc.last.assign(static_cast<size_t>(rp), 0);
+  for (int64_t qi = 0; qi < nq; ++qi) {
+    const int64_t p = position(qi);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t r = qi * group + g;
+      const int64_t head = kvh * group + g;
+      convert_row_to_float(static_cast<const char*>(a.query) + ((tile.begin + qi) * a.heads + head) * D * esize,
+                           a.dtype, D, sc.q.data());
+      for (int64_t d = 0; d < D; ++d) sc.qt[d * rp + r] = sc.q[d] * a.scale;
+      sc.first[r] = lowest(p);
+      sc.last[r] = p;
+    }
+  }
+  const int64_t key_lo = lowest(position(0));
+  const int64_t key_hi = position(nq - 1) + 1;  // exclusive
+  // Keys every real row sees: [lowest of the last query, position of the first], so a panel within it needs no
+  // masking (padded rows then score their zero queries: finite, never stored).
+  const int64_t all_lo = lowest(position(nq - 1)), all_hi = position(0);
+  const bool convert = a.dtype != DType::kFloat32;
+  if (convert) {
+    sc.k.resize(static_cast<size_t>(kPanelKeys * D));
+    sc.v.resize(static_cast<size_t>(kPanelKeys * D));
+  }
+  sc.keys.resize(static_cast<size_t>(kPanelKeys));
+  sc.values.resize(static_cast<size_t>(kPanelKeys));
+  const int64_t key_stride = a.kv_heads * D;  // elements between consecutive slots
+  const int32_t* table = a.block_tables + tile.seq * a.max_blocks_per_seq;
+  float* st = sc.s.data();
+  float* m = sc.m.data();
+  float* l = sc.l.data();
+  float* alpha = sc.alpha.data();
+  float* base = sc.base.data();
+
+  for (int64_t c0 = key_lo; c0 < key_hi; c0 += kPanelKeys) {
+    const int64_t n = std::min(kPanelKeys, key_hi - c0);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t key = c0 + j;
+      const int64_t slot = static_cast<int64_t>(table[key / a.block_size]) * a.block_size + key % a.block_size;
+      const int64_t offset = (slot * key_stride + kvh * D) * esize;
+      const char* kp = static_cast<const char*>(a.key_cache) + offset;
+      const char* vp = static_cast<const char*>(a.value_cache) + offset;
+      if (convert) {
+        convert_row_to_float(kp, a.dtype, D, sc.k.data() + j * D);
+        convert_row_to_float(vp, a.dtype, D, sc.v.data() + j * D);
+        sc.keys[j] = sc.k.data() + j * D;
+        sc.values[j] = sc.v.data() + j * D;
+      } else {
+        sc.keys[j] = reinterpret_cast<const float*>(kp);
+        sc.values[j] = reinterpret_cast<const float*>(vp);
       }
     }
-    if (union_hi <= union_lo) continue;
-    const float* q = sc.q.data() + r0 * D;
-    switch (nr) {
-      case 4: scores_rows<4>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
-      case 3: scores_rows<3>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
-      case 2: scores_rows<2>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
-      default: scores_rows<1>(q, sc.kt.data(), padded, D, union_lo, union_hi, s_all, s_stride); break;
+    int64_t r0 = 0;
+    for (; r0 + 2 * kLanes8 <= rp; r0 += 2 * kLanes8) score_panel_rows<2>(sc.qt.data(), rp, r0, sc.keys.data(), n, D, st);
+    if (r0 < rp) score_panel_rows<1>(sc.qt.data(), rp, r0, sc.keys.data(), n, D, st);
+    if (a.softcap > 0.0f) {
+      for (int64_t i = 0; i < n * rp; ++i) st[i] = std::tanh(st[i] / a.softcap) * a.softcap;
     }
-    for (int i = 0; i < nr; ++i) {
-      const int64_t r = r0 + i;
-      float* s = s_all + i * s_stride;
-      if (hi[i] > lo[i]) {
-        if (a.softcap > 0.0f) {
-          for (int64_t j = lo[i]; j < hi[i]; ++j) s[j] = std::tanh(s[j] / a.softcap) * a.softcap;
-        }
-        const float block_max = max_of(s + lo[i], hi[i] - lo[i]);
-        const float m_old = sc.m[r];
-        const float m_new = std::max(m_old, block_max);
-        if (m_new > m_old) {
-          const float alpha = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
-          sc.l[r] *= alpha;
-          float* acc = sc.acc.data() + r * D;
-          for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
-          sc.m[r] = m_new;
-        }
-        for (int64_t j = lo[i]; j < hi[i]; ++j) s[j] = exp_vectorizable(s[j] - m_new);
-        sc.l[r] += sum_of(s + lo[i], hi[i] - lo[i]);
+    if (c0 < all_lo || c0 + n - 1 > all_hi) {
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t key = c0 + j;
+        float* row = st + j * rp;
+        for (int64_t r = 0; r < rp; ++r) row[r] = key >= sc.first[r] && key <= sc.last[r] ? row[r] : kNegInf;
       }
-      // Keys of the union this row does not see (all of them when its range is empty) weigh nothing.
-      const int64_t own_lo = hi[i] > lo[i] ? lo[i] : union_hi, own_hi = hi[i] > lo[i] ? hi[i] : union_hi;
-      for (int64_t j = union_lo; j < own_lo; ++j) s[j] = 0.0f;
-      for (int64_t j = own_hi; j < union_hi; ++j) s[j] = 0.0f;
     }
-    float* acc = sc.acc.data() + r0 * D;
-    switch (nr) {
-      case 4: accumulate_rows<4>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
-      case 3: accumulate_rows<3>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
-      case 2: accumulate_rows<2>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
-      default: accumulate_rows<1>(acc, s_all, s_stride, v, stride, union_lo, union_hi, D); break;
+    // The online softmax of every row: m the running max, l the running sum; a row that has seen no key yet keeps
+    // m = -inf (its exponentials are then exp(-inf) = 0 against base 0, and its rescale factor is 1).
+    for (int64_t r = 0; r < rp; ++r) alpha[r] = kNegInf;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* row = st + j * rp;
+      for (int64_t r = 0; r < rp; ++r) alpha[r] = row[r] > alpha[r] ? row[r] : alpha[r];  // the panel's max
+    }
+    bool rescale = false;
+    for (int64_t r = 0; r < rp; ++r) {
+      const float m_new = alpha[r] > m[r] ? alpha[r] : m[r];
+      const bool empty = m_new == kNegInf;
+      base[r] = empty ? 0.0f : m_new;
+      alpha[r] = empty ? 1.0f : exp_vectorizable(m[r] - m_new);
+      rescale |= alpha[r] != 1.0f;
+      m[r] = m_new;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      float* row = st + j * rp;
+      for (int64_t r = 0; r < rp; ++r) row[r] = exp_vectorizable(row[r] - base[r]);
+    }
+    for (int64_t r = 0; r < rp; ++r) l[r] *= alpha[r];
+    for (int64_t j = 0; j < n; ++j) {
+      const float* row = st + j * rp;
+      for (int64_t r = 0; r < rp; ++r) l[r] += row[r];
+    }
+    if (rescale) {
+      for (int64_t r = 0; r < rows; ++r) {
+        float* acc = sc.acc.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] *= alpha[r];
+      }
+    }
+    r0 = 0;
+    for (; r0 + kAccRows <= rows; r0 += kAccRows) {
+      accumulate_panel_rows<kAccRows>(sc.acc.data(), st, rp, r0, sc.values.data(), n, D);
+    }
+    switch (rows - r0) {
+      case 5: accumulate_panel_rows<5>(sc.acc.data(), st, rp, r0, sc.values.data(), n, D); break;
+      case 4: accumulate_panel_rows<4>(sc.acc.data(), st, rp, r0, sc.values.data(), n, D); break;
+      case 3: accumulate_panel_rows<3>(sc.acc.data(), st, rp, r0, sc.values.data(), n, D); break;
+      case 2: accumulate_panel_rows<2>(sc.acc.data(), st, rp, r0, sc.values.data(), n, D); break;
+      case 1: accumulate_panel_rows<1>(sc.acc.data(), st, rp, r0, sc.values.data(), n, D); break;
+      default: break;
     }
   }
 }
 
-TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh,
-                                             Scratch& sc) {
+// Decode tiles (fewer than kPrefillRows rows): each (query, head) row scores the block's keys in its own causal /
+// sliding-window range with dot products and folds them into its online softmax; a key outside a row's range is
+// never read for that row.
+template <KeyScores8 key_scores8, typename Position, typename Lowest>
+TURBOGEN_ALWAYS_INLINE void attend_decode_tile(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh,
+                                               Scratch& sc, const Position& position, const Lowest& lowest) {
   const int64_t D = a.head_dim;
   const int64_t group = a.heads / a.kv_heads;
   const int64_t nq = tile.end - tile.begin;
   const int64_t rows = nq * group;
   const int64_t esize = dtype_size(a.dtype);
-  const int64_t q_begin = a.cu_seqlens_q[tile.seq];
-  const int64_t q_len = a.cu_seqlens_q[tile.seq + 1] - q_begin;
-  const int64_t len = a.seq_lens[tile.seq];
-  const int64_t first_position = len - q_len;  // of the sequence's first query
 
   sc.q.resize(static_cast<size_t>(rows * D));
   sc.acc.assign(static_cast<size_t>(rows * D), 0.0f);
   sc.m.assign(static_cast<size_t>(rows), kNegInf);
   sc.l.assign(static_cast<size_t>(rows), 0.0f);
-  // Scores: one block's (padded) keys for each of kRowBlock rows.
-  sc.s.resize(static_cast<size_t>(kRowBlock * ((a.block_size + kKeyChunk - 1) / kKeyChunk * kKeyChunk)));
+  sc.s.resize(static_cast<size_t>(a.block_size));
   // Row r = qi * group + g: query token tile.begin + qi, head kvh * group + g, multiplied by the scale.
   for (int64_t qi = 0; qi < nq; ++qi) {
     for (int64_t g = 0; g < group; ++g) {
@@ -299,8 +417,6 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
       for (int64_t d = 0; d < D; ++d) q[d] *= a.scale;
     }
   }
-  auto position = [&](int64_t qi) { return first_position + (tile.begin - q_begin) + qi; };
-  auto lowest = [&](int64_t p) { return a.sliding_window > 0 ? std::max<int64_t>(0, p - a.sliding_window + 1) : 0; };
   const int64_t key_lo = lowest(position(0));
   const int64_t key_hi = position(nq - 1) + 1;  // exclusive
   const bool convert = a.dtype != DType::kFloat32;
@@ -335,21 +451,6 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
       v = reinterpret_cast<const float*>(vbase);
       stride = key_stride;
     }
-    const bool transposed = rows >= kTransposeRows;
-    const int64_t padded = (n + kKeyChunk - 1) / kKeyChunk * kKeyChunk;
-    if (transposed) {
-      sc.kt.resize(static_cast<size_t>(D * padded));
-      float* kt = sc.kt.data();
-      for (int64_t d = 0; d < D; ++d) {
-        for (int64_t j = n; j < padded; ++j) kt[d * padded + j] = 0.0f;
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        const float* kj = k + j * stride;
-        for (int64_t d = 0; d < D; ++d) kt[d * padded + j] = kj[d];
-      }
-      attend_block_rows(a, sc, rows, group, D, j0, j1, padded, v, stride, position, lowest);
-      continue;
-    }
     for (int64_t qi = 0; qi < nq; ++qi) {
       const int64_t p = position(qi);
       // This row's keys within the block: [j0 + lo, j0 + hi).
@@ -360,11 +461,9 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
         const int64_t r = qi * group + g;
         const float* q = sc.q.data() + r * D;
         float* s = sc.s.data();
-        if (transposed) {
-          scores_transposed(q, sc.kt.data(), padded, D, lo, hi, s);
-        } else {
-          for (int64_t j = lo; j < hi; ++j) s[j] = dot(q, k + j * stride, D);
-        }
+        int64_t j = lo;
+        for (; j + 8 <= hi; j += 8) key_scores8(q, k + j * stride, stride, D, s + j);
+        for (; j < hi; ++j) s[j] = dot(q, k + j * stride, D);
         if (a.softcap > 0.0f) {
           for (int64_t j = lo; j < hi; ++j) s[j] = std::tanh(s[j] / a.softcap) * a.softcap;
         }
@@ -385,7 +484,26 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
       }
     }
   }
+}
 
+template <KeyScores8 key_scores8>
+TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh,
+                                             Scratch& sc) {
+  const int64_t D = a.head_dim;
+  const int64_t group = a.heads / a.kv_heads;
+  const int64_t nq = tile.end - tile.begin;
+  const int64_t esize = dtype_size(a.dtype);
+  const int64_t q_begin = a.cu_seqlens_q[tile.seq];
+  const int64_t q_len = a.cu_seqlens_q[tile.seq + 1] - q_begin;
+  const int64_t first_position = a.seq_lens[tile.seq] - q_len;  // of the sequence's first query
+  auto position = [&](int64_t qi) { return first_position + (tile.begin - q_begin) + qi; };
+  auto lowest = [&](int64_t p) { return a.sliding_window > 0 ? std::max<int64_t>(0, p - a.sliding_window + 1) : 0; };
+  if (nq * group >= kPrefillRows) {
+    attend_prefill_tile(a, tile, kvh, sc, position, lowest);
+  } else {
+    attend_decode_tile<key_scores8>(a, tile, kvh, sc, position, lowest);
+  }
+  // Row r = qi * group + g of sc.acc (D floats each), sc.l its softmax sum.
   for (int64_t qi = 0; qi < nq; ++qi) {
     for (int64_t g = 0; g < group; ++g) {
       const int64_t r = qi * group + g;
@@ -403,12 +521,14 @@ TURBOGEN_ALWAYS_INLINE void attend_tile_body(const PagedAttentionArgs& a, const 
   }
 }
 
+#if defined(TURBOGEN_X86_DISPATCH)
 TURBOGEN_TARGET_AVX2 void attend_tile_avx2(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh, Scratch& sc) {
-  attend_tile_body(a, tile, kvh, sc);
+  attend_tile_body<key_scores8_avx2>(a, tile, kvh, sc);
 }
+#endif
 
 void attend_tile_portable(const PagedAttentionArgs& a, const Tile& tile, int64_t kvh, Scratch& sc) {
-  attend_tile_body(a, tile, kvh, sc);
+  attend_tile_body<key_scores8_portable>(a, tile, kvh, sc);
 }
 
 }  // namespace

@@ -481,3 +481,47 @@ def beam_sequences_as_installed(sequences: torch.Tensor, beam_indices: Optional[
                             pad_token.to(sequences.device, sequences.dtype), sequences)
     eos_at_end = ended[:, None] & (columns[None, :] == last[:, None])
     return torch.where(eos_at_end, eos[0].to(sequences.device, sequences.dtype), sequences)
+
+
+def updates_own_model_kwargs(model: Any) -> bool:
+    """Whether ``model``'s class overrides ``GenerationMixin._update_model_kwargs_for_generation`` (what it keeps
+    between decoding steps may then differ from the generic update's)."""
+    from transformers.generation.utils import GenerationMixin
+
+    own = getattr(type(model), "_update_model_kwargs_for_generation", None)
+    return own is not None and own is not GenerationMixin._update_model_kwargs_for_generation
+
+
+def is_remote_code_model(model: Any) -> bool:
+    """Whether ``model`` runs code from the Hub (transformers 5.x's ``is_remote_code()``; never under 4.x, which has
+    no such method): 5.x's generic preparation then adds a ``cache_position`` for such models."""
+    method = getattr(model, "is_remote_code", None)
+    return bool(method()) if callable(method) else False
+
+
+def inputs_dropped_after_prefill() -> tuple:
+    """The model keywords that transformers 5.x's generic ``prepare_inputs_for_generation`` forwards only on the
+    first call of a generation when a cache is used (``pixel_values``, ``input_features``...); none under 4.x."""
+    from transformers.generation import utils
+
+    return tuple(getattr(utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL", ()))
+
+
+def is_whisper_preparation_v5(model: Any) -> bool:
+    """Whether ``model``'s ``prepare_inputs_for_generation`` is transformers 5.x's ``WhisperForConditionalGeneration``
+    one, which adds ``decoder_position_ids`` from a ``decoder_attention_mask`` (when it has one and no positions)
+    and is otherwise the generic preparation."""
+    own = getattr(type(model), "prepare_inputs_for_generation", None)
+    return (_is_transformers_5() and getattr(own, "__module__", None) == "transformers.models.whisper.modeling_whisper"
+            and getattr(own, "__qualname__", None) == "WhisperForConditionalGeneration.prepare_inputs_for_generation")
+
+
+def move_inputs_to_device(inputs: dict, device: torch.device) -> dict:
+    """``inputs`` with their tensors on ``device``, as transformers 5.x's generic preparation moves them when the
+    model's input is elsewhere: nested in dicts, lists and tuples too where the installed version does so
+    (``transformers.pytorch_utils.move_to_device``), else the top-level tensors."""
+    try:
+        from transformers.pytorch_utils import move_to_device
+    except ImportError:
+        return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
+    return move_to_device(inputs, device)

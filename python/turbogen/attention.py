@@ -32,7 +32,9 @@ from typing import Hashable, Sequence
 
 import torch
 
+from . import ops
 from .cache.paged import PagedKVCache, index_tensor
+from .ops.paged_attention import check_paged_indices, paged_attention_checked_indices
 
 __all__ = ["PAGED_ATTENTION_NAME", "PagedBatch", "active_paged_batch", "attention_configs", "paged_attention_forward",
            "paged_forward", "register_paged_attention", "switched_to_paged"]
@@ -71,6 +73,9 @@ class PagedBatch:
             position embeddings take).
         seq_ids: the sequences, in packing order (informational).
         backend: the ops' backend (None: ``TURBOGEN_BACKEND``, else by device).
+        indices_checked: whether the values of block_tables, cu_seqlens_q and seq_lens were checked once for the
+            whole forward (:meth:`prepare` does, on the CPU): every layer's ``paged_attention`` then skips that
+            check (its kernels still never read outside the caches).
     """
 
     cache: PagedKVCache
@@ -81,6 +86,7 @@ class PagedBatch:
     position_ids: torch.Tensor
     seq_ids: tuple = ()
     backend: str | None = None
+    indices_checked: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -103,12 +109,17 @@ class PagedBatch:
         cu = [0]
         for count in counts:
             cu.append(cu[-1] + count)
-        return cls(cache=cache, slot_mapping=slot_mapping,
-                   block_tables=cache.block_tables(seq_ids, max_blocks_per_seq),
-                   cu_seqlens_q=index_tensor(cu, torch.int32, device),
-                   seq_lens=cache.seq_lens(seq_ids),
-                   position_ids=index_tensor(positions, torch.int64, device),
-                   seq_ids=tuple(seq_ids), backend=backend)
+        block_tables = cache.block_tables(seq_ids, max_blocks_per_seq)
+        cu_seqlens_q = index_tensor(cu, torch.int32, device)
+        seq_lens = cache.seq_lens(seq_ids)
+        # Checked once here rather than by each layer's paged_attention (a host check per layer, on the CPU).
+        checked = device.type == "cpu"
+        if checked:
+            check_paged_indices(block_tables, cu_seqlens_q, seq_lens, total_q=cu[-1], num_blocks=cache.num_blocks,
+                                block_size=cache.block_size)
+        return cls(cache=cache, slot_mapping=slot_mapping, block_tables=block_tables, cu_seqlens_q=cu_seqlens_q,
+                   seq_lens=seq_lens, position_ids=index_tensor(positions, torch.int64, device),
+                   seq_ids=tuple(seq_ids), backend=backend, indices_checked=checked)
 
 
 def _scaling(module: torch.nn.Module, head_dim: int, scaling) -> float:
@@ -166,9 +177,10 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     v = value.transpose(1, 2).reshape(total, kv_heads, head_dim)
     cache.write(layer, k, v, paged_batch.slot_mapping, backend=paged_batch.backend)
     q = query.transpose(1, 2).reshape(total, heads, head_dim).to(cache.dtype)
-    out = cache.attend(layer, q, paged_batch.block_tables, paged_batch.cu_seqlens_q, paged_batch.seq_lens,
-                       scale=_scaling(module, head_dim, scaling), sliding_window=sliding_window, softcap=softcap,
-                       backend=paged_batch.backend)
+    attend = paged_attention_checked_indices if paged_batch.indices_checked else ops.paged_attention
+    out = attend(q, cache.key_caches[layer], cache.value_caches[layer], paged_batch.block_tables,
+                 paged_batch.cu_seqlens_q, paged_batch.seq_lens, scale=_scaling(module, head_dim, scaling),
+                 sliding_window=sliding_window, softcap=softcap, backend=paged_batch.backend)
     return out.to(query.dtype).reshape(batch, q_len, heads, head_dim), None
 
 

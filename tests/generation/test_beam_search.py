@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tolerances import assert_bit_exact, assert_close_across_compilations, assert_draws_follow
-from turbogen.generation.beam_search import BeamSearchParams, BeamSearchState
+from turbogen.generation.beam_search import BeamSearchParams, BeamSearchState, FusedBeamSearchState
 
 EOS = 3
 FILL = -1
@@ -195,3 +195,56 @@ def test_beam_sampling_draws_step_n_at_offset_n():
         assert torch.equal(candidates.sequences[:, :, length], expected_tokens), offset
         state.advance(candidates, None)
     assert state.offsets.tolist() == [2, 2, 2]
+
+
+# -- the fused state: the same search as the stepwise one -----------------------------------------------------
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["search", "sampling"])
+@pytest.mark.parametrize("length_penalty", [-0.5, 0.0, 1.3])
+@pytest.mark.parametrize("early_stopping", [False, True, "never"], ids=str)
+def test_fused_state_follows_the_stepwise_state(early_stopping, length_penalty, do_sample):
+    """FusedBeamSearchState (ops.beam_step, per-step history, sequences rebuilt at the end) against
+    BeamSearchState (candidates, the EOS criterion, advance) on the same log-probabilities, EOS likely: the same
+    parents, next tokens, running sequences, scores and finished flags at every step, and the same result."""
+    batch, beams, vocab, prompt_length, max_length = 3, 3, 12, 2, 10
+    params = BeamSearchParams(batch_size=batch, num_beams=beams, vocab_size=vocab, max_length=max_length,
+                              prompt_length=prompt_length, length_penalty=length_penalty,
+                              early_stopping=early_stopping, num_eos_tokens=1, do_sample=do_sample)
+    g = torch.Generator().manual_seed(5)
+    input_ids = torch.randint(4, vocab, (batch, prompt_length), generator=g).repeat_interleave(beams, dim=0)
+    seeds = torch.tensor([3, 5, 7]) if do_sample else None
+    stepwise = BeamSearchState(input_ids, params, FILL, None if seeds is None else seeds.clone())
+    fused = FusedBeamSearchState(input_ids, params, FILL, torch.tensor([EOS]), None if seeds is None else seeds.clone(),
+                                 track_sequences=True)
+    finished_early = False
+    for length in range(prompt_length, max_length):
+        logits = torch.randn(batch * beams, vocab, generator=g) * 2
+        logits[:, EOS] += 1.5  # hypotheses finish along the way
+        log_probs = torch.log_softmax(logits, dim=-1)
+        last = length + 1 == max_length
+        candidates = stepwise.candidates(log_probs, length)
+        stopped = torch.ones_like(candidates.log_probs, dtype=torch.bool) if last else \
+            candidates.sequences[:, :, length] == EOS
+        expected_parents = stepwise.advance(candidates, stopped)
+        parents = fused.step(log_probs, True, length, last)
+        if not last:  # (at the limit every candidate is demoted by 1e9, which rounds some of them to ties, which
+            # torch.topk breaks either way; no running beam goes on from there)
+            assert torch.equal(parents, expected_parents), length
+            assert torch.equal(fused.last_tokens(length + 1), stepwise.last_tokens(length + 1)), length
+            assert torch.equal(fused.flat_running_sequences(length + 1), stepwise.flat_running_sequences(length + 1))
+            assert torch.equal(fused.running_scores, stepwise.running_scores), length
+        for name in ("scores", "is_finished", "may_improve"):
+            assert torch.equal(getattr(fused, name).view(batch, -1), getattr(stepwise, name).view(batch, -1)), name
+        done = bool(stepwise.is_done())
+        assert bool(fused.is_done()) == done, length
+        if done:
+            finished_early = not last
+            break
+    assert bool(stepwise.is_finished.any())
+    if early_stopping is True:
+        assert finished_early, "a search that ends before the length limit is covered"
+    for count in (1, beams):
+        got_and_wanted = zip(fused.result(count), stepwise.result(count))
+        for name, (got, want) in zip(("sequences", "scores", "beam_indices"), got_and_wanted):
+            assert got.dtype == want.dtype and torch.equal(got, want), (count, name)

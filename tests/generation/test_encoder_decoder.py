@@ -237,27 +237,84 @@ def test_sampled_distribution_matches_transformers_processors():
 # --- the fast paths: each must be taken, and the tests above show their outputs equal transformers' ------------
 
 
-@pytest.mark.skipif(TRANSFORMERS_5, reason="the direct decoder step reproduces 4.57's generic preparation; under "
-                    "transformers 5 every step goes through the model's own preparation")
-def test_stock_preparation_is_built_directly(monkeypatch):
+def _direct_runner_class():
+    """The runner building the decoder steps' inputs of the installed transformers' generic preparation."""
     from turbogen.generation import runner as runner_module
 
+    return runner_module.StockEncoderDecoderRunnerV5 if TRANSFORMERS_5 else runner_module.StockEncoderDecoderRunner
+
+
+def test_stock_preparation_is_built_directly(monkeypatch):
     built = []
-    original = runner_module.StockEncoderDecoderRunner.__init__
+    direct = _direct_runner_class()
+    original = direct.__init__
 
     def spy(self, *args, **kwargs):
         built.append(type(self))
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module.StockEncoderDecoderRunner, "__init__", spy)
+    monkeypatch.setattr(direct, "__init__", spy)
     model = _model("bart")
     ids, mask = _prompt("padded")
     generate(model, ids, attention_mask=mask, max_new_tokens=3)
-    assert built == [runner_module.StockEncoderDecoderRunner]
-    # A decoder mask makes positions and masks per step: the general runner.
+    assert built == [direct]
+    # A decoder mask makes positions and masks per step, and a static cache makes 5.x's preparation build a 4D
+    # mask per step: the general runner.
     generate(model, ids, attention_mask=mask, max_new_tokens=3, decoder_input_ids=torch.tensor([[5]] * 3),
              decoder_attention_mask=torch.ones(3, 1, dtype=torch.long))
-    assert len(built) == 1
+    generate(model, ids, attention_mask=mask, max_new_tokens=3, cache_implementation="static")
+    assert built == [direct] * (1 if TRANSFORMERS_5 else 2)
+
+
+def model_calls(model, call) -> list:
+    """The keyword arguments of every call of ``model`` itself (not of its encoder) during ``call()``."""
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append((args, dict(kwargs))),
+                                             with_kwargs=True)
+    try:
+        call()
+    finally:
+        handle.remove()
+    return calls
+
+
+def assert_same_inputs(got: dict, want: dict) -> None:
+    """Model inputs equal: the same keywords; tensors (and the encoder outputs' tensors) equal; a cache of the same
+    class; anything else equal."""
+    assert sorted(got) == sorted(want), (sorted(got), sorted(want))
+    for key, expected in want.items():
+        actual = got[key]
+        if isinstance(expected, torch.Tensor):
+            assert isinstance(actual, torch.Tensor) and torch.equal(actual, expected), key
+            assert actual.dtype == expected.dtype, key
+        elif key == "past_key_values":
+            assert type(actual) is type(expected)
+        elif hasattr(expected, "keys"):  # the encoder outputs
+            assert list(actual.keys()) == list(expected.keys())
+            for name, value in expected.items():
+                same = torch.equal(actual[name], value) if isinstance(value, torch.Tensor) else actual[name] == value
+                assert same, (key, name)
+        else:
+            assert actual == expected, key
+
+
+@pytest.mark.parametrize("beams", (1, 3))
+@pytest.mark.parametrize("kind", KINDS)
+def test_direct_decoder_steps_pass_the_preparations_inputs(kind, beams):
+    """Every model call of turbogen's direct decoder step receives what transformers' own preparation passes it
+    (the same keywords, equal tensors), and the outputs are equal (bit-exact scores)."""
+    model = _model(kind)
+    ids, mask = _prompt("padded")
+    options = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, num_beams=beams, return_dict_in_generate=True,
+                   output_scores=True)
+    outputs = {}
+    want = model_calls(model, lambda: outputs.setdefault("expected", model.generate(ids, **options)))
+    got = model_calls(model, lambda: outputs.setdefault("actual", generate(model, ids, **options)))
+    assert_same_generation(outputs["expected"], outputs["actual"], beams=beams > 1)
+    assert len(got) == len(want) == NEW_TOKENS
+    for (got_args, got_kwargs), (want_args, want_kwargs) in zip(got, want):
+        assert got_args == want_args == ()
+        assert_same_inputs(got_kwargs, want_kwargs)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -290,6 +347,25 @@ def test_cross_attention_rows_are_compared_bitwise():
     assert rows.unchanged_by([keys], torch.tensor([1, 0, 2, 3]))  # within the first pair: the same bits
     assert not rows.unchanged_by([keys], torch.tensor([0, 1, 3, 2]))  # 0.0 and -0.0 differ in their bits
     assert not rows.unchanged_by([keys], torch.tensor([2, 1, 2, 3]))  # across inputs
+
+
+def test_cross_attention_rows_follow_the_cache_tensors():
+    """The checked tensors (and row groups) are remembered only while the cache's layers hold the same tensors."""
+    from transformers import DynamicCache
+
+    from turbogen.generation.runner import _CrossAttentionRows
+
+    same = torch.ones(2, 1, 3, 4)
+    cache = DynamicCache()
+    cache.update(same.clone(), same.clone(), 0)
+    rows = _CrossAttentionRows()
+    tensors = rows.tensors(cache)
+    assert len(tensors) == 2 and rows.tensors(cache) is tensors
+    assert rows.unchanged_by(tensors, torch.tensor([1, 0]))  # both rows hold the same bits
+    cache.layers[0].keys = torch.arange(8.0).reshape(2, 1, 1, 4).expand(2, 1, 3, 4).contiguous()
+    tensors = rows.tensors(cache)
+    assert tensors[0] is cache.layers[0].keys
+    assert not rows.unchanged_by(tensors, torch.tensor([1, 0]))  # the rows differ now
 
 
 @pytest.mark.skipif(TRANSFORMERS_5, reason=f"transformers {transformers.__version__} has no `return_legacy_cache`")

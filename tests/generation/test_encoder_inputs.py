@@ -19,6 +19,7 @@ from transformers import GenerationMixin
 from conftest import ENCODER_DECODER_IN_4_45, skip_on_transformers_4_45
 from tiny_models import (BOS_ID, audio_features, encode_batch, images, tiny_model_environment,  # noqa: F401
                          tiny_speech_encoder_decoder, tiny_vision_encoder_decoder, tiny_whisper, waveforms)
+from test_encoder_decoder import assert_same_inputs, model_calls
 from tolerances import assert_bit_exact, assert_same_generation
 from turbogen import UnsupportedByTurbogen
 from turbogen.generate import generate
@@ -70,6 +71,25 @@ def test_beam_search_matches_transformers(kind):
     actual = generate(model, **{name: encoder_input}, **options)
     assert_same_generation(expected, actual, beams=True)
     assert isinstance(actual, transformers.generation.utils.GenerateBeamEncoderDecoderOutput)
+
+
+@pytest.mark.parametrize("beams", (1, 2))
+@pytest.mark.parametrize("kind", MODELS)
+def test_decoder_steps_pass_the_preparations_inputs(kind, beams):
+    """Every decoder call receives what transformers' own preparation passes it (the same keywords, equal
+    tensors; under 5.x the encoder's input is not passed again after the first call), as for the text models
+    (test_encoder_decoder.py), and the outputs are equal."""
+    model, name, encoder_input = _model_and_input(kind, 2)
+    options = dict(max_new_tokens=NEW_TOKENS, num_beams=beams, **RECORD)
+    outputs = {}
+    want = model_calls(model, lambda: outputs.setdefault(
+        "expected", _transformers_generate(model, **{name: encoder_input}, **options)))
+    got = model_calls(model, lambda: outputs.setdefault("actual", generate(model, **{name: encoder_input}, **options)))
+    assert_same_generation(outputs["expected"], outputs["actual"], beams=beams > 1)
+    assert len(got) == len(want) > 1
+    for (got_args, got_kwargs), (want_args, want_kwargs) in zip(got, want):
+        assert got_args == want_args == ()
+        assert_same_inputs(got_kwargs, want_kwargs)
 
 
 @pytest.mark.parametrize("kind", MODELS)

@@ -478,6 +478,26 @@ def test_width_governor_backs_off_where_verification_is_expensive():
     assert sum(1 for k in settled if k == 0) >= 0.9 * len(settled), caps
 
 
+def test_width_governor_backs_off_where_measured_drafting_is_slower():
+    """Only one row of four finds drafts (its first four are right), so a step emits few more tokens than a
+    plain one while the width sets its cost: the geometric model, which assumes every row drafts, would keep
+    drafting, but the measured tokens per second at its width are below plain steps', so outside its probes
+    the governor stays at 0."""
+    clock = _FakeClock()
+    governor = WidthGovernor(8, clock=clock)
+    caps = []
+    for _ in range(200):
+        governor.start_step()
+        k = governor.cap
+        caps.append(k)
+        proposed = torch.tensor([k, 0, 0, 0])
+        accepted = torch.tensor([min(k, 4), 0, 0, 0])
+        clock.now += 1.0 + 0.3 * k
+        governor.observe(proposed, accepted)
+    settled = caps[50:]
+    assert sum(1 for k in settled if k == 0) >= 0.9 * len(settled), caps
+
+
 def test_width_governor_keeps_drafting_where_verification_is_cheap():
     """Batch 1 on a CPU: extra positions are nearly free and most drafts are right, so the governor keeps the
     drafts wide (apart from its probes of width 0)."""

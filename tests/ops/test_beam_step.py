@@ -12,7 +12,7 @@ import torch
 
 from turbogen import ops, ref
 from turbogen.generation.beam_search import BeamSearchParams, BeamSearchState
-from turbogen.ops.beam import BEAM_STEP
+from turbogen.ops.beam import BEAM_STEP, BeamStep
 
 from conftest import backend_params, device_for
 from tolerances import assert_bit_exact, assert_close_across_compilations
@@ -307,3 +307,59 @@ def test_reference_compiles_fullgraph():
     expected = call(inputs[0])
     actual = torch.compile(call, fullgraph=True)(inputs[0])
     assert_same_outputs(actual, expected, exact=False)
+
+
+@pytest.mark.parametrize("sampling", [False, True], ids=["search", "sampling"])
+@pytest.mark.parametrize("backend", backend_params(("ref", "cpu", "triton", "cuda")))
+def test_prepared_step_equals_the_op(backend, sampling):
+    """BeamStep validates the constant arguments once; each step returns exactly what beam_step returns."""
+    if backend not in BEAM_STEP.backends:
+        pytest.skip(f"beam_step has no {backend} launcher")
+    device = device_for(backend)
+    inputs = [t.to(device) for t in make_inputs(batch=2, beams=3, vocab=60, num_eos=2, seed=6)]
+    logits, running, finished, is_finished, may_improve, eos = inputs
+    seeds = torch.tensor([4, 9], dtype=torch.int64, device=device) if sampling else None
+    options = dict(max_generated_length=7, length_penalty=0.8, early_stopping="never")
+    prepared = BeamStep(2, 3, 60, device, eos, seeds=seeds, backend=backend, **options)
+    assert prepared.backend == backend and prepared.candidates_per_row == 9
+    for generated_length, all_stop, normalized in ((2, False, False), (7, True, True)):
+        offsets = torch.tensor([generated_length, 1], dtype=torch.int64, device=device) if sampling else None
+        step = dict(generated_length=generated_length, all_stop=all_stop, normalized=normalized)
+        expected = ops.beam_step(*inputs, seeds=seeds, offsets=offsets, backend=backend, **options, **step)
+        actual = prepared.step(logits, running, finished, is_finished, may_improve, offsets=offsets, **step)
+        for name, got, want in zip(expected._fields, actual, expected):
+            assert torch.equal(got, want), name
+
+
+def test_prepared_step_validation_names_the_argument():
+    logits, running, finished, is_finished, may_improve, eos = make_inputs(batch=2, beams=2, vocab=10, num_eos=1)
+    seeds = torch.zeros(2, dtype=torch.int64)
+    build = dict(max_generated_length=4)
+    for error, name, args, options in [
+        (ValueError, "num_beams", (2, 0, 10, "cpu", eos), build),
+        (TypeError, "eos", (2, 2, 10, "cpu", eos.int()), build),
+        (ValueError, "seeds", (2, 2, 10, "cpu", eos), dict(build, seeds=seeds[:1])),
+        (ValueError, "length_penalty", (2, 2, 10, "cpu", eos), dict(build, length_penalty=INF)),
+        (ValueError, "early_stopping", (2, 2, 10, "cpu", eos), dict(build, early_stopping="always")),
+        (ValueError, "columns", (2, 2, 1, "cpu", eos), build),
+    ]:
+        with pytest.raises(error, match=name):
+            BeamStep(*args, **options)
+    searching = BeamStep(2, 2, 10, "cpu", eos, **build)
+    sampling = BeamStep(2, 2, 10, "cpu", eos, seeds=seeds, **build)
+    state = (running, finished, is_finished, may_improve)
+    for error, name, call in [
+        (ValueError, "logits", lambda: searching.step(logits[:, :9].contiguous(), *state, generated_length=1)),
+        (TypeError, "running_scores", lambda: searching.step(logits, running.double(), *state[1:], generated_length=1)),
+        (ValueError, "running_scores", lambda: searching.step(logits, running.view(4, 1), finished.view(4, 1),
+                                                             is_finished.view(4, 1), may_improve.repeat(2),
+                                                             generated_length=1)),
+        (ValueError, "may_improve", lambda: searching.step(logits, *state[:3], may_improve[None], generated_length=1)),
+        (ValueError, "generated_length", lambda: searching.step(logits, *state, generated_length=0)),
+        (TypeError, "all_stop", lambda: searching.step(logits, *state, generated_length=1, all_stop=1)),
+        (ValueError, "offsets", lambda: searching.step(logits, *state, generated_length=1, offsets=seeds)),
+        (ValueError, "offsets", lambda: sampling.step(logits, *state, generated_length=1)),
+        (ValueError, "offsets", lambda: sampling.step(logits, *state, generated_length=1, offsets=seeds[:1])),
+    ]:
+        with pytest.raises(error, match=name):
+            call()

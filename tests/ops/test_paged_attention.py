@@ -137,6 +137,53 @@ def test_sliding_window_softcap_and_scale(backend, option):
     torch.testing.assert_close(out.cpu(), paged.dense(**OPTIONS[option]), **TOLERANCE[torch.float32])
 
 
+# Long prefill chunks: many (query, head) rows per tile and keys over several 64-key panels of the cpu kernel (its
+# prefill path), chunks starting mid-block, head_dim off the vector widths, GQA groups of 1, 2 and 4.
+LONG_CHUNKS = ([200, 150, 70, 3], [40, 150, 9, 1])
+LONG_OPTIONS = {"causal": {}, "window-70": dict(sliding_window=70), "window-3": dict(sliding_window=3),
+                "softcap": dict(softcap=2.0)}
+
+
+@pytest.mark.parametrize("head_dim", [20, 32])
+@pytest.mark.parametrize("block_size", [5, 16])
+@pytest.mark.parametrize("heads", [(8, 8), (8, 4), (8, 2)], ids=["mha", "gqa2", "gqa4"])
+@pytest.mark.parametrize("option", list(LONG_OPTIONS))
+@pytest.mark.parametrize("backend", backend_params(("ref", "cpu")))
+def test_long_prefill_chunks(backend, option, heads, block_size, head_dim):
+    seq_lens, q_lens = LONG_CHUNKS
+    paged = Paged(seq_lens, q_lens, block_size=block_size, heads=heads[0], kv_heads=heads[1], head_dim=head_dim,
+                  device=device_for(backend), seed=block_size + head_dim)
+    out = paged.run(backend, **LONG_OPTIONS[option])
+    torch.testing.assert_close(out.cpu(), paged.dense(**LONG_OPTIONS[option]), **TOLERANCE[torch.float32])
+
+
+def test_indices_checked_once():
+    """check_paged_indices raises what paged_attention raises for bad index values; the checked-indices path gives
+    paged_attention's result, and its cpu kernel still refuses an index out of range rather than reading it."""
+    import importlib
+
+    if not ops.available_backends()["cpu"]:
+        pytest.skip("the cpu backend is unavailable: " + ops.available_backends()["cpu"].reason)
+    checked_ops = importlib.import_module("turbogen.ops.paged_attention")  # the module (ops.paged_attention: the op)
+    paged = Paged(*LONG_CHUNKS, block_size=16, heads=8, kv_heads=2, head_dim=32, seed=5)
+    num_blocks = paged.key_cache.shape[0]
+    sizes = dict(total_q=paged.query.shape[0], num_blocks=num_blocks, block_size=16)
+    indices = (paged.block_tables, paged.cu_seqlens_q, paged.seq_lens_tensor)
+    checked_ops.check_paged_indices(*indices, **sizes)
+    out = checked_ops.paged_attention_checked_indices(paged.query, paged.key_cache, paged.value_cache, *indices,
+                                                      backend="cpu")
+    torch.testing.assert_close(out, paged.run("cpu"), rtol=0, atol=0)
+    bad = paged.block_tables.clone()
+    bad[0, 0] = num_blocks
+    with pytest.raises(ValueError, match=r"block_tables\[0, 0\] = .* out of range"):
+        checked_ops.check_paged_indices(bad, *indices[1:], **sizes)
+    with pytest.raises(ValueError, match="turbogen._C"):
+        checked_ops.paged_attention_checked_indices(paged.query, paged.key_cache, paged.value_cache, bad, *indices[1:],
+                                                    backend="cpu")
+    with pytest.raises(TypeError, match="seq_lens must be a 1-D int32 tensor"):
+        checked_ops.check_paged_indices(*indices[:2], paged.seq_lens_tensor.long(), **sizes)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", backend_params())
 def test_half_precision(backend, dtype):

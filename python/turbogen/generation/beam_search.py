@@ -37,6 +37,11 @@ place after each step); so a run is reproducible from its seed and a row's draws
 rows. transformers draws with ``torch.multinomial`` instead: the distribution is the same, the individual
 draws are not.
 
+When the only stopping criteria are the EOS ids and the length limit, a step is one
+:class:`turbogen.ops.beam.BeamStep` launch (steps 1-4 fused) and :class:`FusedBeamSearchState` keeps each step's
+chosen candidates (parent beam and token) instead of the token buffers above: a step then writes
+``[batch_size, num_beams]`` numbers, and the sequences are rebuilt from the parents once, at the end.
+
 :func:`run_beam_search` drives the state with a :class:`~turbogen.generation.runner.ModelRunner` and the
 logits stages: each step the stages process the running beams' log-probabilities, and after the beams are
 chosen they follow them (``reorder`` by parent, then ``accept`` of the new tokens), as the cache does.
@@ -49,7 +54,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..ops import beam_step, gumbel_noise, topk
+from ..ops import gumbel_noise, topk
+from ..ops.beam import BeamStep
 from ..processors.stages import LogitsStages
 from ..stopping import EosTokenCriteria, StoppingPlan
 from .batch_state import raise_non_finite_scores, sequence_seeds
@@ -59,7 +65,7 @@ from .runner import ModelRunner
 # transformers' stand-in for "impossible" scores; using the same constant keeps sums (and ties) identical.
 _IMPOSSIBLE = -1.0e9
 
-__all__ = ["BeamCandidates", "BeamSearchParams", "BeamSearchState", "run_beam_search"]
+__all__ = ["BeamCandidates", "BeamSearchParams", "BeamSearchState", "FusedBeamSearchState", "run_beam_search"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +174,11 @@ class BeamSearchState:
         """``[batch_size * num_beams, length]``: the running hypotheses as the model and processors see them."""
         return self.running_sequences[:, :, :length].reshape(-1, length)
 
+    def last_tokens(self, length: int) -> torch.Tensor:
+        """``[batch_size * num_beams]``: the running beams' tokens at position ``length - 1``, the model's next
+        input."""
+        return self.running_sequences[:, :, length - 1].reshape(-1)
+
     def candidates(self, log_probs: torch.Tensor, length: int, overwrite: bool = False) -> BeamCandidates:
         """Top (or sampled) ``K`` continuations of the running beams.
 
@@ -268,45 +279,6 @@ class BeamSearchState:
                                      _IMPOSSIBLE)
         self.may_improve = self.may_improve & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
 
-    # -- the fused step ------------------------------------------------------------------------------
-
-    def fused_step(self, scores: torch.Tensor, normalized: bool, length: int, eos: torch.Tensor,
-                   every_candidate_stops: bool) -> torch.Tensor:
-        """Steps 1 and 3-5 in one :func:`turbogen.ops.beam_step` when the only stopping criteria are the ``eos``
-        ids (``int64 [num_eos_tokens]``) and the length limit (``every_candidate_stops``): the same state as
-        :meth:`candidates` then :meth:`advance`. ``scores`` are the raw logits (``normalized=False``: the op applies
-        the log-softmax) or the processed log-probabilities. Returns the flat parent of every new running beam."""
-        p = self.params
-        batch, vocab = p.batch_size, p.vocab_size
-        out = beam_step(scores, self.running_scores, self.scores, self.is_finished, self.may_improve.view(-1), eos,
-                        generated_length=length + 1 - p.prompt_length,
-                        max_generated_length=p.max_length - p.prompt_length, length_penalty=float(p.length_penalty),
-                        early_stopping=p.early_stopping, all_stop=every_candidate_stops, normalized=normalized,
-                        seeds=self.seeds, offsets=self.offsets)
-        if p.do_sample:
-            self.scores_are_finite.logical_and_(out.row_is_finite.all())
-            self.offsets.add_(1)
-        parent = torch.div(out.candidate_flat, vocab, rounding_mode="floor")
-        sequences = _gather_beams(self.running_sequences, parent)
-        sequences[:, :, length] = out.candidate_flat - parent * vocab
-        beam_indices = _gather_beams(self.running_beam_indices, parent)
-        beam_indices[:, :, length - p.prompt_length] = (parent + self._batch_offsets).to(beam_indices.dtype)
-        self.running_sequences = _gather_beams(sequences, out.next_source)
-        self.running_scores = out.next_scores
-        self.running_beam_indices = _gather_beams(beam_indices, out.next_source)
-        if eos.shape[0] or every_candidate_stops:  # otherwise nothing can finish: finished_source is arange(nb)
-            self.sequences = _gather_beams(torch.cat((self.sequences, sequences), dim=1), out.finished_source)
-            self.beam_indices = _gather_beams(torch.cat((self.beam_indices, beam_indices), dim=1),
-                                              out.finished_source)
-            self.scores = out.next_finished_scores
-            self.is_finished = out.next_is_finished
-        self.may_improve = out.next_may_improve.view(batch, 1)
-        # At most num_eos * num_beams of the K > num_eos * num_beams distinct candidates end with an EOS id, so
-        # all of them stop only at the length limit.
-        self.all_candidates_stopped = (self._every_candidate_stopped if every_candidate_stops
-                                       else self._no_candidate_stopped)
-        return self.running_beam_indices[:, :, length - p.prompt_length].reshape(-1).long()
-
     def is_done(self) -> torch.Tensor:
         """0-d bool tensor: no row can improve, or every row is full under ``early_stopping=True``, or every
         candidate of the last step stopped."""
@@ -325,6 +297,120 @@ class BeamSearchState:
         beam_indices = self.beam_indices[:, :num_return_sequences].reshape(-1, self.beam_indices.shape[-1])
         generated = int((beam_indices >= 0).sum(dim=1).max())
         return sequences[:, : p.prompt_length + generated], scores, beam_indices[:, :generated]
+
+
+class FusedBeamSearchState(BeamSearchState):
+    """The state of a search whose steps are all :func:`turbogen.ops.beam_step` launches (:meth:`step`): the only
+    stopping criteria are the EOS ids and the length limit.
+
+    The op returns each step's candidates as flat indices ``parent_beam * vocab + token``; this state keeps them
+    instead of sequence buffers, so a step writes ``[batch_size, num_beams]`` numbers rather than gathering
+    ``[batch_size, num_beams, max_length]`` ones:
+
+    * ``history[s]`` (``int64 [batch_size, num_beams]``): for generated position ``s``, the flat candidate that
+      each running beam slot took (its parent is a running slot of position ``s - 1``, or of the prompt);
+    * a finished hypothesis is the code ``s * num_beams * vocab + flat candidate`` of the step ``s`` that ended
+      it (``-1`` in unused slots), moved between finished slots as the op says.
+
+    Sequences are built only where they are read: following the parents back through ``history`` gives every
+    finished hypothesis in :meth:`result`; with ``track_sequences`` (processors that see the history), the
+    running sequences are also kept as :class:`BeamSearchState` keeps them. The scores, the finished flags and
+    the early-stopping state are the op's outputs, exactly those of :meth:`BeamSearchState.candidates` then
+    :meth:`BeamSearchState.advance`.
+    """
+
+    def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int, eos: torch.Tensor,
+                 seeds: Optional[torch.Tensor] = None, track_sequences: bool = False):
+        super().__init__(input_ids, params, fill_value, seeds)
+        batch, beams = params.batch_size, params.num_beams
+        device = input_ids.device
+        self._fill_value = fill_value
+        self._prompt = input_ids.reshape(batch, beams, -1)
+        self._op = BeamStep(batch, beams, params.vocab_size, device, eos,
+                            max_generated_length=params.max_length - params.prompt_length,
+                            length_penalty=float(params.length_penalty), early_stopping=params.early_stopping,
+                            seeds=seeds)
+        self._can_finish_early = eos.shape[0] > 0
+        self._history = torch.zeros(params.max_length - params.prompt_length, batch, beams, dtype=torch.int64,
+                                    device=device)
+        self._finished_codes = torch.full((batch, beams), -1, dtype=torch.int64, device=device)
+        self._tokens: Optional[torch.Tensor] = None
+        self.running_beam_indices = None  # the parents are in `history`
+        if not track_sequences:
+            self.running_sequences = None
+        self.sequences = self.beam_indices = None  # built by `result`
+
+    def step(self, scores: torch.Tensor, normalized: bool, length: int, every_candidate_stops: bool) -> torch.Tensor:
+        """Steps 1 and 3-5 for the current sequence ``length``: ``scores`` are the raw logits (``normalized=False``:
+        the op applies the log-softmax) or the processed log-probabilities; ``every_candidate_stops`` at the
+        length limit. Returns the flat parent of every new running beam (``[batch_size * num_beams]``)."""
+        p = self.params
+        position = length - p.prompt_length
+        out = self._op.step(scores, self.running_scores, self.scores, self.is_finished, self.may_improve.view(-1),
+                            generated_length=position + 1, all_stop=every_candidate_stops, normalized=normalized,
+                            offsets=self.offsets)
+        if p.do_sample:
+            self.scores_are_finite.logical_and_(out.row_is_finite.all())
+            self.offsets.add_(1)
+        taken = self._history[position]
+        torch.gather(out.candidate_flat, 1, out.next_source, out=taken)
+        parents = torch.div(taken, p.vocab_size, rounding_mode="floor")
+        self._tokens = taken - parents * p.vocab_size
+        if self.running_sequences is not None:
+            self.running_sequences = _gather_beams(self.running_sequences, parents)
+            self.running_sequences[:, :, length] = self._tokens
+        self.running_scores = out.next_scores
+        if self._can_finish_early or every_candidate_stops:  # otherwise nothing finishes: the finished set stays
+            codes = out.candidate_flat + position * (p.num_beams * p.vocab_size)
+            self._finished_codes = torch.cat((self._finished_codes, codes), dim=1).gather(1, out.finished_source)
+            self.scores = out.next_finished_scores
+            self.is_finished = out.next_is_finished
+        self.may_improve = out.next_may_improve.view(-1, 1)
+        # At most num_eos * num_beams of the K > num_eos * num_beams distinct candidates end with an EOS id, so
+        # all of them stop only at the length limit.
+        self.all_candidates_stopped = (self._every_candidate_stopped if every_candidate_stops
+                                       else self._no_candidate_stopped)
+        return (parents + self._batch_offsets).view(-1)
+
+    def last_tokens(self, length: int) -> torch.Tensor:
+        return self._tokens.view(-1)
+
+    def is_done(self) -> torch.Tensor:
+        # BeamSearchState.is_done with what the host knows here folded in: whether every candidate stopped.
+        if self.all_candidates_stopped is self._every_candidate_stopped:
+            return self._every_candidate_stopped
+        cannot_improve = ~torch.any(self.may_improve)
+        return cannot_improve | torch.all(self.is_finished) if self.params.early_stopping is True else cannot_improve
+
+    def result(self, num_return_sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.sequences, self.beam_indices = self._finished_sequences()
+        return super().result(num_return_sequences)
+
+    def _finished_sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The finished hypotheses as :class:`BeamSearchState` keeps them: ``(sequences [B, nb, max_length],
+        beam_indices int32 [B, nb, max_length - prompt_length])``, ``fill_value`` / -1 past each one's end (and
+        everywhere in unused slots), found by following the parents back from the step that ended each."""
+        p = self.params
+        batch, beams, vocab = p.batch_size, p.num_beams, p.vocab_size
+        generated_width = p.max_length - p.prompt_length
+        codes = self._finished_codes
+        last_position = torch.where(codes >= 0, torch.div(codes, beams * vocab, rounding_mode="floor"), -1)
+        last_flat = codes - last_position * (beams * vocab)  # unused slots: -1 + (beams * vocab), never read
+        tokens = torch.full((batch, beams, generated_width), self._fill_value, dtype=torch.int64,
+                            device=codes.device)
+        beam_indices = torch.full((batch, beams, generated_width), -1, dtype=torch.int32, device=codes.device)
+        # slot: the running slot whose history entry the hypothesis goes through at the current position (an
+        # unused slot keeps its own index, so that it shows the prompt of its own row, as BeamSearchState's).
+        slot = torch.arange(beams, device=codes.device).expand(batch, beams)
+        for position in range(int(last_position.max()), -1, -1):
+            flat = torch.where(last_position == position, last_flat, self._history[position].gather(1, slot))
+            covered = position <= last_position
+            parent = torch.div(flat, vocab, rounding_mode="floor")
+            tokens[:, :, position] = torch.where(covered, flat - parent * vocab, self._fill_value)
+            beam_indices[:, :, position] = torch.where(covered, parent + self._batch_offsets, -1).to(torch.int32)
+            slot = torch.where(covered, parent, slot)
+        prompt = _gather_beams(self._prompt, slot)
+        return torch.cat((prompt, tokens), dim=2), beam_indices
 
 
 def _fused_eos_ids(stopping: StoppingPlan, num_eos_tokens: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -387,21 +473,25 @@ def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, p
     else:
         fill_value = int(tokens.pad) if tokens.pad is not None and int(tokens.pad) != 0 else int(tokens.eos[0])
     seeds = sequence_seeds(config, batch_size, input_ids.device) if config.do_sample else None
-    state = BeamSearchState(input_ids, params, fill_value, seeds)
     stages = LogitsStages.from_processors(list(processors), input_ids) if processors else None
+    fused_eos = _fused_eos_ids(stopping, params.num_eos_tokens, input_ids.device)
+    if fused_eos is None:
+        state = BeamSearchState(input_ids, params, fill_value, seeds)
+    else:
+        state = FusedBeamSearchState(input_ids, params, fill_value, fused_eos, seeds,
+                                     track_sequences=stages is not None)
 
     length = prompt_length
     # Without processors or recorded scores, a step's log_softmax output is read only by `candidates`, which may
     # then add the beam scores into it in place; and the fused step can take the raw logits.
     log_probs_are_scratch = stages is None and not record.wants_scores
-    fused_eos = _fused_eos_ids(stopping, params.num_eos_tokens, input_ids.device)
     while True:
         if fused_eos is not None and log_probs_are_scratch:
             # The fused step applies the log-softmax itself (its sum is reduced in another order than torch's, so
             # the scores agree with transformers' to float32 rounding; tokens and beams are the same).
             record.logits(logits)
             every_candidate_stops = stopping.stops_all(length + 1)
-            parents = state.fused_step(logits, False, length, fused_eos, every_candidate_stops)
+            parents = state.step(logits, False, length, every_candidate_stops)
         else:
             log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
             if stages is not None:
@@ -410,7 +500,7 @@ def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, p
             record.scores(log_probs)
             every_candidate_stops = stopping.stops_all(length + 1)
             if fused_eos is not None:
-                parents = state.fused_step(log_probs, True, length, fused_eos, every_candidate_stops)
+                parents = state.step(log_probs, True, length, every_candidate_stops)
             else:
                 parents = _torch_step(state, log_probs, length, stopping, record, every_candidate_stops,
                                       overwrite=log_probs_are_scratch)
@@ -423,7 +513,7 @@ def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, p
                 raise_non_finite_scores()
         if bool(is_done):
             return state
-        next_tokens = state.running_sequences[:, :, length - 1].reshape(-1)
+        next_tokens = state.last_tokens(length)
         if stages is not None:
             stages.reorder(parents)
             stages.accept(next_tokens)

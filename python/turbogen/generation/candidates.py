@@ -104,6 +104,12 @@ class WidthGovernor:
     ``(1 - alpha ** (k + 1)) / (1 - alpha)`` per second ``t(k)``. ``cap == 0`` is a plain decoding step. To keep
     both ends of the line measured it tries width 0 once early and, every :data:`PROBE_EVERY` steps, the end of
     the range it is not using. Only the speed depends on it: the verification decides the tokens.
+
+    The geometric model overrates drafting where rows propose fewer drafts than the cap (prompt lookup's
+    matches are often short) while the widest row sets the cost of the step, so the model's choice is also
+    checked against what was measured: the tokens emitted per second (one per row plus the accepted drafts,
+    averaged per width as the times are). Where the chosen width emitted fewer tokens per second than plain
+    steps, the cap stays 0, and the probes re-measure the chosen width instead of the end of the range.
     """
 
     #: Steps between two probes of the unused end of the width range.
@@ -120,6 +126,7 @@ class WidthGovernor:
         self._rejections = 0.0
         self._last: Optional[float] = None
         self._steps = 0
+        self._rates: dict[int, float] = {}  # verified width -> average tokens emitted per second
 
     def start_step(self) -> None:
         """Called when a step begins drafting (the first step's start; later steps start where the previous
@@ -135,6 +142,10 @@ class WidthGovernor:
             previous = self._seconds.get(width)
             seconds = now - self._last
             self._seconds[width] = seconds if previous is None else self.DECAY * previous + (1 - self.DECAY) * seconds
+            if seconds > 0:
+                rate = (proposed.numel() + float(accepted.sum())) / seconds
+                known = self._rates.get(width)
+                self._rates[width] = rate if known is None else self.DECAY * known + (1 - self.DECAY) * rate
         self._last = now
         drafted = proposed > 0
         self._accepted = self.DECAY * self._accepted + float(accepted[drafted].sum())
@@ -148,9 +159,10 @@ class WidthGovernor:
         if len(self._seconds) < 2:
             return self.limit
         best = self._best_width()
-        if self._steps % self.PROBE_EVERY == 0:  # refresh the end of the range not in use
-            return self.limit if best < self.limit / 2 else 0
-        return best
+        measured_slower = best > 0 and best in self._rates and 0 in self._rates and self._rates[best] < self._rates[0]
+        if self._steps % self.PROBE_EVERY == 0:  # refresh the chosen width, or the end of the range not in use
+            return best if measured_slower else self.limit if best < self.limit / 2 else 0
+        return 0 if measured_slower else best
 
     def _best_width(self) -> int:
         widths = torch.tensor(sorted(self._seconds), dtype=torch.float64)
@@ -284,58 +296,108 @@ class PromptLookupCandidates:
         self.max_matching_ngram_size = int(max_matching_ngram_size)
         self.max_length = int(max_length)
         self.max_drafts = self.draft_limit = self.num_output_tokens
-        self._eos = None if eos_token_ids is None else eos_token_ids.reshape(-1).cpu()
+        self._eos = frozenset() if eos_token_ids is None else frozenset(eos_token_ids.reshape(-1).tolist())
         # Where each row's real tokens start (after its left padding).
-        self._starts = None if prompt_mask is None else (prompt_mask.cpu() == 0).long().cumprod(1).sum(1)
+        self._starts = (None if prompt_mask is None
+                        else (prompt_mask.cpu() == 0).long().cumprod(1).sum(1).tolist())
+        self._indexes: list[_NgramIndex] = []  # per row, from the first proposal
 
     def propose(self, sequences: torch.Tensor, lengths: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        lengths_host = lengths.cpu()
         rows = sequences.shape[0]
         if self.schedule is None:
             self.schedule = DraftSchedule(rows, self.num_output_tokens, self._schedule_name,
                                           limit=self.num_output_tokens, governed=True)
-        room = torch.minimum(_room(lengths_host, self.max_length), self.schedule.counts())
-        room = torch.where(active.cpu(), room, 0)
-        width = int(lengths_host.max()) if rows else 0
-        tokens = sequences[:, :width].cpu()
-        found = []
-        for row in range(rows):
-            count = int(room[row])
-            if count == 0:
-                found.append(None)
-                continue
-            start = 0 if self._starts is None else int(self._starts[row])
-            found.append(self._lookup(tokens[row, start:int(lengths_host[row])], count))
-        k = max((len(f) for f in found if f is not None), default=0)
-        drafts = torch.full((rows, k), -1, dtype=torch.long)
-        for row, chosen in enumerate(found):
-            if chosen is not None and len(chosen):
-                drafts[row, :len(chosen)] = chosen
-        self._proposed = (drafts >= 0).sum(dim=1)
-        return drafts.to(sequences.device)
+            self._indexes = [_NgramIndex(self.max_matching_ngram_size) for _ in range(rows)]
+        lengths_host = lengths.tolist()
+        counts = self.schedule.counts().tolist()
+        active_host = active.tolist()
+        rooms = [min(max(self.max_length - length - 1, 0), count) if alive else 0
+                 for length, count, alive in zip(lengths_host, counts, active_host)]
+        drafting = [row for row in range(rows) if rooms[row] > 0]
+        found: list[list[int]] = [[] for _ in range(rows)]
+        if drafting:
+            # One host copy of every drafting row's tokens the index has not seen (usually the last step's).
+            starts = [self._starts[row] if self._starts is not None else 0 for row in range(rows)]
+            low = min(self._indexes[row].seen_from(starts[row], lengths_host[row]) for row in drafting)
+            high = max(lengths_host[row] for row in drafting)
+            new_tokens = sequences[:, low:high].tolist()
+            for row in drafting:
+                index = self._indexes[row]
+                index.extend(new_tokens[row], low, starts[row], lengths_host[row])
+                found[row] = self._cut_at_eos(index.lookup(self.num_output_tokens)[:rooms[row]])
+        k = max(map(len, found), default=0)
+        self._proposed = torch.tensor([len(chosen) for chosen in found], dtype=torch.long)
+        drafts = torch.tensor([chosen + [-1] * (k - len(chosen)) for chosen in found], dtype=torch.long)
+        return drafts.reshape(rows, k).to(sequences.device)
 
-    def _lookup(self, ids: torch.Tensor, count: int) -> Optional[torch.Tensor]:
-        """The drafts for one row's tokens ``ids`` (1-D), at most ``count``."""
-        length = ids.shape[0]
-        for size in range(min(self.max_matching_ngram_size, length - 1), 0, -1):
-            windows = ids.unfold(0, size, 1)  # [length - size + 1, size]
-            # The last window is the n-gram itself, with nothing after it.
-            matches = (windows[:-1] == ids[-size:]).all(dim=1).nonzero()
-            if matches.numel() == 0:
-                continue
-            begin = int(matches[0]) + size
-            chosen = ids[begin:min(begin + self.num_output_tokens, length)][:count]
-            if self._eos is not None:
-                eos_at = torch.isin(chosen, self._eos).nonzero()
-                if eos_at.numel():
-                    chosen = chosen[:int(eos_at[0])]
-            return chosen
-        return None
+    def _cut_at_eos(self, chosen: list[int]) -> list[int]:
+        """``chosen`` up to (without) its first EOS token."""
+        if self._eos:
+            for position, token in enumerate(chosen):
+                if token in self._eos:
+                    return chosen[:position]
+        return chosen
 
     def accepted(self, accepted: torch.Tensor, lengths: torch.Tensor) -> None:
         if self.schedule is not None and self._proposed is not None:
             self.schedule.update(self._proposed, torch.minimum(accepted.cpu(), self._proposed))
         self._proposed = None
+
+
+class _NgramIndex:
+    """The n-grams (sizes 1 to ``max_size``) of one row's tokens, each mapped to where it first occurs among
+    those followed by at least one token, kept up to date as the row grows, so that a lookup costs a few
+    dictionary reads instead of a scan of the sequence.
+
+    A row's tokens only grow within a generation (the loop appends, never rewrites what a row holds). Should
+    a row's tokens get shorter, or its last indexed token change (a caller reusing the generator on other
+    sequences), the row is indexed again from its start.
+    """
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self.tokens: list[int] = []  # the row's tokens from its first real one (after left padding)
+        self.start = 0  # the sequence column of tokens[0]
+        self.first: list[dict] = [{} for _ in range(self.max_size + 1)]  # first[n][n-gram] -> first position
+
+    def seen_from(self, start: int, length: int) -> int:
+        """The first sequence column :meth:`extend` needs for a row of ``length`` tokens from ``start`` on."""
+        if start != self.start or length < start + len(self.tokens):
+            return start
+        return start + max(len(self.tokens) - 1, 0)  # the last indexed token, to check it is unchanged
+
+    def extend(self, columns: list[int], low: int, start: int, length: int) -> None:
+        """Index the row's tokens up to ``length``; ``columns`` holds its sequence from column ``low`` on (at
+        least what :meth:`seen_from` asked for)."""
+        known = len(self.tokens)
+        if known and (start != self.start or length < start + known
+                      or columns[start + known - 1 - low] != self.tokens[-1]):
+            self._reset()
+            known = 0
+        if not known:
+            self.start = start
+        self.tokens.extend(columns[start + known - low:length - low])
+        tokens = self.tokens
+        # An n-gram at position i counts once a token follows it: i + n <= len(tokens) - 1.
+        for size in range(1, self.max_size + 1):
+            first = self.first[size]
+            for position in range(max(known - size, 0), len(tokens) - size):
+                first.setdefault(tuple(tokens[position:position + size]), position)
+
+    def lookup(self, count: int) -> list[int]:
+        """transformers' prompt lookup: for n from the largest size down, the row's last n tokens' first
+        occurrence followed by a token gives the up to ``count`` tokens after it; none: ``[]``."""
+        tokens = self.tokens
+        length = len(tokens)
+        for size in range(min(self.max_size, length - 1), 0, -1):
+            position = self.first[size].get(tuple(tokens[length - size:]))
+            if position is not None:
+                begin = position + size
+                return tokens[begin:begin + count]
+        return []
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -718,8 +718,9 @@ def _prepare_encoder_decoder(model: Any, inputs: Any, tokens: SpecialTokens, con
             encoder_input = _encoder_tensor(inputs, name)
         batch, device = encoder_input.shape[0], encoder_input.device
         if model_kwargs.get("attention_mask") is None and accepts(model, "attention_mask"):
-            model_kwargs["attention_mask"] = _default_encoder_mask(name, encoder_input, model_kwargs,
-                                                                   tokens.to(device))
+            default_mask = _default_encoder_mask(name, encoder_input, model_kwargs, tokens.to(device))
+            if default_mask is not None:
+                model_kwargs["attention_mask"] = default_mask
         encoder_outputs = _run_encoder(model, name, encoder_input, config, model_kwargs)
     if encoder_ids is None and ((config.encoder_no_repeat_ngram_size or 0) > 0
                                 or config.encoder_repetition_penalty not in (None, 1.0)):
@@ -746,15 +747,19 @@ def _encoder_tensor(value: Any, name: str) -> torch.Tensor:
 
 
 def _default_encoder_mask(name: str, encoder_input: torch.Tensor, model_kwargs: dict,
-                          tokens: SpecialTokens) -> torch.Tensor:
+                          tokens: SpecialTokens) -> Optional[torch.Tensor]:
     """transformers 4.57's attention mask when none is given: inferred from padding for token ids (an
     ``input_ids`` keyword, the decoder's, takes the encoder input's place there, as in 4.57), else ones over
-    the input's first two dimensions."""
+    the input's first two dimensions. Under transformers 5.x, which gives an encoder-decoder no default mask,
+    None instead of the ones (the same attention, and the model calls 5.x makes); token ids' inferred mask is
+    kept (4.57's behaviour: with padding, 5.x's outputs differ)."""
     ids = model_kwargs.get("input_ids")
     if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] > 0:
         encoder_input = ids
     if encoder_input.dim() == 2 and encoder_input.dtype in (torch.int32, torch.int64):
         return _infer_attention_mask(encoder_input, tokens)
+    if _compat._is_transformers_5():
+        return None
     return torch.ones(encoder_input.shape[:2], dtype=torch.long, device=encoder_input.device)
 
 

@@ -28,7 +28,8 @@ from ..errors import UnsupportedByTurbogen
 from .prepare import accepts, forward_parameters, is_encoder_decoder
 from .record import Record
 
-__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "StockEncoderDecoderRunner", "make_runner"]
+__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "StockEncoderDecoderRunner", "StockEncoderDecoderRunnerV5",
+           "make_runner"]
 
 
 @runtime_checkable
@@ -91,8 +92,9 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
     if is_encoder_decoder(model):
         # The decoder's inputs (decoder ids, masks, encoder outputs, the two-part cache) follow transformers'
         # own preparation; the encoder ran once in `prepare_call`.
-        if StockEncoderDecoderRunner.applies(model, model_kwargs, cache, use_cache):
-            return StockEncoderDecoderRunner(model, input_ids, model_kwargs, cache, use_cache, record)
+        for direct in (StockEncoderDecoderRunner, StockEncoderDecoderRunnerV5):
+            if direct.applies(model, model_kwargs, cache, use_cache):
+                return direct(model, input_ids, model_kwargs, cache, use_cache, record)
         return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
     if type(cache) is StaticKVCache and _compat.is_transformers_4_45():
         # 4.45's models size the causal mask for their own StaticCache only (see cache.factory.make_cache).
@@ -899,6 +901,23 @@ class _CrossAttentionRows:
 
     def __init__(self):
         self.groups: Optional[torch.Tensor] = None
+        # The cross-attention cache and its layers' (keys, values) when `_tensors` was computed from them.
+        self._held: Optional[tuple] = None
+        self._tensors: Optional[list] = None
+
+    def tensors(self, cross_cache: Any) -> Optional[list]:
+        """:func:`_layer_tensors` of ``cross_cache``, computed again only when it or its layers' key and value
+        tensors are other objects than at the last call (the cross-attention cache is written once, by the first
+        decoder call: beam search's later steps skip the checks); ``groups`` are then computed again too."""
+        layers = getattr(cross_cache, "layers", None)
+        if layers is None:
+            return _layer_tensors(cross_cache)
+        held = (cross_cache, *(item for layer in layers
+                               for item in (getattr(layer, "keys", None), getattr(layer, "values", None))))
+        if self._held is None or len(held) != len(self._held) or any(
+                new is not old for new, old in zip(held, self._held)):
+            self._tensors, self._held, self.groups = _layer_tensors(cross_cache), held, None
+        return self._tensors
 
     def unchanged_by(self, cross_tensors: list, index: torch.Tensor) -> bool:
         """Whether reordering ``cross_tensors`` (every layer's cross-attention keys and values, rows first) by
@@ -937,7 +956,7 @@ def _reorder_self_attention_only(model: Any, cache: Any, index: torch.Tensor,
     if _compat.model_reorder_cache(model) is not None or not _is_transformers(cache, ("EncoderDecoderCache",)):
         return False
     self_tensors = _layer_tensors(cache.self_attention_cache)
-    cross_tensors = _layer_tensors(cache.cross_attention_cache)
+    cross_tensors = cross_rows.tensors(cache.cross_attention_cache)
     if self_tensors is None or cross_tensors is None or index.dim() != 1:
         return False
     if any(tensor.shape[0] != index.shape[0] for tensor in self_tensors + cross_tensors):
@@ -969,9 +988,17 @@ class StockEncoderDecoderRunner(PreparedRunner):
     @classmethod
     def applies(cls, model: Any, model_kwargs: dict, cache: Any, use_cache: bool) -> bool:
         """Whether this runner reproduces 4.57's preparation for this call (else :class:`PreparedRunner`)."""
-        return (bool(use_cache) and cache is not None and not _compat._is_transformers_5()
-                and not _compat.is_transformers_4_45() and not _compat.prepares_own_inputs(model)
+        return (cls._serves_installed_transformers() and bool(use_cache) and cache is not None
+                and not cls._prepares_own_inputs(model) and not _compat.updates_own_model_kwargs(model)
                 and all(model_kwargs.get(name) is None for name in cls._PER_STEP_INPUTS))
+
+    @staticmethod
+    def _prepares_own_inputs(model: Any) -> bool:
+        return _compat.prepares_own_inputs(model)
+
+    @staticmethod
+    def _serves_installed_transformers() -> bool:
+        return not _compat._is_transformers_5() and not _compat.is_transformers_4_45()
 
     def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
                  record: Record):
@@ -981,6 +1008,10 @@ class StockEncoderDecoderRunner(PreparedRunner):
         self._positions = torch.empty(0, dtype=torch.int64)
         self._positions_start = 0
 
+    def _not_forwarded(self) -> frozenset:
+        """The model keywords the preparation does not forward to a decoding step."""
+        return frozenset(self._NOT_FORWARDED)
+
     def _decode_inputs(self) -> dict:
         """The step's model inputs other than the new tokens and the cache position (built after the prefill)."""
         if self._fixed_inputs is None:
@@ -988,9 +1019,11 @@ class StockEncoderDecoderRunner(PreparedRunner):
             inputs = {"past_key_values": kwargs.get("past_key_values")}
             if kwargs.get("attention_mask") is not None:
                 inputs["attention_mask"] = kwargs["attention_mask"]
-            inputs.update((key, value) for key, value in kwargs.items() if key not in self._NOT_FORWARDED)
+            not_forwarded = self._not_forwarded()
+            inputs.update((key, value) for key, value in kwargs.items() if key not in not_forwarded)
             self._fixed_inputs = inputs
-            self._positions = self._positions.to(self._kwargs["cache_position"].device)
+            if "cache_position" in kwargs:
+                self._positions = self._positions.to(kwargs["cache_position"].device)
         return self._fixed_inputs
 
     def _cache_position(self) -> torch.Tensor:
@@ -1004,13 +1037,18 @@ class StockEncoderDecoderRunner(PreparedRunner):
 
     _POSITIONS_PER_TABLE = 1024
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _step_inputs(self, tokens: torch.Tensor) -> dict:
+        """The model inputs of the decoding step feeding ``tokens`` ``[rows]``."""
         inputs = self._decode_inputs()
         inputs["decoder_input_ids"] = tokens.reshape(-1, 1)
         inputs["cache_position"] = self._cache_position()
+        return inputs
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        inputs = self._step_inputs(tokens)
         outputs = self.model(**inputs, return_dict=True)
         if getattr(outputs, "past_key_values", None) is not None:
-            inputs["past_key_values"] = self._kwargs["past_key_values"] = outputs.past_key_values
+            self._fixed_inputs["past_key_values"] = self._kwargs["past_key_values"] = outputs.past_key_values
         self.record.model_outputs(outputs)
         self.fed_length += 1
         return _last_logits(outputs)
@@ -1021,3 +1059,53 @@ class StockEncoderDecoderRunner(PreparedRunner):
         self._reorder_cache(index)
         if self._fixed_inputs is not None and self.past_key_values is not self._fixed_inputs["past_key_values"]:
             self._fixed_inputs["past_key_values"] = self.past_key_values
+
+
+class StockEncoderDecoderRunnerV5(StockEncoderDecoderRunner):
+    """:class:`StockEncoderDecoderRunner` for transformers 5.x's generic ``prepare_inputs_for_generation``, which
+    takes no ``cache_position`` and also needs: a cache that is not compileable (for a compileable one, such as a
+    static self-attention cache, it builds a 4D decoder mask per step), a model not run from Hub code (it then adds
+    a ``cache_position``), and no ``mm_token_type_ids`` (grown per step). Whisper's 5.x override of the preparation
+    counts as the generic one: it only adds ``decoder_position_ids`` derived from a ``decoder_attention_mask``,
+    which this runner never has.
+
+    Each decoding step calls the model with exactly what 5.x's preparation passes then: ``decoder_input_ids`` the
+    new tokens ``[rows, 1]``, the cache, the encoder's ``attention_mask`` when there is one, and every other model
+    keyword unchanged except those it never forwards (``labels``, ``decoder_attention_mask``...) and the
+    encoder-side inputs it forwards only to the first call (``input_features``, ``pixel_values``...); every
+    tensor moved to the model's device when the new tokens are elsewhere, as it does."""
+
+    _PER_STEP_INPUTS = StockEncoderDecoderRunner._PER_STEP_INPUTS + ("mm_token_type_ids", "moe_mm_token_type_ids")
+    #: Named parameters of 5.x's preparation, and what it pops or never forwards.
+    _NOT_FORWARDED = ("input_ids", "next_sequence_length", "past_key_values", "attention_mask", "inputs_embeds",
+                      "is_first_iteration", "labels", "decoder_attention_mask", "decoder_position_ids",
+                      "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
+
+    @classmethod
+    def applies(cls, model: Any, model_kwargs: dict, cache: Any, use_cache: bool) -> bool:
+        return (super().applies(model, model_kwargs, cache, use_cache)
+                and not getattr(cache, "is_compileable", False) and not _compat.is_remote_code_model(model))
+
+    @staticmethod
+    def _serves_installed_transformers() -> bool:
+        return _compat._is_transformers_5()
+
+    @staticmethod
+    def _prepares_own_inputs(model: Any) -> bool:
+        return _compat.prepares_own_inputs(model) and not _compat.is_whisper_preparation_v5(model)
+
+    def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
+                 record: Record):
+        super().__init__(model, input_ids, model_kwargs, cache, use_cache, record)
+        self._model_device = getattr(model, "device", None)
+
+    def _not_forwarded(self) -> frozenset:
+        return frozenset(self._NOT_FORWARDED + _compat.inputs_dropped_after_prefill())
+
+    def _step_inputs(self, tokens: torch.Tensor) -> dict:
+        inputs = self._decode_inputs()
+        inputs["decoder_input_ids"] = tokens.reshape(-1, 1)
+        device = self._model_device
+        if device is not None and device.type != "meta" and tokens.device != device:
+            return _compat.move_inputs_to_device(inputs, device)
+        return inputs

@@ -40,7 +40,7 @@ import torch
 from .. import ops
 from ..processors.penalty_stages import DEFAULT_ROLLBACK_WINDOW
 from ..processors.stages import LogitsStages, history_readers
-from ..stopping import StoppingPlan
+from ..stopping import EosTokenCriteria, StoppingPlan
 from .batch_state import BatchState, raise_non_finite_scores
 from .candidates import CandidateGenerator
 from .decode import DecodeSetup, DecodeState, FinishWatcher, prefill
@@ -143,6 +143,10 @@ class _Loop:
         fill = setup.pad_token if setup.pad_token is not None else torch.zeros((), dtype=torch.long)
         self.fill = fill.to(self.device)
         self.rows_index = torch.arange(rows, device=self.device)
+        # The EOS ids when the only per-row criteria are EOS criteria and nothing watches single steps: the
+        # aligned rows then take a whole run of tokens at once (see `_append_run`); else None.
+        watched = setup.streamer is not None or setup.record.wants_scores or setup.record.wants_logits
+        self.run_eos = None if watched else _eos_only(setup, self.device)
 
     # -- one step -------------------------------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class _Loop:
         accepted, tokens = result.accepted, result.tokens
         if batch.samples:
             self._check_finite(scores, accepted, active)
-        old_lengths = lengths.clone()
+        old_lengths = lengths
         if self.ragged:
             counts = self._append_ragged(tokens, accepted, active)
         else:
@@ -176,8 +180,8 @@ class _Loop:
             batch.offsets.add_(counts)
         new_lengths = old_lengths + counts
         self.lengths = new_lengths
-        # The last token of every row is fed by the next step.
-        setup.runner.crop(_as_lengths(new_lengths - 1))
+        # The last token of every row is fed by the next step (aligned rows share one length: no device read).
+        setup.runner.crop(self.state.length - 1 if not self.ragged else _as_lengths(new_lengths - 1))
         self.candidates.accepted(accepted, new_lengths)
 
     def _clean(self, drafts: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -241,6 +245,8 @@ class _Loop:
         column appended exactly as a plain decoding step would; returns the tokens appended per row."""
         setup, state, batch = self.setup, self.state, self.batch
         columns = int(accepted[active].min()) + 1 if bool(active.any()) else 1
+        if self.run_eos is not None:
+            return self._append_run(tokens[:, :columns])
         appended = 0
         for column in range(columns):
             setup.record.logits(logits[:, column])
@@ -261,13 +267,86 @@ class _Loop:
                 break
         return torch.full_like(self.lengths, appended)
 
+    def _append_run(self, tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`_append_aligned`'s loop in a few tensor operations, where the only per-row criteria are EOS
+        criteria (``self.run_eos``) and no streamer or record sees single steps: ``tokens`` ``[rows, columns]``
+        are appended column by column, a row's tokens after its first EOS become padding, and the run ends
+        after the column where the length or time limit is reached or no row is left unfinished."""
+        setup, state, batch = self.setup, self.state, self.batch
+        length = state.length
+        columns = tokens.shape[1]
+        # The host-side limits, asked once per column as plain decoding asks them.
+        limit = next((column + 1 for column in range(columns) if setup.stopping.stops_all(length + column + 1)),
+                     None)
+        taken = columns if limit is None else limit
+        tokens = tokens[:, :taken]
+        if self.run_eos.numel():
+            is_eos = torch.isin(tokens, self.run_eos)
+            eos_so_far = is_eos.cumsum(dim=1)
+            ended = eos_so_far > 0  # the row has emitted an EOS at or before this column
+            # Unfinished before the column: unfinished before the run and no EOS in an earlier column.
+            alive = batch.unfinished[:, None] & (eos_so_far == is_eos)
+            tokens = torch.where(alive, tokens, setup.pad_token)
+            unfinished_after = batch.unfinished[:, None] & ~ended
+            none_left = (~unfinished_after.any(dim=0)).nonzero()
+            if none_left.numel():
+                taken = min(taken, int(none_left[0, 0]) + 1)
+                tokens = tokens[:, :taken]
+            batch.finish(ended[:, taken - 1])
+        state.sequences[:, length:length + taken] = tokens
+        state.length = length + taken
+        if taken < columns or limit is not None or not bool(batch.unfinished.any()):
+            self.finished = True
+        return torch.full_like(self.lengths, taken)
+
     def _append_ragged(self, tokens: torch.Tensor, accepted: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """Each unfinished row takes its accepted drafts and the target's token, judged one token at a time;
         returns the tokens appended per row."""
         setup, batch = self.setup, self.batch
-        sequences = self.state.sequences
         lengths = self.lengths
         takes = torch.where(active, accepted + 1, 0)
+        if self.run_eos is not None:
+            counts = self._append_ragged_runs(tokens, takes)
+        else:
+            counts = self._append_ragged_columns(tokens, takes, active)
+        self.state.length = int((lengths + counts).max())
+        if not bool(batch.unfinished.any()):
+            self.finished = True
+        elif setup.stopping.stops_all(int((lengths + counts)[batch.unfinished].min())):
+            self.finished = True  # the time limit (every unfinished row below max_length)
+        return counts
+
+    def _append_ragged_runs(self, tokens: torch.Tensor, takes: torch.Tensor) -> torch.Tensor:
+        """:meth:`_append_ragged_columns` in a few tensor operations where the only per-row criteria are EOS
+        criteria (``self.run_eos``): row ``r`` takes its first ``takes[r]`` tokens, up to its first EOS and
+        ``max_length``; returns the counts."""
+        lengths = self.lengths
+        width = int(takes.max())
+        if width == 0:
+            return torch.zeros_like(lengths)
+        tokens = tokens[:, :width]
+        columns = torch.arange(width, device=self.device)
+        counts = torch.minimum(takes, (self.max_length - lengths).clamp(min=0))
+        if self.run_eos.numel():
+            is_eos = torch.isin(tokens, self.run_eos) & (columns[None, :] < counts[:, None])
+            first_eos = torch.where(is_eos, columns[None, :], width).amin(dim=1)
+            counts = torch.minimum(counts, first_eos + 1)
+            ended = first_eos < width
+        else:
+            ended = torch.zeros_like(takes, dtype=torch.bool)
+        written = columns[None, :] < counts[:, None]
+        rows, cols = written.nonzero(as_tuple=True)
+        self.state.sequences[rows, lengths[rows] + cols] = tokens[rows, cols]
+        self.batch.finish((ended | (lengths + counts >= self.max_length)) & (counts > 0))
+        return counts
+
+    def _append_ragged_columns(self, tokens: torch.Tensor, takes: torch.Tensor, active: torch.Tensor
+                               ) -> torch.Tensor:
+        """Each row takes its first ``takes[r]`` tokens one column at a time, the stopping criteria judging
+        every token; returns the counts."""
+        setup, batch = self.setup, self.batch
+        sequences = self.state.sequences
+        lengths = self.lengths
         counts = torch.zeros_like(lengths)
         growing = active.clone()
         tail = setup.stopping.tail_tokens
@@ -287,11 +366,6 @@ class _Loop:
             done |= growing & (new_lengths >= self.max_length)
             batch.finish(done)
             growing &= ~done
-        self.state.length = int((lengths + counts).max())
-        if not bool(batch.unfinished.any()):
-            self.finished = True
-        elif setup.stopping.stops_all(int((lengths + counts)[batch.unfinished].min())):
-            self.finished = True  # the time limit (every unfinished row below max_length)
         return counts
 
     def _tails(self, lengths: torch.Tensor, tail: Optional[int]) -> torch.Tensor:
@@ -330,6 +404,18 @@ class _Loop:
         out = sequences[:, :width].clone()
         beyond = torch.arange(width, device=self.device)[None, :] >= self.lengths[:, None]
         return torch.where(beyond, self.fill, out)
+
+
+def _eos_only(setup: DecodeSetup, device: torch.device) -> Optional[torch.Tensor]:
+    """The EOS ids (1-D int64, empty when there are no per-row criteria) when the per-row stopping criteria are
+    only turbogen's EOS criteria and finished rows are padded (or none finish); else None."""
+    criteria = setup.stopping.row_criteria
+    if any(type(criterion) is not EosTokenCriteria for criterion in criteria):
+        return None
+    if criteria and (not setup.stopping.pads_finished_rows or setup.pad_token is None):
+        return None
+    ids = [criterion.eos_token_id.reshape(-1).to(device) for criterion in criteria]
+    return torch.cat(ids) if ids else torch.empty(0, dtype=torch.long, device=device)
 
 
 def _as_lengths(lengths: torch.Tensor):

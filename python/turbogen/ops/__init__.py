@@ -24,7 +24,7 @@ that does not fit. Calls with torch tensors, and ``torch.compile``, are unaffect
 
 from ._counters import row_offsets, row_seeds
 from ._dispatch import BACKENDS, BackendStatus, available_backends
-from .beam import BeamStepResult, beam_step
+from .beam import BeamStep, BeamStepResult, beam_step
 from .noise import gumbel_noise
 from .paged_attention import paged_attention
 from .penalties import PenaltyState, PenaltyTensors, apply_penalties
@@ -34,6 +34,6 @@ from .topk import topk
 from .verify import VerifyResult, verify
 from .write_kv import write_kv
 
-__all__ = ["BACKENDS", "BackendStatus", "BeamStepResult", "beam_step", "PenaltyState", "PenaltyTensors", "Sampler", "apply_penalties", "available_backends",
+__all__ = ["BACKENDS", "BackendStatus", "BeamStep", "BeamStepResult", "beam_step", "PenaltyState", "PenaltyTensors", "Sampler", "apply_penalties", "available_backends",
            "filter_logits", "gumbel_noise", "row_offsets", "row_seeds", "sample", "softmax", "topk",
            "verify", "VerifyResult", "paged_attention", "write_kv"]

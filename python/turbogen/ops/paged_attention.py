@@ -63,7 +63,39 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     kernel checks them again, and the CUDA and Triton kernels never read outside the caches whatever they hold.
     """
     inputs = _checked(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window,
-                      softcap)
+                      softcap, check_values=True)
+    return PAGED_ATTENTION(*inputs, backend=backend)
+
+
+def check_paged_indices(block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, *,
+                        total_q: int, num_blocks: int, block_size: int) -> None:
+    """Check once the index values that :func:`paged_attention` checks on every call (a ValueError naming the
+    argument): for a caller that runs many calls over one set of indices (a model's layers in one forward), then
+    calls :func:`paged_attention_checked_indices`. The tensors must be int32, contiguous, on the CPU."""
+    for name, tensor, dims in (("block_tables", block_tables, 2), ("cu_seqlens_q", cu_seqlens_q, 1),
+                               ("seq_lens", seq_lens, 1)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int32 or tensor.dim() != dims:
+            raise TypeError(f"{name} must be a {dims}-D int32 tensor")
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous CPU tensor")
+    num_seqs = block_tables.shape[0]
+    if tuple(cu_seqlens_q.shape) != (num_seqs + 1,) or tuple(seq_lens.shape) != (num_seqs,):
+        raise ValueError(f"cu_seqlens_q and seq_lens must have shapes [{num_seqs + 1}] and [{num_seqs}] (block_tables "
+                         f"has {num_seqs} rows), got {tuple(cu_seqlens_q.shape)} and {tuple(seq_lens.shape)}")
+    _check_values(block_tables, cu_seqlens_q, seq_lens, block_tables, cu_seqlens_q, seq_lens, total_q, num_blocks,
+                  block_size)
+
+
+def paged_attention_checked_indices(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                                    block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor,
+                                    *, scale: float | None = None, sliding_window: int | None = None,
+                                    softcap: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """:func:`paged_attention` over index tensors whose values :func:`check_paged_indices` checked (for these
+    caches' ``num_blocks`` and ``block_size`` and this query's ``total_q``): every other argument is checked as
+    :func:`paged_attention` checks it, the index values are not checked again here (the cpu kernel still does,
+    so no value can make it read outside the caches; the CUDA and Triton kernels never do)."""
+    inputs = _checked(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window,
+                      softcap, check_values=False)
     return PAGED_ATTENTION(*inputs, backend=backend)
 
 
@@ -78,7 +110,8 @@ def _check_tensor(name: str, tensor, dims: int, dtypes, device=None) -> None:
         raise ValueError(f"{name} must be on the query's device {device}, got {tensor.device}")
 
 
-def _checked(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window, softcap):
+def _checked(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, scale, sliding_window, softcap,
+             check_values: bool):
     _check_tensor("query", query, 3, FLOAT_DTYPES)
     device = query.device
     _check_tensor("key_cache", key_cache, 4, FLOAT_DTYPES, device)
@@ -126,7 +159,7 @@ def _checked(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens
     tables = block_tables.to(torch.int32).contiguous()
     cu = cu_seqlens_q.to(torch.int32).contiguous()
     lens = seq_lens.to(torch.int32).contiguous()
-    if device.type == "cpu" and not _skip_value_checks(device):
+    if check_values and device.type == "cpu" and not _skip_value_checks(device):
         _check_values(tables, cu, lens, block_tables, cu_seqlens_q, seq_lens, total_q, num_blocks, block_size)
     return (query.contiguous(), key_cache, value_cache, tables, cu, lens, float(scale), int(sliding_window),
             float(softcap))

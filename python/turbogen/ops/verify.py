@@ -89,17 +89,40 @@ def verify(target_logits: torch.Tensor, draft_tokens: torch.Tensor, *, draft_pro
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     rejection = mode == "rejection"
     probs = _checked_draft_probs(draft_probs, rejection, rows, k, vocab, device)
-    filters = _Filters(rows, device, temperature, top_k, top_p, min_p)
-    temperatures = filters.temperature
-    if seed is None:
-        temperatures = torch.zeros(1, dtype=torch.float32, device=device)
-        seeds = torch.zeros(rows, dtype=torch.int64, device=device)
+    if seed is None and _all_default(offset, temperature, top_k, top_p, min_p):
+        # Greedy with the default arguments (a speculative loop's every step): constant parameter tensors.
+        temperatures, top_ks, top_ps, min_ps, seeds, offsets = _greedy_parameters(rows, device)
     else:
-        seeds = counter_tensor(seed, "seed", rows, device, scalar_is_first_of_rows=True)
-    offsets = counter_tensor(offset, "offset", rows, device, scalar_is_first_of_rows=False)
-    accepted, tokens = VERIFY(logits, drafts, probs, rejection, temperatures, filters.top_k, filters.top_p,
-                              filters.min_p, seeds, offsets, backend=backend)
+        filters = _Filters(rows, device, temperature, top_k, top_p, min_p)
+        temperatures, top_ks, top_ps, min_ps = filters.as_tuple()
+        if seed is None:
+            temperatures = torch.zeros(1, dtype=torch.float32, device=device)
+            seeds = torch.zeros(rows, dtype=torch.int64, device=device)
+        else:
+            seeds = counter_tensor(seed, "seed", rows, device, scalar_is_first_of_rows=True)
+        offsets = counter_tensor(offset, "offset", rows, device, scalar_is_first_of_rows=False)
+    accepted, tokens = VERIFY(logits, drafts, probs, rejection, temperatures, top_ks, top_ps, min_ps, seeds,
+                              offsets, backend=backend)
     return VerifyResult(accepted, tokens)
+
+
+#: ``verify``'s defaults for the offset and the filters.
+_DEFAULTS = (0, 1.0, 0, 1.0, 0.0)
+
+
+def _all_default(*values) -> bool:
+    """Every value is the plain Python default (not a tensor, which may differ per row)."""
+    return all(type(value) in (int, float) and value == default for value, default in zip(values, _DEFAULTS))
+
+
+@functools.lru_cache(maxsize=16)
+def _greedy_parameters(rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The kernels' parameter tensors of greedy verification with the default arguments (temperature 0,
+    filters off, seeds and offset 0), made once per ``(rows, device)``: the kernels only read them."""
+    filters = _Filters(1, device, 1.0, 0, 1.0, 0.0)
+    return (torch.zeros(1, dtype=torch.float32, device=device), filters.top_k, filters.top_p, filters.min_p,
+            torch.zeros(rows, dtype=torch.int64, device=device),
+            counter_tensor(0, "offset", rows, device, scalar_is_first_of_rows=False))
 
 
 def _checked_logits(logits) -> torch.Tensor:
