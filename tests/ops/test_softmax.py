@@ -19,7 +19,9 @@ from tolerances import assert_bit_exact, assert_close_across_compilations
 # (3.7e-6 measured at vocab 32003); results under 1e-30 lie in exp's underflow range, where hosts flush
 # denormals differently. float16 / bfloat16: float32 results that round one ulp apart (relative eps;
 # float16's subnormals are 2**-24 apart).
-TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-30),
+# fp32: exp's result carries the rounding of its argument, |x - max| / temperature (here up to ~150) times fp32's
+# epsilon, ~1e-5 relative, and backends (numpy under the Triton interpreter, AVX2, CUDA) round it differently.
+TOLERANCE = {torch.float32: dict(rtol=4e-5, atol=1e-30),
              torch.float16: dict(rtol=torch.finfo(torch.float16).eps, atol=2.0 ** -24),
              torch.bfloat16: dict(rtol=torch.finfo(torch.bfloat16).eps, atol=1e-30)}
 
