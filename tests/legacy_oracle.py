@@ -26,7 +26,7 @@ import torch
 
 import transformers
 
-from tolerances import assert_bit_exact, assert_close_across_compilations
+from tolerances import assert_close_across_compilations
 
 DATA = pathlib.Path(__file__).parent / "generation" / "data"
 
@@ -130,13 +130,10 @@ def applicable_stored_case(oracle_cases: dict, name: str, kind: str, prompt: str
 
 def assert_same_beams_as_stored(out, stored: dict) -> None:
     """``out`` (a beam ``generate``'s dict output) has the stored sequences and ``beam_indices``, and its
-    ``sequences_scores`` equal the stored ones: bit for bit under 4.45, within the policy of
-    :func:`tolerances.assert_close_across_compilations` elsewhere (another transformers computes the same model up
-    to float rounding)."""
+    ``sequences_scores`` equal the stored ones within the policy of
+    :func:`tolerances.assert_close_across_compilations`, under 4.45 too: the stored numbers were computed on another
+    host, whose BLAS may round the same model differently (the live-oracle tests compare bit for bit on this host)."""
     assert out.sequences.tolist() == stored["sequences"]
     expected_scores = torch.tensor([float.fromhex(v) for v in stored["sequences_scores"]])
-    if IS_4_45:
-        assert_bit_exact(out.sequences_scores, expected_scores)
-    else:
-        assert_close_across_compilations(out.sequences_scores, expected_scores)
+    assert_close_across_compilations(out.sequences_scores, expected_scores)
     assert (None if out.beam_indices is None else out.beam_indices.tolist()) == stored["beam_indices"]
