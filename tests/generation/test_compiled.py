@@ -302,18 +302,24 @@ def test_a_captured_step_replays_the_eager_tokens():
 
 @skip_on_transformers_4_45(STATIC_CACHES_IN_4_45)
 def test_inductor_compiles_the_embedded_model_whole_step():
-    """The one real inductor compilation (20-60 s here): the embedded model's greedy step, batch 1."""
+    """The one real inductor compilation (20-60 s here): the embedded model's greedy step over a left-padded
+    batch, with turbogen's pass rewriting the step's products (generation/compile_passes.py; the FX graph cache is
+    off so that the pass runs), the eager tokens, and no recompilation for other prompt lengths."""
     from turbogen import models
 
     model, tokenizer, _ = models.load_default_model()
-    input_ids = tokenizer(["Once upon a time"], return_tensors="pt")["input_ids"]
-    eager = turbogen.generate(model, input_ids, max_new_tokens=4, do_sample=False, cache_implementation="static")
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["Once upon a time", "The"], return_tensors="pt", padding=True)
+    options = {"max_new_tokens": 8, "do_sample": False, "cache_implementation": "static"}
+    eager = turbogen.generate(model, **batch, **options)
     config = CompileConfig(fullgraph=True, dynamic=False)
-    compiled = turbogen.generate(model, input_ids, max_new_tokens=4, do_sample=False,
-                                 cache_implementation="static", compile_config=config)
+    rewrites = counters["turbogen"]["decode_matmul"]
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        compiled = turbogen.generate(model, **batch, **options, compile_config=config)
+    assert counters["turbogen"]["decode_matmul"] > rewrites
     assert torch.equal(compiled, eager)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        longer = tokenizer(["Once upon a time there was"], return_tensors="pt")["input_ids"]
-        again = turbogen.generate(model, longer, max_new_tokens=3, do_sample=False, cache_implementation="static",
+        longer = tokenizer(["Once upon a time there was", "A"], return_tensors="pt", padding=True)
+        again = turbogen.generate(model, **longer, max_new_tokens=3, do_sample=False, cache_implementation="static",
                                   compile_config=config)
-    assert torch.equal(again, turbogen.generate(model, longer, max_new_tokens=3, do_sample=False))
+    assert torch.equal(again, turbogen.generate(model, **longer, max_new_tokens=3, do_sample=False))

@@ -33,6 +33,7 @@ from ..config import CompileConfig, as_generation_config
 from ..processors.stages import LogitsStages, history_readers
 from ..stopping import EosTokenCriteria, StoppingPlan, is_same_criterion_kind
 from .batch_state import BatchState
+from .compile_passes import DECODE_MATMUL_PASS
 from .prepare import forward_parameters, is_encoder_decoder
 
 __all__ = ["DecodeStep", "capacity_bucket", "compile_decision", "compile_kwargs", "whole_step_refusal"]
@@ -71,19 +72,33 @@ def compile_decision(config: Any, cache: Any, device: torch.device) -> Optional[
     return None
 
 
-def compile_kwargs(compile_config: Optional[CompileConfig]) -> dict:
+def compile_kwargs(compile_config: Optional[CompileConfig], device: Optional[torch.device] = None) -> dict:
     """``torch.compile``'s keyword arguments for ``compile_config`` (None: turbogen's defaults, ``fullgraph=True,
-    dynamic=False``, inductor). Every field passes through; ``dynamic=None`` becomes False (shapes never change
-    here, and a change then shows as a recompilation), and ``mode`` is left out when ``options`` are given
-    (``torch.compile`` takes one of the two)."""
+    dynamic=False``, inductor) on ``device``. Every field passes through; ``dynamic=None`` becomes False (shapes
+    never change here, and a change then shows as a recompilation), and ``mode`` is left out when ``options`` are
+    given (``torch.compile`` takes one of the two).
+
+    On a CPU with inductor, turbogen's graph pass joins the options
+    (:class:`~turbogen.generation.compile_passes.DecodeMatmulPass`: a decode step's products with large float32
+    weights as inductor loops instead of BLAS); ``mode`` is then given as the options it stands for
+    (``torch._inductor.list_mode_options``), and options that set ``post_grad_custom_post_pass`` themselves keep
+    their value."""
     if compile_config is None:
         compile_config = CompileConfig(fullgraph=True, dynamic=False)
     kwargs = {"backend": compile_config.backend, "fullgraph": bool(compile_config.fullgraph),
               "dynamic": False if compile_config.dynamic is None else compile_config.dynamic}
-    if compile_config.options is not None:
-        kwargs["options"] = compile_config.options
-    elif compile_config.mode is not None:
-        kwargs["mode"] = compile_config.mode
+    options = compile_config.options
+    mode = compile_config.mode
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    if on_cpu and compile_config.backend == "inductor" and "post_grad_custom_post_pass" not in (options or {}):
+        from torch._inductor import list_mode_options
+
+        options = dict(options) if options is not None else (dict(list_mode_options(mode)) if mode else {})
+        options["post_grad_custom_post_pass"] = DECODE_MATMUL_PASS
+    if options is not None:
+        kwargs["options"] = options
+    elif mode is not None:
+        kwargs["mode"] = mode
     return kwargs
 
 
@@ -429,7 +444,8 @@ class DecodeStep:
         if compile_config is not None and not isinstance(compile_config, CompileConfig):
             raise ValueError(f"`compile_config` must be a turbogen.CompileConfig, got {type(compile_config).__name__}")
         function = fresh_function(DecodeStep._step)
-        self._step_function = torch.compile(types.MethodType(function, self), **compile_kwargs(compile_config))
+        self._step_function = torch.compile(types.MethodType(function, self),
+                                            **compile_kwargs(compile_config, self.device))
         self.compiled = True
         return self
 
@@ -472,8 +488,8 @@ def shared_static_cache(model: Any, rows: int, capacity: int) -> StaticKVCache:
     return cache
 
 
-def _settings(compile_config: Optional[CompileConfig]) -> str:
-    return repr(sorted(compile_kwargs(compile_config).items(), key=lambda item: item[0]))
+def _settings(compile_config: Optional[CompileConfig], device: torch.device) -> str:
+    return repr(sorted(compile_kwargs(compile_config, device).items(), key=lambda item: item[0]))
 
 
 def shared_decode_step(model: Any, cache: StaticKVCache, samples: bool,
@@ -481,7 +497,7 @@ def shared_decode_step(model: Any, cache: StaticKVCache, samples: bool,
     """The compiled :class:`DecodeStep` of ``model`` over ``cache`` for greedy search or sampling (``samples``)
     and ``compile_config``, made and compiled on first use and kept on the cache (a cache ``generate`` builds is
     kept on the model, one per rows and capacity bucket: :func:`shared_static_cache`)."""
-    key = ("step", id(model), samples, _settings(compile_config))
+    key = ("step", id(model), samples, _settings(compile_config, cache.device))
     store = compiled_store(cache)
     step = store.get(key)
     if step is None:
@@ -497,9 +513,10 @@ def shared_model_call(model: Any, cache: StaticKVCache, compile_config: Optional
     """The compiled model call ``(model, input_ids, kwargs) -> outputs`` of ``model`` over ``cache`` for
     ``compile_config`` (what runs when only the model call compiles: transformers' behaviour), made on first use
     and kept on the cache."""
-    key = ("model", id(model), _settings(compile_config))
+    key = ("model", id(model), _settings(compile_config, cache.device))
     store = compiled_store(cache)
     compiled = store.get(key)
     if compiled is None:
-        compiled = store[key] = torch.compile(fresh_function(_call_model), **compile_kwargs(compile_config))
+        compiled = store[key] = torch.compile(fresh_function(_call_model),
+                                              **compile_kwargs(compile_config, cache.device))
     return compiled
