@@ -241,7 +241,7 @@ def _direct_runner_class():
     """The runner building the decoder steps' inputs of the installed transformers' generic preparation."""
     from turbogen.generation import runner as runner_module
 
-    return runner_module.StockEncoderDecoderRunnerV5 if TRANSFORMERS_5 else runner_module.StockEncoderDecoderRunner
+    return runner_module.StockEncoderDecoderRunner
 
 
 def test_stock_preparation_is_built_directly(monkeypatch):

@@ -65,7 +65,8 @@ from .runner import ModelRunner
 # transformers' stand-in for "impossible" scores; using the same constant keeps sums (and ties) identical.
 _IMPOSSIBLE = -1.0e9
 
-__all__ = ["BeamCandidates", "BeamSearchParams", "BeamSearchState", "FusedBeamSearchState", "run_beam_search"]
+__all__ = ["BeamCandidates", "BeamScores", "BeamSearchParams", "BeamSearchState", "FusedBeamSearchState",
+           "run_beam_search"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,17 +128,19 @@ def _gather_beams(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return torch.gather(tensor, 1, index)
 
 
-class BeamSearchState:
-    """The tensors of a running beam search (see the module docstring) and its step functions.
+class BeamScores:
+    """What every beam-search state keeps, whatever it does with the sequences: the parameters, the beam-sampling
+    counters, the running and finished scores, the finished flags and the early-stopping state, and the choice
+    of the best finished hypotheses. :class:`BeamSearchState` (torch steps, any stopping criteria) keeps the
+    sequences themselves; :class:`FusedBeamSearchState` (one :func:`turbogen.ops.beam_step` per step) keeps each
+    step's chosen candidates and builds the sequences at the end.
 
-    Created from the expanded prompt ``input_ids`` (``[batch_size * num_beams, prompt_length]``, each prompt
-    repeated ``num_beams`` times). ``fill_value`` fills positions past a hypothesis' end. ``seeds``
-    (``int64 [batch_size]``, one per prompt) are required for beam sampling; ``offsets`` (``int64
-    [batch_size]``) is then the noise offset of the next step, 0 at first, advanced by :meth:`candidates`.
+    ``input_ids``: the expanded prompt (``[batch_size * num_beams, prompt_length]``, each prompt repeated
+    ``num_beams`` times). ``seeds`` (``int64 [batch_size]``, one per prompt) are required for beam sampling;
+    ``offsets`` (``int64 [batch_size]``) is then the noise offset of the next step, 0 at first.
     """
 
-    def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int,
-                 seeds: Optional[torch.Tensor] = None):
+    def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, seeds: Optional[torch.Tensor] = None):
         if params.do_sample and seeds is None:
             raise ValueError("beam sampling needs `seeds` (one int64 per batch row)")
         batch, beams = params.batch_size, params.num_beams
@@ -145,28 +148,58 @@ class BeamSearchState:
         self.params = params
         self.seeds = seeds
         self.offsets = None if seeds is None else torch.zeros_like(seeds)
-        # Beam sampling: whether every step's scores could be sampled (see `candidates`).
+        # Beam sampling: whether every step's scores could be sampled.
         self.scores_are_finite = torch.ones((), dtype=torch.bool, device=device)
-        self.running_sequences = torch.full((batch, beams, params.max_length), fill_value, dtype=torch.int64,
-                                            device=device)
-        self.running_sequences[:, :, : params.prompt_length] = input_ids.reshape(batch, beams, -1)
         # Only the first beam of each row starts alive, so the first step does not pick the same token
         # from identical copies of the prompt.
         self.running_scores = torch.zeros(batch, beams, dtype=torch.float32, device=device)
         self.running_scores[:, 1:] = _IMPOSSIBLE
-        self.running_beam_indices = torch.full((batch, beams, params.max_length - params.prompt_length), -1,
-                                               dtype=torch.int32, device=device)
-        self.sequences = self.running_sequences.clone()
         self.scores = torch.full((batch, beams), _IMPOSSIBLE, dtype=torch.float32, device=device)
-        self.beam_indices = self.running_beam_indices.clone()
         self.is_finished = torch.zeros(batch, beams, dtype=torch.bool, device=device)
         self.may_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)
         self._no_candidate_stopped = torch.zeros((), dtype=torch.bool, device=device)
         self._every_candidate_stopped = torch.ones((), dtype=torch.bool, device=device)
         self.all_candidates_stopped = self._no_candidate_stopped
         self._batch_offsets = torch.arange(batch, device=device).view(-1, 1) * beams
+
+    def _best_finished(self, sequences: torch.Tensor, beam_indices: torch.Tensor,
+                       num_return_sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(sequences, scores, beam_indices)`` of the best ``num_return_sequences`` of the finished hypotheses
+        (``sequences`` ``[B, num_beams, max_length]``, ``beam_indices`` ``[B, num_beams, generated width]``, in
+        the order of :attr:`scores`), rows ordered by prompt then rank, cropped to the longest hypothesis."""
+        p = self.params
+        sequences = sequences[:, :num_return_sequences].reshape(-1, p.max_length)
+        scores = self.scores[:, :num_return_sequences].reshape(-1)
+        beam_indices = beam_indices[:, :num_return_sequences].reshape(-1, beam_indices.shape[-1])
+        generated = int((beam_indices >= 0).sum(dim=1).max())
+        return sequences[:, : p.prompt_length + generated], scores, beam_indices[:, :generated]
+
+
+def _running_sequences(input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int) -> torch.Tensor:
+    """``[batch_size, num_beams, max_length]``: the prompt of every beam, then ``fill_value``."""
+    sequences = torch.full((params.batch_size, params.num_beams, params.max_length), fill_value,
+                           dtype=torch.int64, device=input_ids.device)
+    sequences[:, :, : params.prompt_length] = input_ids.reshape(params.batch_size, params.num_beams, -1)
+    return sequences
+
+
+class BeamSearchState(BeamScores):
+    """The tensors of a running beam search (see the module docstring) and its step functions, with the running
+    and finished sequences and beam indices kept as ``[batch_size, num_beams, ...]`` buffers. ``fill_value``
+    fills positions past a hypothesis' end; the other arguments are :class:`BeamScores`'."""
+
+    def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int,
+                 seeds: Optional[torch.Tensor] = None):
+        super().__init__(input_ids, params, seeds)
+        device = input_ids.device
+        self.running_sequences = _running_sequences(input_ids, params, fill_value)
+        self.running_beam_indices = torch.full(
+            (params.batch_size, params.num_beams, params.max_length - params.prompt_length), -1, dtype=torch.int32,
+            device=device)
+        self.sequences = self.running_sequences.clone()
+        self.beam_indices = self.running_beam_indices.clone()
         # The first `num_beams` candidates are the only ones that may enter the finished set.
-        self._in_top_beams = torch.arange(params.candidates_per_row, device=device) < beams
+        self._in_top_beams = torch.arange(params.candidates_per_row, device=device) < params.num_beams
 
     # -- step 1: candidates -------------------------------------------------------------------------
 
@@ -291,15 +324,10 @@ class BeamSearchState:
     def result(self, num_return_sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(sequences, scores, beam_indices)`` of the best ``num_return_sequences`` finished hypotheses per
         prompt, rows ordered by prompt then rank, cropped to the longest hypothesis."""
-        p = self.params
-        sequences = self.sequences[:, :num_return_sequences].reshape(-1, p.max_length)
-        scores = self.scores[:, :num_return_sequences].reshape(-1)
-        beam_indices = self.beam_indices[:, :num_return_sequences].reshape(-1, self.beam_indices.shape[-1])
-        generated = int((beam_indices >= 0).sum(dim=1).max())
-        return sequences[:, : p.prompt_length + generated], scores, beam_indices[:, :generated]
+        return self._best_finished(self.sequences, self.beam_indices, num_return_sequences)
 
 
-class FusedBeamSearchState(BeamSearchState):
+class FusedBeamSearchState(BeamScores):
     """The state of a search whose steps are all :func:`turbogen.ops.beam_step` launches (:meth:`step`): the only
     stopping criteria are the EOS ids and the length limit.
 
@@ -314,14 +342,14 @@ class FusedBeamSearchState(BeamSearchState):
 
     Sequences are built only where they are read: following the parents back through ``history`` gives every
     finished hypothesis in :meth:`result`; with ``track_sequences`` (processors that see the history), the
-    running sequences are also kept as :class:`BeamSearchState` keeps them. The scores, the finished flags and
+    running sequences are also kept, as :class:`BeamSearchState` keeps them. The scores, the finished flags and
     the early-stopping state are the op's outputs, exactly those of :meth:`BeamSearchState.candidates` then
     :meth:`BeamSearchState.advance`.
     """
 
     def __init__(self, input_ids: torch.Tensor, params: BeamSearchParams, fill_value: int, eos: torch.Tensor,
                  seeds: Optional[torch.Tensor] = None, track_sequences: bool = False):
-        super().__init__(input_ids, params, fill_value, seeds)
+        super().__init__(input_ids, params, seeds)
         batch, beams = params.batch_size, params.num_beams
         device = input_ids.device
         self._fill_value = fill_value
@@ -335,10 +363,14 @@ class FusedBeamSearchState(BeamSearchState):
                                     device=device)
         self._finished_codes = torch.full((batch, beams), -1, dtype=torch.int64, device=device)
         self._tokens: Optional[torch.Tensor] = None
-        self.running_beam_indices = None  # the parents are in `history`
-        if not track_sequences:
-            self.running_sequences = None
-        self.sequences = self.beam_indices = None  # built by `result`
+        #: ``[batch_size, num_beams, max_length]`` with ``track_sequences``, else None.
+        self.running_sequences = _running_sequences(input_ids, params, fill_value) if track_sequences else None
+
+    def flat_running_sequences(self, length: int) -> torch.Tensor:
+        """``[batch_size * num_beams, length]``: the running hypotheses (``track_sequences`` only)."""
+        if self.running_sequences is None:
+            raise ValueError("the running sequences are kept only with `track_sequences=True`")
+        return self.running_sequences[:, :, :length].reshape(-1, length)
 
     def step(self, scores: torch.Tensor, normalized: bool, length: int, every_candidate_stops: bool) -> torch.Tensor:
         """Steps 1 and 3-5 for the current sequence ``length``: ``scores`` are the raw logits (``normalized=False``:
@@ -383,8 +415,9 @@ class FusedBeamSearchState(BeamSearchState):
         return cannot_improve | torch.all(self.is_finished) if self.params.early_stopping is True else cannot_improve
 
     def result(self, num_return_sequences: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.sequences, self.beam_indices = self._finished_sequences()
-        return super().result(num_return_sequences)
+        """As :meth:`BeamSearchState.result`."""
+        sequences, beam_indices = self._finished_sequences()
+        return self._best_finished(sequences, beam_indices, num_return_sequences)
 
     def _finished_sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The finished hypotheses as :class:`BeamSearchState` keeps them: ``(sequences [B, nb, max_length],
@@ -414,7 +447,7 @@ class FusedBeamSearchState(BeamSearchState):
 
 
 def _fused_eos_ids(stopping: StoppingPlan, num_eos_tokens: int, device: torch.device) -> Optional[torch.Tensor]:
-    """The EOS ids for :meth:`BeamSearchState.fused_step` (``int64 [num_eos_tokens]``, padded with -1, an id that
+    """The EOS ids for :meth:`FusedBeamSearchState.step` (``int64 [num_eos_tokens]``, padded with -1, an id that
     never matches), or None when a row criterion other than turbogen's :class:`EosTokenCriteria` (a user criterion,
     stop strings) must judge the candidates; the length and time limits are host-side (``stops_all``)."""
     ids = []
@@ -448,11 +481,11 @@ def _torch_step(state: BeamSearchState, log_probs: torch.Tensor, length: int, st
 
 
 def run_beam_search(runner: ModelRunner, input_ids: torch.Tensor, config: Any, processors: Any,
-                    stopping: StoppingPlan, record: Record, tokens: Any, max_length: int) -> BeamSearchState:
+                    stopping: StoppingPlan, record: Record, tokens: Any, max_length: int) -> BeamScores:
     """Beam search or beam sampling (``config.do_sample``) from the expanded prompt ``input_ids``
     (``[batch_size * num_beams, prompt_length]``) to at most ``max_length`` tokens, until
     :meth:`BeamSearchState.is_done`. ``tokens`` are the call's special tokens (``eos``, ``pad``); ``record``
-    collects the optional per-step outputs. Returns the final state (:meth:`BeamSearchState.result`)."""
+    collects the optional per-step outputs. Returns the final state (its ``result``)."""
     rows, prompt_length = input_ids.shape
     batch_size = rows // config.num_beams
     logits = runner.prefill(input_ids)

@@ -17,6 +17,7 @@ Two implementations:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import torch
@@ -28,8 +29,8 @@ from ..errors import UnsupportedByTurbogen
 from .prepare import accepts, forward_parameters, is_encoder_decoder
 from .record import Record
 
-__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "StockEncoderDecoderRunner", "StockEncoderDecoderRunnerV5",
-           "make_runner"]
+__all__ = ["DirectRunner", "ModelRunner", "PreparedRunner", "StockDecoderStep", "StockEncoderDecoderRunner",
+           "installed_stock_decoder_step", "make_runner"]
 
 
 @runtime_checkable
@@ -92,9 +93,8 @@ def make_runner(model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: 
     if is_encoder_decoder(model):
         # The decoder's inputs (decoder ids, masks, encoder outputs, the two-part cache) follow transformers'
         # own preparation; the encoder ran once in `prepare_call`.
-        for direct in (StockEncoderDecoderRunner, StockEncoderDecoderRunnerV5):
-            if direct.applies(model, model_kwargs, cache, use_cache):
-                return direct(model, input_ids, model_kwargs, cache, use_cache, record)
+        if StockEncoderDecoderRunner.applies(model, model_kwargs, cache, use_cache):
+            return StockEncoderDecoderRunner(model, input_ids, model_kwargs, cache, use_cache, record)
         return PreparedRunner(model, input_ids, model_kwargs, cache, use_cache, record)
     if type(cache) is StaticKVCache and _compat.is_transformers_4_45():
         # 4.45's models size the causal mask for their own StaticCache only (see cache.factory.make_cache).
@@ -967,42 +967,94 @@ def _reorder_self_attention_only(model: Any, cache: Any, index: torch.Tensor,
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class StockDecoderStep:
+    """What one major version of transformers' generic ``prepare_inputs_for_generation`` passes an
+    encoder-decoder's decoding step, for :class:`StockEncoderDecoderRunner` (one row per version below).
+
+    Attributes:
+        per_step_inputs: model keywords from which the preparation computes per-step inputs (positions, masks,
+            grown token types): calls with any of them take the general runner.
+        not_forwarded: the preparation's named parameters and the keywords it pops or never forwards.
+        passes_cache_position: whether the step gets ``cache_position`` (``[fed_length]``).
+        serves_compileable_caches: whether the plain inputs serve a compileable cache (5.x builds a 4D decoder
+            mask per step for one).
+        serves_hub_code: whether the plain inputs serve a model run from Hub code (5.x adds a ``cache_position``).
+        whisper_is_generic: whether Whisper's override counts as the generic preparation (5.x's only adds
+            ``decoder_position_ids`` derived from a ``decoder_attention_mask``, which this runner never has).
+        later_steps_drop_encoder_inputs: whether the encoder-side inputs (``input_features``, ``pixel_values``...)
+            reach the first call only.
+        moves_inputs_to_model_device: whether every tensor moves to the model's device when the new tokens are
+            elsewhere.
+    """
+
+    per_step_inputs: tuple[str, ...]
+    not_forwarded: tuple[str, ...]
+    passes_cache_position: bool
+    serves_compileable_caches: bool
+    serves_hub_code: bool
+    whisper_is_generic: bool
+    later_steps_drop_encoder_inputs: bool
+    moves_inputs_to_model_device: bool
+
+
+_STOCK_DECODER_STEP_4_57 = StockDecoderStep(
+    per_step_inputs=("decoder_attention_mask", "decoder_position_ids", "token_type_ids", "position_ids",
+                     "decoder_inputs_embeds", "inputs_embeds"),
+    not_forwarded=("input_ids", "past_key_values", "attention_mask", "inputs_embeds", "cache_position", "labels"),
+    passes_cache_position=True, serves_compileable_caches=True, serves_hub_code=True, whisper_is_generic=False,
+    later_steps_drop_encoder_inputs=False, moves_inputs_to_model_device=False)
+
+_STOCK_DECODER_STEP_5 = StockDecoderStep(
+    per_step_inputs=_STOCK_DECODER_STEP_4_57.per_step_inputs + ("mm_token_type_ids", "moe_mm_token_type_ids"),
+    not_forwarded=("input_ids", "next_sequence_length", "past_key_values", "attention_mask", "inputs_embeds",
+                   "is_first_iteration", "labels", "decoder_attention_mask", "decoder_position_ids",
+                   "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids"),
+    passes_cache_position=False, serves_compileable_caches=False, serves_hub_code=False, whisper_is_generic=True,
+    later_steps_drop_encoder_inputs=True, moves_inputs_to_model_device=True)
+
+
+def installed_stock_decoder_step() -> Optional[StockDecoderStep]:
+    """The row of the installed transformers (None for 4.45, whose preparation is not reproduced)."""
+    if _compat.is_transformers_4_45():
+        return None
+    return _STOCK_DECODER_STEP_5 if _compat._is_transformers_5() else _STOCK_DECODER_STEP_4_57
+
+
 class StockEncoderDecoderRunner(PreparedRunner):
-    """An encoder-decoder whose model uses transformers 4.57's generic ``prepare_inputs_for_generation``, over a
-    cache, without ``decoder_attention_mask``, ``decoder_position_ids`` or ``token_type_ids``: what that
-    preparation computes for a decoding step is then fixed, so this runner builds it directly instead of calling
-    the preparation and ``_update_model_kwargs_for_generation`` at every step.
+    """An encoder-decoder whose model uses the installed transformers' (4.57 or 5.x) generic
+    ``prepare_inputs_for_generation``, over a cache, without the inputs from which that preparation computes
+    per-step ones (:class:`StockDecoderStep`): what it passes a decoding step is then fixed, so this runner builds
+    it directly instead of calling the preparation and ``_update_model_kwargs_for_generation`` at every step.
 
     The prefill goes through the model's own preparation (as :class:`PreparedRunner`). Each decoding step then
-    calls the model with exactly what 4.57's preparation would pass: ``decoder_input_ids`` the new tokens
-    ``[rows, 1]``, ``cache_position`` ``[fed_length]``, the cache, the encoder's ``attention_mask`` when there is
-    one, and every other model keyword (``encoder_outputs``, ``use_cache``, output flags...) unchanged. The
-    decoder ids so far are not kept (nothing reads them)."""
-
-    #: Keywords with which 4.57's preparation computes per-step inputs (positions, masks): the general runner.
-    _PER_STEP_INPUTS = ("decoder_attention_mask", "decoder_position_ids", "token_type_ids", "position_ids",
-                        "decoder_inputs_embeds", "inputs_embeds")
-    #: Named parameters of 4.57's preparation (not forwarded as keywords) and what it drops.
-    _NOT_FORWARDED = ("input_ids", "past_key_values", "attention_mask", "inputs_embeds", "cache_position", "labels")
+    calls the model with exactly what the preparation would pass: ``decoder_input_ids`` the new tokens
+    ``[rows, 1]``, ``cache_position`` ``[fed_length]`` where the version passes it, the cache, the encoder's
+    ``attention_mask`` when there is one, and every other model keyword (``encoder_outputs``, ``use_cache``,
+    output flags...) except those the version does not forward; where the version moves tensors to the model's
+    device, so does the runner. The decoder ids so far are not kept (nothing reads them)."""
 
     @classmethod
     def applies(cls, model: Any, model_kwargs: dict, cache: Any, use_cache: bool) -> bool:
-        """Whether this runner reproduces 4.57's preparation for this call (else :class:`PreparedRunner`)."""
-        return (cls._serves_installed_transformers() and bool(use_cache) and cache is not None
-                and not cls._prepares_own_inputs(model) and not _compat.updates_own_model_kwargs(model)
-                and all(model_kwargs.get(name) is None for name in cls._PER_STEP_INPUTS))
-
-    @staticmethod
-    def _prepares_own_inputs(model: Any) -> bool:
-        return _compat.prepares_own_inputs(model)
-
-    @staticmethod
-    def _serves_installed_transformers() -> bool:
-        return not _compat._is_transformers_5() and not _compat.is_transformers_4_45()
+        """Whether this runner reproduces the installed preparation for this call (else :class:`PreparedRunner`)."""
+        step = installed_stock_decoder_step()
+        if step is None or not use_cache or cache is None:
+            return False
+        if _compat.prepares_own_inputs(model) and not (step.whisper_is_generic
+                                                      and _compat.is_whisper_preparation_v5(model)):
+            return False
+        if not step.serves_compileable_caches and getattr(cache, "is_compileable", False):
+            return False
+        if not step.serves_hub_code and _compat.is_remote_code_model(model):
+            return False
+        return (not _compat.updates_own_model_kwargs(model)
+                and all(model_kwargs.get(name) is None for name in step.per_step_inputs))
 
     def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
                  record: Record):
         super().__init__(model, input_ids, model_kwargs, cache, use_cache, record)
+        self._rules = installed_stock_decoder_step()
+        self._model_device = getattr(model, "device", None)
         self._fixed_inputs: Optional[dict] = None
         # Cache positions, sliced one per step: `_positions[i]` is position `_positions_start + i`.
         self._positions = torch.empty(0, dtype=torch.int64)
@@ -1010,7 +1062,8 @@ class StockEncoderDecoderRunner(PreparedRunner):
 
     def _not_forwarded(self) -> frozenset:
         """The model keywords the preparation does not forward to a decoding step."""
-        return frozenset(self._NOT_FORWARDED)
+        dropped = _compat.inputs_dropped_after_prefill() if self._rules.later_steps_drop_encoder_inputs else ()
+        return frozenset(self._rules.not_forwarded + tuple(dropped))
 
     def _decode_inputs(self) -> dict:
         """The step's model inputs other than the new tokens and the cache position (built after the prefill)."""
@@ -1041,7 +1094,12 @@ class StockEncoderDecoderRunner(PreparedRunner):
         """The model inputs of the decoding step feeding ``tokens`` ``[rows]``."""
         inputs = self._decode_inputs()
         inputs["decoder_input_ids"] = tokens.reshape(-1, 1)
-        inputs["cache_position"] = self._cache_position()
+        if self._rules.passes_cache_position:
+            inputs["cache_position"] = self._cache_position()
+        device = self._model_device
+        if (self._rules.moves_inputs_to_model_device and device is not None and device.type != "meta"
+                and tokens.device != device):
+            return _compat.move_inputs_to_device(inputs, device)
         return inputs
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -1061,51 +1119,3 @@ class StockEncoderDecoderRunner(PreparedRunner):
             self._fixed_inputs["past_key_values"] = self.past_key_values
 
 
-class StockEncoderDecoderRunnerV5(StockEncoderDecoderRunner):
-    """:class:`StockEncoderDecoderRunner` for transformers 5.x's generic ``prepare_inputs_for_generation``, which
-    takes no ``cache_position`` and also needs: a cache that is not compileable (for a compileable one, such as a
-    static self-attention cache, it builds a 4D decoder mask per step), a model not run from Hub code (it then adds
-    a ``cache_position``), and no ``mm_token_type_ids`` (grown per step). Whisper's 5.x override of the preparation
-    counts as the generic one: it only adds ``decoder_position_ids`` derived from a ``decoder_attention_mask``,
-    which this runner never has.
-
-    Each decoding step calls the model with exactly what 5.x's preparation passes then: ``decoder_input_ids`` the
-    new tokens ``[rows, 1]``, the cache, the encoder's ``attention_mask`` when there is one, and every other model
-    keyword unchanged except those it never forwards (``labels``, ``decoder_attention_mask``...) and the
-    encoder-side inputs it forwards only to the first call (``input_features``, ``pixel_values``...); every
-    tensor moved to the model's device when the new tokens are elsewhere, as it does."""
-
-    _PER_STEP_INPUTS = StockEncoderDecoderRunner._PER_STEP_INPUTS + ("mm_token_type_ids", "moe_mm_token_type_ids")
-    #: Named parameters of 5.x's preparation, and what it pops or never forwards.
-    _NOT_FORWARDED = ("input_ids", "next_sequence_length", "past_key_values", "attention_mask", "inputs_embeds",
-                      "is_first_iteration", "labels", "decoder_attention_mask", "decoder_position_ids",
-                      "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
-
-    @classmethod
-    def applies(cls, model: Any, model_kwargs: dict, cache: Any, use_cache: bool) -> bool:
-        return (super().applies(model, model_kwargs, cache, use_cache)
-                and not getattr(cache, "is_compileable", False) and not _compat.is_remote_code_model(model))
-
-    @staticmethod
-    def _serves_installed_transformers() -> bool:
-        return _compat._is_transformers_5()
-
-    @staticmethod
-    def _prepares_own_inputs(model: Any) -> bool:
-        return _compat.prepares_own_inputs(model) and not _compat.is_whisper_preparation_v5(model)
-
-    def __init__(self, model: Any, input_ids: torch.Tensor, model_kwargs: dict, cache: Any, use_cache: bool,
-                 record: Record):
-        super().__init__(model, input_ids, model_kwargs, cache, use_cache, record)
-        self._model_device = getattr(model, "device", None)
-
-    def _not_forwarded(self) -> frozenset:
-        return frozenset(self._NOT_FORWARDED + _compat.inputs_dropped_after_prefill())
-
-    def _step_inputs(self, tokens: torch.Tensor) -> dict:
-        inputs = self._decode_inputs()
-        inputs["decoder_input_ids"] = tokens.reshape(-1, 1)
-        device = self._model_device
-        if device is not None and device.type != "meta" and tokens.device != device:
-            return _compat.move_inputs_to_device(inputs, device)
-        return inputs
