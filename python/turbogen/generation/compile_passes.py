@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 from torch._dynamo.utils import counters
-from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 __all__ = ["DECODE_MATMUL_PASS", "DECODE_ROWS", "DecodeMatmulPass"]
 
@@ -40,6 +40,7 @@ class DecodeMatmulPass(CustomGraphPass):
     cache replays a compiled graph without running passes, so a cached graph counts nothing)."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        rewritten = False
         for node in list(graph.nodes):
             operands = _product_operands(node)
             if operands is None:
@@ -53,11 +54,13 @@ class DecodeMatmulPass(CustomGraphPass):
             node.replace_all_uses_with(replacement)
             graph.erase_node(node)
             counters["turbogen"]["decode_matmul"] += 1
-        graph.eliminate_dead_code()
+            rewritten = True
+        if rewritten:  # the weights' transposes the products read
+            graph.eliminate_dead_code()
 
     def uuid(self) -> Optional[object]:
-        # Part of inductor's cache key: a change of what the pass rewrites must change it.
-        return ("turbogen.DecodeMatmulPass", 2, DECODE_ROWS)
+        # Part of inductor's cache key: any change of this file changes it.
+        return get_hash_for_files((__file__,))
 
 
 def _emit(graph: torch.fx.Graph, weight: torch.fx.Node, rows: torch.fx.Node) -> torch.fx.Node:

@@ -79,8 +79,8 @@ def compile_kwargs(compile_config: Optional[CompileConfig], device: Optional[tor
     given (``torch.compile`` takes one of the two).
 
     On a CPU with inductor, turbogen's graph pass joins the options
-    (:class:`~turbogen.generation.compile_passes.DecodeMatmulPass`: a decode step's products with large float32
-    weights as inductor loops instead of BLAS); ``mode`` is then given as the options it stands for
+    (:class:`~turbogen.generation.compile_passes.DecodeMatmulPass`: a decode step's float32 products of a few rows
+    as inductor loops instead of BLAS calls); ``mode`` is then given as the options it stands for
     (``torch._inductor.list_mode_options``), and options that set ``post_grad_custom_post_pass`` themselves keep
     their value."""
     if compile_config is None:
