@@ -253,6 +253,15 @@ TURBOGEN_ALWAYS_INLINE void accumulate(float* __restrict acc, const float* __res
   }
 }
 
+// q[0..head_dim) = the query of token `token`, head `head`, in float32, multiplied by the scale: the row both tile
+// routines start from.
+TURBOGEN_ALWAYS_INLINE void load_scaled_query(const PagedAttentionArgs& a, int64_t token, int64_t head, float* q) {
+  const int64_t D = a.head_dim;
+  convert_row_to_float(static_cast<const char*>(a.query) + (token * a.heads + head) * D * dtype_size(a.dtype),
+                       a.dtype, D, q);
+  for (int64_t d = 0; d < D; ++d) q[d] *= a.scale;
+}
+
 // A prefill tile (see the layout above): its rows' queries transposed and scaled in sc.qt, then its keys
 // [key_lo, key_hi) in panels of up to kPanelKeys (across cache blocks): per panel, the scores of every row
 // (score_panel_rows), each row's causal / sliding-window range enforced by replacing the scores outside it with
@@ -285,10 +294,8 @@ TURBOGEN_ALWAYS_INLINE void attend_prefill_tile(const PagedAttentionArgs& a, con
     const int64_t p = position(qi);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t r = qi * group + g;
-      const int64_t head = kvh * group + g;
-      convert_row_to_float(static_cast<const char*>(a.query) + ((tile.begin + qi) * a.heads + head) * D * esize,
-                           a.dtype, D, sc.q.data());
-      for (int64_t d = 0; d < D; ++d) sc.qt[d * rp + r] = sc.q[d] * a.scale;
+      load_scaled_query(a, tile.begin + qi, kvh * group + g, sc.q.data());
+      for (int64_t d = 0; d < D; ++d) sc.qt[d * rp + r] = sc.q[d];
       sc.first[r] = lowest(p);
       sc.last[r] = p;
     }
@@ -410,11 +417,7 @@ TURBOGEN_ALWAYS_INLINE void attend_decode_tile(const PagedAttentionArgs& a, cons
   // Row r = qi * group + g: query token tile.begin + qi, head kvh * group + g, multiplied by the scale.
   for (int64_t qi = 0; qi < nq; ++qi) {
     for (int64_t g = 0; g < group; ++g) {
-      const int64_t head = kvh * group + g;
-      const char* src = static_cast<const char*>(a.query) + ((tile.begin + qi) * a.heads + head) * D * esize;
-      float* q = sc.q.data() + (qi * group + g) * D;
-      convert_row_to_float(src, a.dtype, D, q);
-      for (int64_t d = 0; d < D; ++d) q[d] *= a.scale;
+      load_scaled_query(a, tile.begin + qi, kvh * group + g, sc.q.data() + (qi * group + g) * D);
     }
   }
   const int64_t key_lo = lowest(position(0));
