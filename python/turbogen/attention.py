@@ -32,9 +32,8 @@ from typing import Hashable, Sequence
 
 import torch
 
-from . import ops
 from .cache.paged import PagedKVCache, index_tensor
-from .ops.paged_attention import check_paged_indices, paged_attention_checked_indices
+from .ops.paged_attention import check_paged_indices
 
 __all__ = ["PAGED_ATTENTION_NAME", "PagedBatch", "active_paged_batch", "attention_configs", "paged_attention_forward",
            "paged_forward", "register_paged_attention", "switched_to_paged"]
@@ -177,10 +176,9 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     v = value.transpose(1, 2).reshape(total, kv_heads, head_dim)
     cache.write(layer, k, v, paged_batch.slot_mapping, backend=paged_batch.backend)
     q = query.transpose(1, 2).reshape(total, heads, head_dim).to(cache.dtype)
-    attend = paged_attention_checked_indices if paged_batch.indices_checked else ops.paged_attention
-    out = attend(q, cache.key_caches[layer], cache.value_caches[layer], paged_batch.block_tables,
-                 paged_batch.cu_seqlens_q, paged_batch.seq_lens, scale=_scaling(module, head_dim, scaling),
-                 sliding_window=sliding_window, softcap=softcap, backend=paged_batch.backend)
+    out = cache.attend(layer, q, paged_batch.block_tables, paged_batch.cu_seqlens_q, paged_batch.seq_lens,
+                       indices_checked=paged_batch.indices_checked, scale=_scaling(module, head_dim, scaling),
+                       sliding_window=sliding_window, softcap=softcap, backend=paged_batch.backend)
     return out.to(query.dtype).reshape(batch, q_len, heads, head_dim), None
 
 

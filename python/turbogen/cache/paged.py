@@ -33,6 +33,7 @@ from typing import Hashable, Iterable, Sequence
 import torch
 
 from .. import ops
+from ..ops.paged_attention import paged_attention_checked_indices
 
 __all__ = ["BlockAllocator", "OutOfBlocks", "PagedKVCache", "index_tensor"]
 
@@ -405,11 +406,13 @@ class PagedKVCache:
         ops.write_kv(key, value, self.key_caches[layer], self.value_caches[layer], slot_mapping, backend=backend)
 
     def attend(self, layer: int, query: torch.Tensor, block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor,
-               seq_lens: torch.Tensor, **kwargs) -> torch.Tensor:
+               seq_lens: torch.Tensor, *, indices_checked: bool = False, **kwargs) -> torch.Tensor:
         """``turbogen.ops.paged_attention`` over ``layer``'s caches (``kwargs``: scale, sliding_window, softcap,
-        backend)."""
-        return ops.paged_attention(query, self.key_caches[layer], self.value_caches[layer], block_tables,
-                                   cu_seqlens_q, seq_lens, **kwargs)
+        backend); ``indices_checked``: the index values were checked once for these caches
+        (``turbogen.ops.paged_attention.check_paged_indices``), so they are not checked again here."""
+        attend = paged_attention_checked_indices if indices_checked else ops.paged_attention
+        return attend(query, self.key_caches[layer], self.value_caches[layer], block_tables, cu_seqlens_q, seq_lens,
+                      **kwargs)
 
     def _slot_tensor(self, slots: list[int]) -> torch.Tensor:
         return index_tensor(slots, torch.int64, self.device)
