@@ -52,7 +52,8 @@ from ..processors.stages import LogitsStages
 from ..stopping import StoppingPlan
 from .record import Record
 
-__all__ = ["ChosenRowsHead", "ContrastiveResult", "ModelCaller", "contrastive_from_call", "contrastive_ranking", "run_contrastive_search"]
+__all__ = ["ChosenRowsHead", "ContrastiveResult", "ModelCaller", "contrastive_from_call", "contrastive_ranking",
+           "run_contrastive_search"]
 
 
 class ContrastiveResult:
