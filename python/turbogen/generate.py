@@ -114,6 +114,7 @@ from .errors import UnsupportedByTurbogen
 from .generation.compiled import (DecodeStep, compile_decision, shared_decode_step, shared_model_call,
                                   whole_step_refusal)
 from .generation.decode import FINISH_CHECK_LAG, run_decode_step, run_greedy_or_sample
+from .generation.packed_head import packed_heads
 from .generation.prepare import PreparedCall, prepare_call
 from .generation.record import Record
 from .generation.runner import DirectRunner, ModelRunner, make_runner
@@ -221,9 +222,11 @@ def generate(
         if mode in (GenerationMode.GROUP_BEAM_SEARCH, GenerationMode.CONSTRAINED_BEAM_SEARCH) and streamer is not None:
             raise ValueError("`streamer` cannot be used with beam search (as in transformers 4.45): set `num_beams=1`.")
         if mode == GenerationMode.GROUP_BEAM_SEARCH:
-            return _legacy_cache_if_asked(call, group_beam_from_call(model, call, record), user_cache)
+            with packed_heads(model):
+                return _legacy_cache_if_asked(call, group_beam_from_call(model, call, record), user_cache)
         if mode == GenerationMode.CONSTRAINED_BEAM_SEARCH:
-            return _legacy_cache_if_asked(call, constrained_beam_from_call(model, call, record), user_cache)
+            with packed_heads(model):
+                return _legacy_cache_if_asked(call, constrained_beam_from_call(model, call, record), user_cache)
         if mode == GenerationMode.DOLA_GENERATION:
             result = dola_from_call(model, call, record, streamer, peers)
             return _legacy_cache_if_asked(call, _decoder_only_output(call, result.past_key_values, record,
@@ -368,12 +371,15 @@ def _speculative(call: PreparedCall, runner: ModelRunner, record: Record, stream
                                   call.max_length, call.tokens.eos, batch.seeds, filters)
     # The returned `past_key_values` (return_dict_in_generate) is laid out as plain decoding leaves it only
     # when the rows advanced together (ragged rows leave masked holes in the cache).
+    models = (getattr(runner, "model", None), call.speculation.assistant_model)
     ragged = not config.return_dict_in_generate and can_advance_ragged(
-        runner, call.processors, call.stopping, record, streamer, rows,
-        models=(runner.model if hasattr(runner, "model") else None, call.speculation.assistant_model))
-    sequences = run_speculative(runner, call.input_ids, batch, call.processors, call.stopping, record,
-                                call.tokens.pad, call.max_length, streamer, candidates, ragged=ragged,
-                                draft_limit=call.speculation.draft_limit)
+        runner, call.processors, call.stopping, record, streamer, rows, models=models)
+    # The target's verification and the draft's forwards compare with plain decoding within float tolerance
+    # anyway (a k + 1 position product rounds differently from a one-position one): the faster head serves both.
+    with packed_heads(*models):
+        sequences = run_speculative(runner, call.input_ids, batch, call.processors, call.stopping, record,
+                                    call.tokens.pad, call.max_length, streamer, candidates, ragged=ragged,
+                                    draft_limit=call.speculation.draft_limit)
     return _decoder_only_output(call, runner.past_key_values, record, sequences)
 
 

@@ -18,7 +18,9 @@ import torch
 
 import transformers
 
+from turbogen.generation import packed_head
 from turbogen.generation.contrastive import ChosenRowsHead, contrastive_ranking
+from turbogen.generation.packed_head import PackedHead
 
 import legacy_oracle
 from legacy_oracle import data_module, oracle_model as _model, oracle_test_marks, quiet_transformers  # noqa: F401
@@ -193,7 +195,8 @@ def test_ranking_is_the_degeneration_penalty():
 @pytest.mark.parametrize("low_memory", [False, True])
 def test_head_runs_on_the_chosen_candidates_only(kind, low_memory):
     """The candidates' forwards skip the LM head (zero positions reach it) and the head then runs on one row per
-    prompt row; the tokens equal those of a run that computes every candidate's logits."""
+    prompt row (through the packed product where it applies, else the module); the tokens equal those of a run
+    that computes every candidate's logits."""
     model = _model(kind)
     input_ids, attention_mask = models.prompts("padded")
     rows = input_ids.shape[0] if not low_memory else 1
@@ -201,17 +204,27 @@ def test_head_runs_on_the_chosen_candidates_only(kind, low_memory):
     arguments = dict(penalty_alpha=0.6, top_k=4, max_new_tokens=6, low_memory=low_memory,
                      return_dict_in_generate=True, output_scores=True)
     head = model.get_output_embeddings()
-    head_rows = []
+    head_rows, packed_rows = [], []
     # (a forward hook: it sees what the head computed, after turbogen's pre-hook cut its input)
     handle = head.register_forward_hook(lambda module, args, output: head_rows.append(tuple(output.shape[:2])))
+    real_product = packed_head._packed_product
+
+    def counted_product(hidden_rows, packed, bias):
+        packed_rows.append(hidden_rows.shape[0])
+        return real_product(hidden_rows, packed, bias)
+
     try:
-        skipped = turbogen_contrastive(model, input_ids, attention_mask, **arguments)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(packed_head, "_packed_product", counted_product)
+            skipped = turbogen_contrastive(model, input_ids, attention_mask, **arguments)
     finally:
         handle.remove()
     steps = head_rows[2:]  # after the prompt's forward and the check of its logits
     assert head_rows[1] == (rows, 1) and steps
     assert all(shape == (rows, 1) or shape[1] == 0 for shape in steps), head_rows  # chosen rows, or skipped
-    chosen = sum(shape[1] != 0 for shape in steps)
+    assert bool(packed_rows) == (PackedHead.for_module(head) is not None)
+    assert all(count == rows for count in packed_rows), packed_rows
+    chosen = sum(shape[1] != 0 for shape in steps) + len(packed_rows)
     skipped_forwards = 4 + 1 if low_memory else 1  # per step: each candidate (and the rerun), or all at once
     assert sum(shape[1] == 0 for shape in steps) == chosen * skipped_forwards, head_rows
     with pytest.MonkeyPatch.context() as patch:

@@ -9,7 +9,8 @@ scheduler (:mod:`turbogen.serving.scheduler`) admits requests while blocks last,
 
 Exactness: a request's tokens are those of ``turbogen.generate(model, [prompt], generation_config, **kwargs)`` run
 alone (greedy search: the same tokens, logits equal up to the paged kernel's summation order; sampling: the same
-tokens for the same seed), whatever arrived before or after it, whatever it was batched with, however its prompt
+tokens for the same seed; on CPUs the LM head is
+:class:`~turbogen.generation.packed_head.PackedHead`'s product, whose rows do not depend on each other), whatever arrived before or after it, whatever it was batched with, however its prompt
 was chunked and however often it was preempted: the request is resolved as ``generate`` resolves that call
 (:func:`~turbogen.serving.request.prepare_request`), its logits are processed by its own stages, and its n-th
 sampled token uses offset n.
@@ -40,6 +41,7 @@ from .. import _transformers_compat as _compat
 from ..attention import PagedBatch, attention_configs, paged_forward, register_paged_attention, switched_to_paged
 from ..cache._shape import shape_from_config
 from ..cache.paged import PagedKVCache, index_tensor
+from ..generation.packed_head import packed_heads
 from ..generation.paged_runner import paged_refusal
 from ..generation.prepare import forward_parameters
 from .background import BackgroundLoop
@@ -296,7 +298,7 @@ class Engine(BackgroundLoop):
             kwargs[self._logits_to_keep] = keep_index
         before_forward = time.perf_counter()
         try:
-            with switched_to_paged(self._configs):
+            with switched_to_paged(self._configs), packed_heads(self.model):
                 logits = paged_forward(self.model, ids, batch, **kwargs)
         except Exception as error:  # noqa: BLE001  (the step's requests fail; the Engine keeps serving the others)
             message = f"the model's forward raised {type(error).__name__}: {error}"
