@@ -251,7 +251,12 @@ def acceptance(counter: ForwardCounter, new_tokens: int, batch: int) -> tuple[in
 
 
 def main(argv: list[str]) -> int:
-    options = {arg.split("=", 1)[0]: arg.split("=", 1)[1] for arg in argv if arg.startswith("--")}
+    flags = [arg for arg in argv if arg.startswith("--")]
+    malformed = [arg for arg in flags if "=" not in arg]
+    if malformed:
+        raise SystemExit(f"options take a value (--threads=N, --rounds=N, --runners=a,b): got {malformed}; "
+                         "positional arguments are cases such as tiny:8 (see the module docstring)")
+    options = dict(arg.split("=", 1) for arg in flags)
     unknown = set(options) - {"--threads", "--rounds", "--runners"}
     if unknown:
         raise SystemExit(f"unknown options {sorted(unknown)}")

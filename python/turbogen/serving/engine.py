@@ -8,10 +8,10 @@ scheduler (:mod:`turbogen.serving.scheduler`) admits requests while blocks last,
 ``max_batched_tokens``, and preempts by recomputation when blocks run out.
 
 Exactness: a request's tokens are those of ``turbogen.generate(model, [prompt], generation_config, **kwargs)`` run
-alone (greedy search: the same tokens, logits equal up to the paged kernel's summation order; sampling: the same
-tokens for the same seed; on CPUs the LM head is
-:class:`~turbogen.generation.packed_head.PackedHead`'s product, whose rows do not depend on each other), whatever arrived before or after it, whatever it was batched with, however its prompt
-was chunked and however often it was preempted: the request is resolved as ``generate`` resolves that call
+alone (greedy search: the same tokens, logits equal up to the summation order of the paged kernel and, on CPUs,
+of the LM head's packed product, :class:`~turbogen.generation.packed_head.PackedHead`; sampling: the same tokens for
+the same seed), whatever arrived before or after it, whatever it was batched with, however its prompt was chunked
+and however often it was preempted: the request is resolved as ``generate`` resolves that call
 (:func:`~turbogen.serving.request.prepare_request`), its logits are processed by its own stages, and its n-th
 sampled token uses offset n.
 
