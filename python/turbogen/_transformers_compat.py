@@ -72,6 +72,7 @@ __all__ = [
     "legacy_cache",
     "returns_legacy_cache",
     "logits_to_keep_name",
+    "passes_4d_masks_through",
     "model_reorder_cache",
     "new_dynamic_cache",
     "position_ids_from_attention_mask",
@@ -279,6 +280,20 @@ def transformers_version() -> tuple[int, ...] | None:
 def is_transformers_4_45() -> bool:
     """Whether the imported transformers is 4.45.x."""
     return transformers_version() == (4, 45)
+
+
+def passes_4d_masks_through(model: Any) -> bool:
+    """Whether ``model`` hands a 4-D additive attention mask (``[rows, 1, queries, keys]``: 0 where a query sees a
+    key, the dtype's lowest value elsewhere) to every attention layer as given: its module builds masks with
+    ``masking_utils.create_causal_mask``, which returns a 4-D mask unchanged (transformers >= 4.57), and its
+    attention implementation adds the mask to the scores (``eager``, ``sdpa``)."""
+    version = transformers_version()
+    if version is None or version < (4, 57):
+        return False
+    module = sys.modules.get(type(model).__module__)
+    config = getattr(model, "config", None)
+    return (getattr(module, "create_causal_mask", None) is not None
+            and getattr(config, "_attn_implementation", None) in ("eager", "sdpa"))
 
 
 def is_encoder_decoder_model(model: Any) -> bool:

@@ -45,7 +45,7 @@ from .batch_state import BatchState, raise_non_finite_scores
 from .candidates import CandidateGenerator
 from .decode import DecodeSetup, DecodeState, FinishWatcher, prefill
 from .record import Record
-from .runner import ModelRunner
+from .runner import ModelRunner, has_sliding_window
 
 __all__ = ["can_advance_ragged", "run_speculative"]
 
@@ -64,20 +64,6 @@ def can_advance_ragged(runner: ModelRunner, processors: Any, stopping: StoppingP
     if not stopping.rows_are_pure or (stopping.row_criteria and not stopping.pads_finished_rows):
         return False
     return not (processors and history_readers(processors))
-
-
-def has_sliding_window(model: Any) -> bool:
-    """Whether some attention layer of ``model`` only sees a window of recent positions."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return False
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config(decoder=True)
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types:
-        return any("sliding" in str(kind) or "chunked" in str(kind) for kind in layer_types)
-    return (getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
-            is not False)
 
 
 def run_speculative(runner: ModelRunner, input_ids: torch.Tensor, batch: BatchState, processors: Any,
