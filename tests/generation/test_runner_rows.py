@@ -22,6 +22,7 @@ from tiny_models import MODEL_KINDS, encode_batch, tiny_model
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture, applied by pytestmark)
 from tolerances import assert_close_across_compilations
 from turbogen import GenerationConfig
+from turbogen import _transformers_compat as _compat
 from turbogen.cache import StaticKVCache
 from turbogen.generation.record import Record
 from turbogen.generation.runner import DirectRunner, make_runner
@@ -375,3 +376,34 @@ def test_a_cache_whose_slots_the_runner_cannot_move_refuses_per_row_crops_only()
         with pytest.raises(ValueError, match="`lengths` differ across rows.*common length"):
             runner.crop(torch.tensor([prompt_length, prompt_length + 1, prompt_length, prompt_length]))
     assert runner.fed_lengths.tolist() == [prompt_length + 1] * 4
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_ragged_feeds_pass_their_mask_in_4d_where_the_model_takes_it(kind, cache):
+    """Once the rows differ, the runner hands the model the additive ``[rows, 1, queries, keys]`` mask it built
+    itself where the model passes a 4-D mask through (transformers >= 4.57's mask utilities), else the 2-D table;
+    the logits are each row's alone either way (checked by the helper)."""
+    state = _Rows(kind, cache, True, 24)
+    masks = []
+
+    def record_mask(module, args, kwargs):
+        if kwargs.get("past_key_values") is not None:  # the runner's calls, not the helper's rows fed alone
+            masks.append(kwargs.get("attention_mask"))
+
+    handle = state.model.register_forward_pre_hook(record_mask, with_kwargs=True)
+    try:
+        before = state.lengths
+        state.verify(3)
+        state.crop(torch.tensor([length + 1 + row % 3 for row, length in enumerate(before)]))
+        state.verify(2)
+    finally:
+        handle.remove()
+    mask = masks[-1]
+    if _compat.passes_4d_masks_through(state.model):
+        keys = max(state.runner._capacity or 0, state.runner._slots)
+        assert mask.dim() == 4 and tuple(mask.shape) == (state.rows, 1, 3, keys)
+        assert mask.dtype == state.model.dtype
+        assert set(mask.unique().tolist()) <= {0.0, torch.finfo(mask.dtype).min}
+    else:
+        assert mask.dim() == 2
