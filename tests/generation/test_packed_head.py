@@ -241,3 +241,25 @@ def test_strategies_compute_through_it_where_documented(strategy, monkeypatch):
              **arguments)
     assert bool(counted.rows) == (strategy not in ("greedy", "beam"))
     assert "forward" not in vars(model.get_output_embeddings())
+
+
+@pytest.mark.usefixtures("tiny_model_environment")
+@torch.no_grad()
+def test_packed_heads_of_the_same_model_overlap(monkeypatch):
+    """Two holders of the same model's head whose calls overlap without nesting (Engine steps in two threads, a
+    draft sharing the target's head): the head stays installed until the last one leaves, whichever entered
+    first."""
+    model = tiny_model("llama")
+    head = model.get_output_embeddings()
+    counted = _CountedProducts(monkeypatch)
+    input_ids = torch.tensor([[5, 6, 7]])
+    first, second = packed_heads(model), packed_heads(model)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    model(input_ids)  # the second holder is still inside its call
+    assert counted.rows == [3]
+    second.__exit__(None, None, None)
+    assert "forward" not in vars(head)
+    model(input_ids)
+    assert counted.rows == [3]

@@ -82,9 +82,12 @@ class PackedHead:
     @classmethod
     def for_module(cls, module: Any) -> Optional["PackedHead"]:
         """A packed head for ``module`` when it is a plain ``nn.Linear`` (not a subclass, whose forward may do
-        more; not one whose ``forward`` was replaced on the instance, e.g. by an offloading hook) with float32
-        CPU parameters and oneDNN is available; else None."""
-        if type(module) is not torch.nn.Linear or "forward" in vars(module) or not _onednn_linear_available():
+        more; not one whose ``forward`` was replaced on the instance, e.g. by an offloading hook, other than by
+        :meth:`installed`) with float32 CPU parameters and oneDNN is available; else None."""
+        if type(module) is not torch.nn.Linear or not _onednn_linear_available():
+            return None
+        replaced = vars(module).get("forward")
+        if replaced is not None and not isinstance(replaced, PackedHead):
             return None
         parameters = [module.weight] + ([] if module.bias is None else [module.bias])
         if any(p.device.type != "cpu" or p.dtype != torch.float32 or p.layout != torch.strided for p in parameters):
