@@ -1,6 +1,7 @@
 """The LM head as a oneDNN product over a packed weight (generation/packed_head.py): the values of ``F.linear`` up
 to float32 rounding, only where it applies, packed again when the weight changes, installed on the module only
-while held; and the Engine, speculative decoding and contrastive search (test_contrastive.py) computing through it.
+while held, in the holding threads only; and the Engine, speculative decoding, greedy search
+(test_certified_argmax.py) and contrastive search (test_contrastive.py) computing through it.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def test_heads_it_does_not_apply_to(case):
 
 
 @torch.no_grad()
-def test_installed_only_while_held_nested_and_across_threads(monkeypatch):
+def test_installed_only_while_held_nested_and_in_the_holding_threads(monkeypatch):
     head = _head(200, 32, bias=False)
     packed = PackedHead.for_module(head)
     counted = _CountedProducts(monkeypatch)
@@ -168,7 +169,10 @@ def test_installed_only_while_held_nested_and_across_threads(monkeypatch):
     for thread in threads:
         thread.start()
     entered.wait()
-    head(hidden)
+    # Held by the two other threads only: this thread's call runs the module's own product.
+    assert torch.equal(head(hidden), own) and len(counted.rows) == 3
+    with packed.installed():
+        head(hidden)
     assert counted.rows[-1] == 2 and len(counted.rows) == 4
     release.set()
     for thread in threads:
@@ -226,8 +230,9 @@ def test_speculative_decoding_computes_through_it_with_plain_decodings_tokens(dr
 @pytest.mark.filterwarnings("ignore:GenerationConfig has flags")  # top_k without sampling: contrastive's own
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "contrastive", "diverse", "constrained"])
 def test_strategies_compute_through_it_where_documented(strategy, monkeypatch):
-    """The native v4.45 strategies (contrastive, diverse and constrained beam search) use the packed head;
-    greedy search and beam search keep the model's own, whose logits equal transformers' bit for bit."""
+    """The native v4.45 strategies (contrastive, diverse and constrained beam search) use the packed head, and
+    greedy search with its argmax certified (test_certified_argmax.py); beam search keeps the model's own, whose
+    scores equal transformers' bit for bit."""
     model = tiny_model("llama")
     arguments = {
         "greedy": {},
@@ -239,7 +244,7 @@ def test_strategies_compute_through_it_where_documented(strategy, monkeypatch):
     counted = _CountedProducts(monkeypatch)
     generate(model, torch.tensor([[5, 6, 7, 8]]), max_new_tokens=4, pad_token_id=PAD_ID, do_sample=False,
              **arguments)
-    assert bool(counted.rows) == (strategy not in ("greedy", "beam"))
+    assert bool(counted.rows) == (strategy != "beam")
     assert "forward" not in vars(model.get_output_embeddings())
 
 

@@ -9,7 +9,10 @@ and at most one host read of the "all rows finished" flag.
 A step: the logits stages (the processors, with per-row state) turn the logits into scores, the token is
 the argmax (greedy) or a draw by :class:`turbogen.ops.Sampler` from the per-row
 :class:`~turbogen.generation.batch_state.BatchState` at each row's offset, finished rows get the pad token,
-the stages accept the appended token, the per-row stopping criteria update the unfinished flags. When the
+the stages accept the appended token, the per-row stopping criteria update the unfinished flags. Greedy search
+with nothing observing the logits runs its decoding steps through
+:class:`~turbogen.generation.certified_argmax.CertifiedGreedyHead` (the packed LM head, each argmax certified to
+be BLAS's). When the
 last stage is the penalties on repeated tokens and nothing records the processed scores, the sampler applies
 them while it reads the logits (:meth:`~turbogen.processors.stages.LogitsStages.split_penalties`): the same
 tokens, one pass fewer.
@@ -38,6 +41,7 @@ from ..processors.penalty_stages import PenaltyStage
 from ..processors.stages import LogitsStages
 from ..stopping import StoppingPlan
 from .batch_state import BatchState, raise_non_finite_scores
+from .certified_argmax import CertifiedGreedyHead
 from .record import Record
 from .runner import ModelRunner
 
@@ -113,7 +117,8 @@ class DecodeState:
 @dataclasses.dataclass
 class DecodeSetup:
     """What the decode verbs need besides the state. ``stages`` receives the state verbs; ``scoring`` and
-    ``fused_penalties`` split it for ``apply`` when the sampler applies the last stage's penalties."""
+    ``fused_penalties`` split it for ``apply`` when the sampler applies the last stage's penalties;
+    ``certified``, where it applies, makes greedy search's model calls and picks their tokens."""
 
     runner: ModelRunner
     stages: Optional[LogitsStages]
@@ -126,11 +131,14 @@ class DecodeSetup:
     prompt_length: int
     scoring: Optional[LogitsStages] = None
     fused_penalties: Optional[PenaltyStage] = None
+    certified: Optional[CertifiedGreedyHead] = None
 
     def __post_init__(self):
         self.scoring = self.stages
         if self.stages is not None and self.sampler is not None and not self.record.wants_scores:
             self.scoring, self.fused_penalties = self.stages.split_penalties()
+        self.certified = CertifiedGreedyHead.for_run(self.runner, self.stages, self.sampler is not None,
+                                                     self.record)
 
 
 def _choose(setup: DecodeSetup, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
@@ -152,9 +160,8 @@ def _choose(setup: DecodeSetup, state: DecodeState, logits: torch.Tensor) -> tor
     return tokens.clamp_(min=0)
 
 
-def _accept_logits(setup: DecodeSetup, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
-    """Choose, append and judge the next token of every row from ``logits``; returns the tokens."""
-    tokens = _choose(setup, state, logits)
+def _accept(setup: DecodeSetup, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+    """Append and judge the chosen next token of every row (``[rows]``); returns the tokens appended."""
     batch = state.batch
     if setup.stopping.pads_finished_rows:
         tokens = torch.where(batch.unfinished, tokens, setup.pad_token)
@@ -198,13 +205,15 @@ def _discard_steps_after(setup: DecodeSetup, state: DecodeState, last_step: int)
 def prefill(setup: DecodeSetup, state: DecodeState) -> torch.Tensor:
     """Run the prompt through the model and pick the first new token of every row."""
     logits = setup.runner.prefill(state.sequences[:, : state.length])
-    return _accept_logits(setup, state, logits)
+    return _accept(setup, state, _choose(setup, state, logits))
 
 
 def decode_one_token(setup: DecodeSetup, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
     """Feed the last tokens to the model and pick the next token of every row."""
+    if setup.certified is not None:
+        return _accept(setup, state, setup.certified.decode(tokens))
     logits = setup.runner.decode(tokens)
-    return _accept_logits(setup, state, logits)
+    return _accept(setup, state, _choose(setup, state, logits))
 
 
 def decode_n_tokens(setup: DecodeSetup, state: DecodeState, tokens: torch.Tensor, n: int) -> torch.Tensor:

@@ -10,13 +10,15 @@ call (BLAS's does, from two rows up).
 
 So turbogen uses it only where its logits are compared with plain decoding's within the cross-compilation
 tolerance, not bit for bit: the Engine's ragged forwards, speculative decoding (the drafts and the target's
-verification) and contrastive search's head over the chosen rows. Plain ``generate()`` keeps the model's own
-head, whose logits equal transformers' bit for bit.
+verification), contrastive search's head over the chosen rows and diverse and constrained beam search; and in
+greedy search, whose tokens are certified to be BLAS's argmax (:mod:`~turbogen.generation.certified_argmax`).
+Sampling and beam search keep the model's own head, whose logits equal transformers' bit for bit.
 
 Cost: a second copy of the head's weight, packed on first use (26 ms for 32000 x 256, 1 s for 128256 x 1024)
 and kept while the head module lives; packed again when the weight changes (its version counter moves) or is
 replaced. Where the product cannot serve a call (autograd on, a compiled trace, another dtype or device) the
-module's own ``F.linear`` runs.
+module's own ``F.linear`` runs. While a thread holds the head installed, its module's ``forward`` routes each call
+by the calling thread: threads that do not hold it get the module's own ``F.linear``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def _onednn_linear_available() -> bool:
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def _onednn_products_in_float32() -> bool:
+    """Whether oneDNN computes float32 products in float32: ``torch.set_float32_matmul_precision("medium")``
+    (or ``torch.backends.mkldnn.matmul.fp32_precision``) lets it round the inputs to bfloat16 or TF32, which is
+    no longer within float32 rounding of BLAS's product."""
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    return getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
 
 
 def _packed_product(rows: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -87,7 +97,7 @@ class PackedHead:
         if type(module) is not torch.nn.Linear or not _onednn_linear_available():
             return None
         replaced = vars(module).get("forward")
-        if replaced is not None and not isinstance(replaced, PackedHead):
+        if replaced is not None and not isinstance(replaced, _RoutedForward):
             return None
         parameters = [module.weight] + ([] if module.bias is None else [module.bias])
         if any(p.device.type != "cpu" or p.dtype != torch.float32 or p.layout != torch.strided for p in parameters):
@@ -100,7 +110,7 @@ class PackedHead:
                 and hidden.dim() >= 1 and hidden.shape[-1] == module.in_features and hidden.numel() > 0
                 and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
                 and not (torch.is_grad_enabled() and (hidden.requires_grad or module.weight.requires_grad))
-                and not torch.compiler.is_compiling())
+                and not torch.compiler.is_compiling() and _onednn_products_in_float32())
 
     def _packed_weight(self) -> torch.Tensor:
         module = self.module
@@ -127,17 +137,43 @@ class PackedHead:
         logits = _packed_product(rows, self._packed_weight(), bias)
         return logits.view(*hidden.shape[:-1], module.out_features)
 
+    def weight_key(self) -> tuple:
+        """What identifies the weight's values (storage, shape, in-place version; the bias's too): when it
+        changes, anything derived from the weight must be derived again."""
+        return _weight_key(self.module.weight, self.module.bias)
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Within: calling the module computes through the packed weight (its ``forward`` is this object's
-        ``__call__``; restored on exit). Nests, and several threads may hold it at once: the module's own
-        forward comes back when the last one leaves. Anyone else calling the module meanwhile gets the packed
-        product too."""
+        """Within: calls of the module from this thread compute through the packed weight (the module's
+        ``forward`` is replaced while any thread holds it; restored when the last one leaves). Nests, and
+        several threads may hold it at once; calls from threads that do not hold it run the module's own
+        ``F.linear``, so a plain ``generate()`` in another thread keeps BLAS's logits."""
+        with self._held(packs=True):
+            yield
+
+    @contextlib.contextmanager
+    def recorded_calls(self) -> Iterator[list]:
+        """Within: a list that receives ``(input, output)`` for every call of the module from this thread,
+        computed as it would be (through the packed weight inside :meth:`installed`, else ``F.linear``)."""
+        calls: list = []
+        with self._held(records=calls):
+            yield calls
+
+    @contextlib.contextmanager
+    def _held(self, packs: bool = False, records: Optional[list] = None) -> Iterator[None]:
         module = self.module
+        holds = _thread_holds()
+        hold = holds.get(module)
+        if hold is None:
+            hold = holds[module] = _ThreadHold()
+        previous_records = hold.records
+        hold.packs += int(packs)
+        if records is not None:
+            hold.records = records
         with _LOCK:
             holders = _INSTALLED.get(module, 0)
             if holders == 0:
-                module.forward = self
+                module.forward = _RoutedForward(self)
             _INSTALLED[module] = holders + 1
         try:
             yield
@@ -149,6 +185,51 @@ class PackedHead:
                     vars(module).pop("forward", None)
                 else:
                     _INSTALLED[module] = holders
+            hold.packs -= int(packs)
+            hold.records = previous_records
+            if hold.packs == 0 and hold.records is None:
+                del holds[module]
+
+
+class _ThreadHold:
+    """What one thread holds of a head module: how many :meth:`PackedHead.installed` it is inside, and the
+    list its calls are recorded into (:meth:`PackedHead.recorded_calls`), if any."""
+
+    __slots__ = ("packs", "records")
+
+    def __init__(self):
+        self.packs = 0
+        self.records: Optional[list] = None
+
+
+_THREADS = threading.local()
+
+
+def _thread_holds() -> dict:
+    """This thread's :class:`_ThreadHold` per head module."""
+    holds = getattr(_THREADS, "holds", None)
+    if holds is None:
+        holds = _THREADS.holds = {}
+    return holds
+
+
+class _RoutedForward:
+    """The ``forward`` of a head module some thread holds: per calling thread, the packed product (it is inside
+    :meth:`PackedHead.installed`) or the module's own ``F.linear``, recorded where the thread asked for it."""
+
+    def __init__(self, head: PackedHead):
+        self.head = head
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        module = self.head.module
+        hold = _thread_holds().get(module)
+        if hold is not None and hold.packs:
+            output = self.head(hidden)
+        else:
+            output = F.linear(hidden, module.weight, module.bias)
+        if hold is not None and hold.records is not None:
+            hold.records.append((hidden, output))
+        return output
 
 
 @contextlib.contextmanager

@@ -408,6 +408,11 @@ class DirectRunner:
         self._slots = 0
         self._capacity: Optional[int] = None  # of the cache's rows, when fixed (set when the rows become ragged)
 
+    @property
+    def compiles_decode(self) -> bool:
+        """Whether one-token decoding steps run through a compiled model call (:meth:`compile_decode`)."""
+        return self._compiled_model is not None
+
     def compile_decode(self, compiled_model: Any) -> bool:
         """Run every one-token decoding step through ``compiled_model(model, input_ids, kwargs)`` (a compiled
         model call: :func:`turbogen.generation.compiled.shared_model_call`) with fixed-shape inputs: the mask
