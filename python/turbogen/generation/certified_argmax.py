@@ -14,8 +14,8 @@ step when nothing observes the logits, and it can be certified:
 2. The packed top-1 logit ``p_i`` of a row leads its runner-up by more than ``4 * bound(x)``; then for every
    ``j != i``, BLAS's ``b_i >= p_i - 2 bound > p_j + 2 bound >= b_j``: BLAS's logits have their unique maximum at
    ``i`` too, so ``argmax`` of BLAS's logits (transformers' token) is ``i``.
-3. A row that fails (a near tie, NaN, an infinity: about one step in a few hundred on random-weight models) is
-   not guessed: the step's head is computed again with the module's own ``F.linear`` on the same input, whose
+3. A row that fails (a near tie, NaN, an infinity: about one row in two hundred per step on the random-weight
+   benchmark models, whose logits are flat) is not guessed: the step's head is computed again with the module's own ``F.linear`` on the same input, whose
    bits are BLAS's (the whole input: BLAS's result for a row can depend on the other rows), and those rows take
    its argmax.
 
@@ -45,6 +45,8 @@ _UNIT_ROUNDOFF = 2.0 ** -24
 # magnitude of the row: far below any gap the bound's relative term leaves.
 _SUBNORMAL_SLACK = 2.0 ** -126
 
+_NORM_ROWS_PER_SLICE = 8192
+
 _LOCK = threading.Lock()
 # head module -> (PackedHead.weight_key(), largest row norm of the weight, largest |bias|), float64
 _WEIGHT_BOUNDS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -57,8 +59,11 @@ def _weight_bounds(head: PackedHead) -> tuple[float, float]:
         cached = _WEIGHT_BOUNDS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
+    weight = module.weight.detach()
     with torch.no_grad():
-        row_norm = float(torch.linalg.vector_norm(module.weight.detach().double(), dim=1).max())
+        # In float64, a slice of rows at a time (a float64 copy of a large head would be gigabytes).
+        row_norm = max(float(torch.linalg.vector_norm(rows.double(), dim=1).max())
+                       for rows in weight.split(_NORM_ROWS_PER_SLICE))
         bias = 0.0 if module.bias is None else float(module.bias.detach().double().abs().max())
     with _LOCK:
         _WEIGHT_BOUNDS[module] = (key, row_norm, bias)
@@ -71,7 +76,8 @@ def logit_error_bound(rows: torch.Tensor, row_norm: float, bias: float) -> torch
     ``bias`` in magnitude (step 1 of the module docstring). Infinite or NaN where ``rows`` are."""
     terms = rows.shape[1] + 1
     gamma = terms * _UNIT_ROUNDOFF / (1.0 - terms * _UNIT_ROUNDOFF)
-    magnitude = torch.linalg.vector_norm(rows.double(), dim=1) * row_norm + bias
+    # (1 + 2**-30): room for the float64 rounding of the norms themselves.
+    magnitude = (torch.linalg.vector_norm(rows.double(), dim=1) * row_norm + bias) * (1.0 + 2.0 ** -30)
     return gamma * magnitude + terms * _SUBNORMAL_SLACK * (1.0 + magnitude)
 
 
