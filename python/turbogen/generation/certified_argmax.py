@@ -15,9 +15,9 @@ step when nothing observes the logits, and it can be certified:
    ``j != i``, BLAS's ``b_i >= p_i - 2 bound > p_j + 2 bound >= b_j``: BLAS's logits have their unique maximum at
    ``i`` too, so ``argmax`` of BLAS's logits (transformers' token) is ``i``.
 3. A row that fails (a near tie, NaN, an infinity: about one row in two hundred per step on the random-weight
-   benchmark models, whose logits are flat) is not guessed: the step's head is computed again with the module's own ``F.linear`` on the same input, whose
-   bits are BLAS's (the whole input: BLAS's result for a row can depend on the other rows), and those rows take
-   its argmax.
+   benchmark models, whose logits are flat) is not guessed: the step's head is computed again with the module's
+   own ``F.linear`` on the same input, whose bits are BLAS's (the whole input: BLAS's result for a row can depend
+   on the other rows), and those rows take its argmax.
 
 Conditions: greedy search with no logits processors, no recorded scores or logits (stopping criteria then see no
 scores either), an eager model call on the CPU, a head :meth:`PackedHead.for_model` serves, and a model whose
@@ -148,4 +148,3 @@ def _is_view_of_output(logits: torch.Tensor, calls: list) -> bool:
     return (output.dtype == torch.float32 and output.is_contiguous() and logits.is_contiguous()
             and output.numel() == logits.numel() and logits.storage_offset() == output.storage_offset()
             and logits.untyped_storage().data_ptr() == output.untyped_storage().data_ptr())
-

@@ -9,13 +9,12 @@ and at most one host read of the "all rows finished" flag.
 A step: the logits stages (the processors, with per-row state) turn the logits into scores, the token is
 the argmax (greedy) or a draw by :class:`turbogen.ops.Sampler` from the per-row
 :class:`~turbogen.generation.batch_state.BatchState` at each row's offset, finished rows get the pad token,
-the stages accept the appended token, the per-row stopping criteria update the unfinished flags. Greedy search
-with nothing observing the logits runs its decoding steps through
-:class:`~turbogen.generation.certified_argmax.CertifiedGreedyHead` (the packed LM head, each argmax certified to
-be BLAS's). When the
+the stages accept the appended token, the per-row stopping criteria update the unfinished flags. When the
 last stage is the penalties on repeated tokens and nothing records the processed scores, the sampler applies
 them while it reads the logits (:meth:`~turbogen.processors.stages.LogitsStages.split_penalties`): the same
-tokens, one pass fewer.
+tokens, one pass fewer. Greedy search with nothing observing the logits runs its decoding steps through
+:class:`~turbogen.generation.certified_argmax.CertifiedGreedyHead` (the packed LM head, each argmax certified to
+be BLAS's).
 
 Where the model runs on an accelerator and nothing user-supplied could observe it, the finish flag is read
 ``FINISH_CHECK_LAG`` steps late, so the host never waits on the device while it could queue work; the steps
