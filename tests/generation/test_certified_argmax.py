@@ -195,6 +195,32 @@ def test_encoder_decoder_tokens_are_transformers(monkeypatch):
 
 
 @pytest.mark.usefixtures("tiny_model_environment")
+@pytest.mark.parametrize("case", ["logits halved in place", "a hook on the head", "autocast"])
+@torch.no_grad()
+def test_stands_aside_for_changed_logits_hooks_and_autocast(case, monkeypatch):
+    """A model whose logits are changed in place after the head (here by a hook on the model: the first step's
+    check compares them with the head's product), a hook on the head, and autocast (the model's product runs in
+    bfloat16): BLAS's head throughout, transformers' tokens."""
+    model = tiny_model("llama", fresh=True)
+    if case == "logits halved in place":
+        def halve_logits(module, args, output):
+            output.logits.mul_(0.5)
+
+        model.register_forward_hook(halve_logits)
+    elif case == "a hook on the head":
+        model.get_output_embeddings().register_forward_hook(lambda module, args, output: None)
+    input_ids = torch.tensor([[5, 6, 7, 8]])
+    settings = {"max_new_tokens": 6, "pad_token_id": PAD_ID, "min_length": 0}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        expected = _transformers_greedy(model, input_ids, torch.ones_like(input_ids), **settings)
+        heads, counted = _Heads(monkeypatch), _CountedProducts(monkeypatch)
+        actual = generate(model, input_ids, do_sample=False, **settings)
+    assert torch.equal(actual, expected)
+    assert not counted.rows
+    assert not heads.made if case == "a hook on the head" else (len(heads.made) == 1 and not heads.made[0].active)
+
+
+@pytest.mark.usefixtures("tiny_model_environment")
 @pytest.mark.parametrize("case", ["scores", "logits", "processor", "sampling", "softcapped logits"])
 @torch.no_grad()
 def test_not_used_where_logits_are_observed_or_transformed(case, monkeypatch):

@@ -138,6 +138,19 @@ def test_heads_it_does_not_apply_to(case):
 
 
 @torch.no_grad()
+def test_autocast_gets_the_modules_own_product(monkeypatch):
+    head = _head(300, 64, bias=True)
+    packed = PackedHead.for_module(head)
+    counted = _CountedProducts(monkeypatch)
+    hidden = torch.randn(3, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = head(hidden)
+        with packed.installed():
+            actual = head(hidden)
+    assert actual.dtype == torch.bfloat16 and torch.equal(actual, expected) and not counted.rows
+
+
+@torch.no_grad()
 def test_installed_only_while_held_nested_and_in_the_holding_threads(monkeypatch):
     head = _head(200, 32, bias=False)
     packed = PackedHead.for_module(head)

@@ -22,8 +22,10 @@ step when nothing observes the logits, and it can be certified:
 Conditions: greedy search with no logits processors, no recorded scores or logits (stopping criteria then see no
 scores either), an eager model call on the CPU, a head :meth:`PackedHead.for_model` serves, and a model whose
 logits are its head's output as it is, one position per row (the first decoding step, computed by BLAS, checks
-that the runner's logits are a view of the head's output; a softcapping or scaling model fails the check and
-keeps BLAS's head). The prefill and the first decoding step are never packed.
+that the runner's logits are a view of the head's output holding its product bit for bit; a model that softcaps,
+scales or biases its logits after the head, or changes them in place, fails the check and keeps BLAS's head),
+and a head without forward hooks. Not under autocast (the packed product then stands aside). The prefill and the
+first decoding step are never packed.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class CertifiedGreedyHead:
         if getattr(runner, "compiles_decode", False):
             return None
         head = PackedHead.for_model(getattr(runner, "model", None))
-        if head is None or head.module.out_features < 2:
+        if head is None or head.module.out_features < 2 or _has_forward_hooks(head.module):
             return None
         return cls(runner, head)
 
@@ -116,7 +118,7 @@ class CertifiedGreedyHead:
                 calls = recording.enter_context(self.head.recorded_calls()) if self.active is None else None
                 logits = self.runner.decode(tokens)
             if calls is not None:
-                self.active = _is_view_of_output(logits, calls)
+                self.active = _is_view_of_output(logits, calls) and self._equal_to_blas(logits, calls[0][0])
             return torch.argmax(logits, dim=-1)
         with self.head.installed(), self.head.recorded_calls() as calls:
             logits = self.runner.decode(tokens)
@@ -134,9 +136,19 @@ class CertifiedGreedyHead:
         chosen = top.indices[..., 0]
         if not bool(certified.all()):
             self.recomputed_steps += 1
-            exact = F.linear(hidden, self.head.module.weight, self.head.module.bias).reshape(logits.shape)
-            chosen = torch.where(certified, chosen, torch.argmax(exact, dim=-1))
+            chosen = torch.where(certified, chosen, torch.argmax(self._blas_logits(hidden, logits), dim=-1))
         return chosen
+
+    def _blas_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The head's own product of ``hidden`` (the model's call, again), shaped as ``logits``."""
+        module = self.head.module
+        return F.linear(hidden, module.weight, module.bias).reshape(logits.shape)
+
+    def _equal_to_blas(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
+        """Whether the returned ``logits`` still hold the head's product bit for bit (nothing in the model
+        changed them in place after the head)."""
+        # As bits, so that NaN logits compare equal to themselves.
+        return torch.equal(logits.view(torch.int32), self._blas_logits(hidden, logits).view(torch.int32))
 
 
 def _is_view_of_output(logits: torch.Tensor, calls: list) -> bool:
@@ -148,3 +160,11 @@ def _is_view_of_output(logits: torch.Tensor, calls: list) -> bool:
     return (output.dtype == torch.float32 and output.is_contiguous() and logits.is_contiguous()
             and output.numel() == logits.numel() and logits.storage_offset() == output.storage_offset()
             and logits.untyped_storage().data_ptr() == output.untyped_storage().data_ptr())
+
+
+def _has_forward_hooks(module: torch.nn.Module) -> bool:
+    """Whether hooks may see or change the head's output (the module's own, or global ones)."""
+    from torch.nn.modules import module as module_state
+
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or module_state._global_forward_hooks or module_state._global_forward_pre_hooks)

@@ -16,8 +16,8 @@ Sampling and beam search keep the model's own head, whose logits equal transform
 
 Cost: a second copy of the head's weight, packed on first use (26 ms for 32000 x 256, 1 s for 128256 x 1024)
 and kept while the head module lives; packed again when the weight changes (its version counter moves) or is
-replaced. Where the product cannot serve a call (autograd on, a compiled trace, another dtype or device) the
-module's own ``F.linear`` runs. While a thread holds the head installed, its module's ``forward`` routes each call
+replaced. Where the product cannot serve a call (autograd on, a compiled trace, autocast, another dtype or
+device) the module's own ``F.linear`` runs. While a thread holds the head installed, its module's ``forward`` routes each call
 by the calling thread: threads that do not hold it get the module's own ``F.linear``.
 """
 
@@ -110,7 +110,9 @@ class PackedHead:
                 and hidden.dim() >= 1 and hidden.shape[-1] == module.in_features and hidden.numel() > 0
                 and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
                 and not (torch.is_grad_enabled() and (hidden.requires_grad or module.weight.requires_grad))
-                and not torch.compiler.is_compiling() and _onednn_products_in_float32())
+                and not torch.compiler.is_compiling() and _onednn_products_in_float32()
+                # Under autocast the module's product runs in the autocast dtype; the packed one would not.
+                and not torch.is_autocast_enabled(hidden.device.type))
 
     def _packed_weight(self) -> torch.Tensor:
         module = self.module
