@@ -136,8 +136,6 @@ class DecodeSetup:
         self.scoring = self.stages
         if self.stages is not None and self.sampler is not None and not self.record.wants_scores:
             self.scoring, self.fused_penalties = self.stages.split_penalties()
-        self.certified = CertifiedGreedyHead.for_run(self.runner, self.stages, self.sampler is not None,
-                                                     self.record)
 
 
 def _choose(setup: DecodeSetup, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
@@ -238,9 +236,10 @@ def run_greedy_or_sample(runner: ModelRunner, input_ids: torch.Tensor, batch: Ba
     sequences = torch.empty(rows, max_length, dtype=torch.long, device=device)
     sequences[:, :prompt_length] = input_ids
     lag = FINISH_CHECK_LAG[device.type] if deferrable and runner.can_crop else 0
+    stages = LogitsStages.from_processors(list(processors), input_ids) if processors else None
     setup = DecodeSetup(
         runner=runner,
-        stages=LogitsStages.from_processors(list(processors), input_ids) if processors else None,
+        stages=stages,
         sampler=batch.sampler() if batch.samples else None,
         stopping=stopping,
         record=record,
@@ -248,6 +247,7 @@ def run_greedy_or_sample(runner: ModelRunner, input_ids: torch.Tensor, batch: Ba
         streamer=streamer,
         watcher=FinishWatcher(lag, device, flags=2 if batch.samples else 1),
         prompt_length=prompt_length,
+        certified=CertifiedGreedyHead.for_run(runner, stages, batch.samples, record),
     )
     state = DecodeState(sequences, prompt_length, batch)
     last = prefill(setup, state)
