@@ -151,6 +151,25 @@ def test_autocast_gets_the_modules_own_product(monkeypatch):
 
 
 @torch.no_grad()
+def test_recorded_calls_are_this_threads_as_computed(monkeypatch):
+    head = _head(200, 32, bias=True)
+    packed = PackedHead.for_module(head)
+    counted = _CountedProducts(monkeypatch)
+    hidden = torch.randn(2, 32)
+    other_thread = threading.Thread(target=lambda: head(torch.randn(5, 32)))
+    with packed.recorded_calls() as calls:
+        own = head(hidden)
+        other_thread.start()
+        other_thread.join()
+        with packed.installed():
+            through_packed = head(hidden)
+    assert len(calls) == 2 and all(call[0] is hidden for call in calls)  # not the other thread's 5 rows
+    assert calls[0][1] is own and torch.equal(own, F.linear(hidden, head.weight, head.bias))
+    assert calls[1][1] is through_packed and counted.rows == [2]
+    assert "forward" not in vars(head)
+
+
+@torch.no_grad()
 def test_installed_only_while_held_nested_and_in_the_holding_threads(monkeypatch):
     head = _head(200, 32, bias=False)
     packed = PackedHead.for_module(head)
