@@ -93,12 +93,15 @@ class _NoRecord:
     wants_scores = wants_logits = False
 
 
+_NO_HISTORY = torch.zeros(0, 0, dtype=torch.long)  # read by logits stages only; these heads have none
+
+
 def _certified(runner) -> CertifiedGreedyHead:
     """The certified head of ``runner`` after its first (checking) decoding step."""
     head = CertifiedGreedyHead.for_run(runner, None, False, _NoRecord())
     first = runner.hidden_states[0]
     expected = torch.argmax(F.linear(first, head.head.module.weight, head.head.module.bias)[:, -1, :], dim=-1)
-    assert torch.equal(head.decode(torch.zeros(first.shape[0], dtype=torch.long)), expected)
+    assert torch.equal(head.decode(torch.zeros(first.shape[0], dtype=torch.long), _NO_HISTORY), expected)
     assert head.active
     return head
 
@@ -116,7 +119,7 @@ def test_near_ties_and_nan_rows_take_blas_argmax():
     hidden[4, 0, 3] = float("nan")  # row 4: NaN logits (argmax picks a NaN, as transformers' does)
     runner = _HiddenRunner(head, [hidden, hidden])
     certified = _certified(runner)
-    tokens = certified.decode(torch.zeros(6, dtype=torch.long))
+    tokens = certified.decode(torch.zeros(6, dtype=torch.long), _NO_HISTORY)
     expected = torch.argmax(F.linear(hidden, head.weight)[:, -1, :], dim=-1)
     assert torch.equal(tokens, expected)
     assert int(tokens[1]) in (7, 8)
@@ -131,7 +134,7 @@ def test_every_row_certified_needs_no_blas_product(monkeypatch):
     runner = _HiddenRunner(head, [hidden, hidden])
     certified = _certified(runner)
     counted = _CountedProducts(monkeypatch)
-    tokens = certified.decode(torch.zeros(4, dtype=torch.long))
+    tokens = certified.decode(torch.zeros(4, dtype=torch.long), _NO_HISTORY)
     assert torch.equal(tokens, torch.argmax(F.linear(hidden, head.weight, head.bias)[:, -1, :], dim=-1))
     assert counted.rows == [4] and certified.recomputed_steps == 0
 
@@ -143,7 +146,7 @@ def test_logits_that_stop_being_the_heads_output_raise():
     runner = _HiddenRunner(head, [hidden, hidden], copy_after_first=True)
     certified = _certified(runner)
     with pytest.raises(RuntimeError, match="not its LM head's output"):
-        certified.decode(torch.zeros(2, dtype=torch.long))
+        certified.decode(torch.zeros(2, dtype=torch.long), _NO_HISTORY)
 
 
 def _transformers_greedy(model, input_ids, attention_mask, **kwargs):
@@ -192,6 +195,31 @@ def test_encoder_decoder_tokens_are_transformers(monkeypatch):
     assert torch.equal(actual, expected)
     assert actual[:, 1:].unique().numel() > 1, "outputs must vary to be discriminating"
     assert heads.made and heads.made[0].active and counted.rows
+
+
+@pytest.mark.usefixtures("tiny_model_environment")
+# Each masks tokens the unmasked greedy output of these prompts has (row 1 ends with EOS at its fifth token).
+@pytest.mark.parametrize("masking", [
+    {"min_new_tokens": 10},
+    {"bad_words_ids": [[22], [187, 189]], "suppress_tokens": [60], "begin_suppress_tokens": [49]},
+    {"no_repeat_ngram_size": 2},
+], ids=["min_new_tokens", "bad_words_suppress", "no_repeat_ngram"])
+@torch.no_grad()
+def test_processors_that_only_mask_tokens_keep_it(masking, monkeypatch):
+    """Processors that set scores to -inf on tokens chosen from the ids alone mask the same tokens in both
+    products: the certificate holds over the scores left, and the tokens are transformers'."""
+    model = tiny_model("llama")
+    input_ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8], [PAD_ID, PAD_ID, 9, 10, 11, 9, 10, 11]])
+    attention_mask = (input_ids != PAD_ID).long()
+    settings = {"max_new_tokens": 12, "pad_token_id": PAD_ID, **masking}
+    expected = _transformers_greedy(model, input_ids, attention_mask, **settings)
+    heads, counted = _Heads(monkeypatch), _CountedProducts(monkeypatch)
+    actual = generate(model, input_ids, attention_mask=attention_mask, do_sample=False, **settings)
+    assert torch.equal(actual, expected)
+    assert len(heads.made) == 1 and heads.made[0].active and counted.rows
+    unmasked = generate(model, input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=12,
+                        pad_token_id=PAD_ID)
+    assert actual.shape != unmasked.shape or not torch.equal(actual, unmasked), "the masks must change the output"
 
 
 @pytest.mark.usefixtures("tiny_model_environment")

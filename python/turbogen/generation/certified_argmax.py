@@ -19,9 +19,12 @@ step when nothing observes the logits, and it can be certified:
    own ``F.linear`` on the same input, whose bits are BLAS's (the whole input: BLAS's result for a row can depend
    on the other rows), and those rows take its argmax.
 
-Conditions: greedy search with no logits processors, no recorded scores or logits (stopping criteria then see no
-scores either), an eager model call on the CPU, a head :meth:`PackedHead.for_model` serves, and a model whose
-logits are its head's output as it is, one position per row (the first decoding step, computed by BLAS, checks
+Conditions: greedy search whose logits processors only mask tokens chosen from the ids (``min_length``,
+``min_new_tokens``, ``bad_words_ids``, ``no_repeat_ngram_size``, ``encoder_no_repeat_ngram_size``,
+``suppress_tokens``, ``begin_suppress_tokens``: the same tokens are masked in both products, and the certificate
+is taken over the scores left), no recorded scores or logits (stopping criteria then see no scores either), an
+eager model call on the CPU, a head :meth:`PackedHead.for_model` serves, and a model whose logits are its head's
+output as it is, one position per row (the first decoding step, computed by BLAS, checks
 that the runner's logits are a view of the head's output holding its product bit for bit; a model that softcaps,
 scales or biases its logits after the head, or changes them in place, fails the check and keeps BLAS's head),
 and a head without forward hooks. Not under autocast (the packed product then stands aside). The prefill and the
@@ -38,6 +41,14 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ..processors.constraints import (
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    NoBadWordsLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+)
+from ..processors.penalties import EncoderNoRepeatNGramLogitsProcessor, NoRepeatNGramLogitsProcessor
 from .packed_head import PackedHead
 
 __all__ = ["CertifiedGreedyHead", "logit_error_bound"]
@@ -48,6 +59,15 @@ _UNIT_ROUNDOFF = 2.0 ** -24
 _SUBNORMAL_SLACK = 2.0 ** -126
 
 _NORM_ROWS_PER_SLICE = 8192
+
+# turbogen's processors whose only effect is -inf on tokens chosen from the ids alone (the history, the prompt,
+# the length), never from the scores: applied to BLAS's logits and to the packed ones they mask the same
+# tokens, so the certificate over the scores left holds (step 2 of the module docstring).
+_MASKING_PROCESSORS = frozenset({
+    MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor, NoBadWordsLogitsProcessor,
+    SuppressTokensLogitsProcessor, SuppressTokensAtBeginLogitsProcessor, NoRepeatNGramLogitsProcessor,
+    EncoderNoRepeatNGramLogitsProcessor,
+})
 
 _LOCK = threading.Lock()
 # head module -> (PackedHead.weight_key(), largest row norm of the weight, largest |bias|), float64
@@ -88,9 +108,11 @@ class CertifiedGreedyHead:
     token by the certificate of the module docstring. Built by :meth:`for_run`; :meth:`decode` stands for the
     runner's and returns the chosen tokens."""
 
-    def __init__(self, runner: Any, head: PackedHead):
+    def __init__(self, runner: Any, head: PackedHead, stages: Any = None):
         self.runner = runner
         self.head = head
+        #: The logits stages, each only setting scores to -inf (see ``_MASKING_PROCESSORS``), or None.
+        self.stages = stages
         #: None until the first decoding step showed whether the logits are the head's output; then whether
         #: the later steps run through the packed head.
         self.active: Optional[bool] = None
@@ -101,25 +123,28 @@ class CertifiedGreedyHead:
     def for_run(cls, runner: Any, stages: Any, samples: bool, record: Any) -> Optional["CertifiedGreedyHead"]:
         """The certified head for a greedy run of ``runner``, or None where the conditions of the module
         docstring do not hold (``stages``: the logits stages, None without processors)."""
-        if samples or stages is not None or record.wants_scores or record.wants_logits:
+        if samples or record.wants_scores or record.wants_logits:
+            return None
+        if stages is not None and not all(type(processor) in _MASKING_PROCESSORS for processor in stages.processors):
             return None
         if getattr(runner, "compiles_decode", False):
             return None
         head = PackedHead.for_model(getattr(runner, "model", None))
         if head is None or head.module.out_features < 2 or _has_forward_hooks(head.module):
             return None
-        return cls(runner, head)
+        return cls(runner, head, stages)
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens`` ``[rows]`` and return the next token of every row (``[rows]`` int64): the argmax of
-        BLAS's logits. The first call computes them with BLAS's head and checks that they are its output."""
+        the stages' scores of BLAS's logits (``input_ids``: the ``[rows, length]`` history the stages see). The
+        first call computes the logits with BLAS's head and checks that they are its output."""
         if not self.active:
             with contextlib.ExitStack() as recording:
                 calls = recording.enter_context(self.head.recorded_calls()) if self.active is None else None
                 logits = self.runner.decode(tokens)
             if calls is not None:
                 self.active = _is_view_of_output(logits, calls) and self._equal_to_blas(logits, calls[0][0])
-            return torch.argmax(logits, dim=-1)
+            return torch.argmax(self._scores(input_ids, logits), dim=-1)
         with self.head.installed(), self.head.recorded_calls() as calls:
             logits = self.runner.decode(tokens)
         if not _is_view_of_output(logits, calls):
@@ -128,7 +153,7 @@ class CertifiedGreedyHead:
                                "they were at the first one; greedy search cannot certify its tokens (please "
                                "report the model)")
         hidden = calls[0][0]
-        top = torch.topk(logits, 2, dim=-1)
+        top = torch.topk(self._scores(input_ids, logits), 2, dim=-1)
         row_norm, bias = _weight_bounds(self.head)
         bound = logit_error_bound(hidden.reshape(-1, hidden.shape[-1]), row_norm, bias).view(logits.shape[:-1])
         gap = top.values[..., 0].double() - top.values[..., 1].double()
@@ -136,8 +161,12 @@ class CertifiedGreedyHead:
         chosen = top.indices[..., 0]
         if not bool(certified.all()):
             self.recomputed_steps += 1
-            chosen = torch.where(certified, chosen, torch.argmax(self._blas_logits(hidden, logits), dim=-1))
+            blas_scores = self._scores(input_ids, self._blas_logits(hidden, logits))
+            chosen = torch.where(certified, chosen, torch.argmax(blas_scores, dim=-1))
         return chosen
+
+    def _scores(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.stages is None else self.stages.apply(input_ids, logits)
 
     def _blas_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The head's own product of ``hidden`` (the model's call, again), shaped as ``logits``."""

@@ -12,7 +12,8 @@ the argmax (greedy) or a draw by :class:`turbogen.ops.Sampler` from the per-row
 the stages accept the appended token, the per-row stopping criteria update the unfinished flags. When the
 last stage is the penalties on repeated tokens and nothing records the processed scores, the sampler applies
 them while it reads the logits (:meth:`~turbogen.processors.stages.LogitsStages.split_penalties`): the same
-tokens, one pass fewer. Greedy search with nothing observing the logits runs its decoding steps through
+tokens, one pass fewer. Greedy search with nothing observing the logits (processors that only mask tokens
+aside) runs its decoding steps through
 :class:`~turbogen.generation.certified_argmax.CertifiedGreedyHead` (the packed LM head, each argmax certified to
 be BLAS's).
 
@@ -208,7 +209,7 @@ def prefill(setup: DecodeSetup, state: DecodeState) -> torch.Tensor:
 def decode_one_token(setup: DecodeSetup, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
     """Feed the last tokens to the model and pick the next token of every row."""
     if setup.certified is not None:
-        return _accept(setup, state, setup.certified.decode(tokens))
+        return _accept(setup, state, setup.certified.decode(tokens, state.sequences[:, : state.length]))
     logits = setup.runner.decode(tokens)
     return _accept(setup, state, _choose(setup, state, logits))
 
