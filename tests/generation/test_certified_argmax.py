@@ -18,13 +18,11 @@ from turbogen.generation.certified_argmax import CertifiedGreedyHead, logit_erro
 from turbogen.generation.packed_head import PackedHead
 
 from conftest import ENCODER_DECODER_IN_4_45, skip_on_transformers_4_45
-from test_packed_head import _CountedProducts
+from test_packed_head import _CountedProducts, needs_packed_product
 from tiny_models import EOS_ID, HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS, PAD_ID, tiny_model, vocab_size
 from tiny_models import tiny_model_environment  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.skipif(
-    PackedHead.for_module(torch.nn.Linear(4, 4)) is None,
-    reason="this torch has no oneDNN CPU product (torch.ops.mkldnn._linear_pointwise)")
+pytestmark = needs_packed_product
 
 
 class _Heads:

@@ -20,9 +20,10 @@ from turbogen.generation.packed_head import PackedHead, packed_heads
 from conftest import PAGED_ATTENTION_IN_4_45, skip_on_transformers_4_45
 from tiny_models import PAD_ID, tiny_model, tiny_model_environment  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.skipif(
+needs_packed_product = pytest.mark.skipif(
     PackedHead.for_module(torch.nn.Linear(4, 4)) is None,
     reason="this torch has no oneDNN CPU product (torch.ops.mkldnn._linear_pointwise)")
+pytestmark = needs_packed_product
 
 
 class _CountedProducts:

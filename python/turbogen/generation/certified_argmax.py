@@ -39,7 +39,6 @@ import weakref
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..processors.constraints import (
     MinLengthLogitsProcessor,
@@ -170,8 +169,7 @@ class CertifiedGreedyHead:
 
     def _blas_logits(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The head's own product of ``hidden`` (the model's call, again), shaped as ``logits``."""
-        module = self.head.module
-        return F.linear(hidden, module.weight, module.bias).reshape(logits.shape)
+        return self.head.own_product(hidden).reshape(logits.shape)
 
     def _equal_to_blas(self, logits: torch.Tensor, hidden: torch.Tensor) -> bool:
         """Whether the returned ``logits`` still hold the head's product bit for bit (nothing in the model

@@ -17,8 +17,8 @@ Sampling and beam search keep the model's own head, whose logits equal transform
 Cost: a second copy of the head's weight, packed on first use (26 ms for 32000 x 256, 1 s for 128256 x 1024)
 and kept while the head module lives; packed again when the weight changes (its version counter moves) or is
 replaced. Where the product cannot serve a call (autograd on, a compiled trace, autocast, another dtype or
-device) the module's own ``F.linear`` runs. While a thread holds the head installed, its module's ``forward`` routes each call
-by the calling thread: threads that do not hold it get the module's own ``F.linear``.
+device) the module's own ``F.linear`` runs. While a thread holds the head installed, its module's ``forward``
+routes each call by the calling thread: threads that do not hold it get the module's own ``F.linear``.
 """
 
 from __future__ import annotations
@@ -133,11 +133,16 @@ class PackedHead:
         packed weight where it serves the call (float32 CPU input, no autograd, not traced), else ``F.linear``."""
         module = self.module
         if not self._serves(hidden):
-            return F.linear(hidden, module.weight, module.bias)
+            return self.own_product(hidden)
         bias = None if module.bias is None else module.bias.detach()
         rows = hidden.reshape(-1, module.in_features).contiguous()
         logits = _packed_product(rows, self._packed_weight(), bias)
         return logits.view(*hidden.shape[:-1], module.out_features)
+
+    def own_product(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The module's own ``F.linear`` of ``hidden`` (BLAS's product: for the same input, the bits the model's
+        call of the module gives)."""
+        return F.linear(hidden, self.module.weight, self.module.bias)
 
     def weight_key(self) -> tuple:
         """What identifies the weight's values (storage, shape, in-place version; the bias's too): when it
@@ -225,10 +230,7 @@ class _RoutedForward:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         module = self.head.module
         hold = _thread_holds().get(module)
-        if hold is not None and hold.packs:
-            output = self.head(hidden)
-        else:
-            output = F.linear(hidden, module.weight, module.bias)
+        output = self.head(hidden) if hold is not None and hold.packs else self.head.own_product(hidden)
         if hold is not None and hold.records is not None:
             hold.records.append((hidden, output))
         return output
